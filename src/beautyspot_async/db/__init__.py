@@ -1,0 +1,42 @@
+"""Task databases: where the metadata (and small payloads) of cached calls live.
+
+``TaskDB`` is the protocol; ``MemoryTaskDB`` and ``SQLiteTaskDB`` ship with
+the core install. ``PostgresTaskDB`` (extra ``[postgres]``) and
+``RedisTaskDB`` (extra ``[redis]``) are imported on first access so that
+``import beautyspot_async`` never imports their drivers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord
+from ._base import TaskDB
+from ._memory import MemoryTaskDB
+from ._sqlite import SQLiteTaskDB
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresTaskDB
+    from ._redis import RedisTaskDB
+
+__all__ = [
+    "BLOB",
+    "HISTORY_COLUMNS",
+    "INLINE",
+    "MemoryTaskDB",
+    "PostgresTaskDB",
+    "RedisTaskDB",
+    "SQLiteTaskDB",
+    "TaskDB",
+    "TaskRecord",
+]
+
+_LAZY = {"PostgresTaskDB": "._postgres", "RedisTaskDB": "._redis"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

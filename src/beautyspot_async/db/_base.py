@@ -1,0 +1,196 @@
+"""The task database protocol.
+
+A task database maps a cache key to one :class:`TaskRecord`. It stores the
+metadata of every cached call and, for small results, the serialized payload.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import anyio
+
+from .._record import TaskRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["TaskDB"]
+
+
+class TaskDB(ABC):
+    """Abstract async task database.
+
+    Contract for implementations:
+
+    * Four methods are required: :meth:`init_schema`, :meth:`get`,
+      :meth:`save` and :meth:`get_history`. Everything else has a working
+      default written on top of them; override it when the backend can do
+      better (one round trip for many keys, a server-side expiry sweep...).
+    * :meth:`init_schema` is "create if missing": it runs every time a Spot
+      opens the database and must not touch existing rows.
+    * :meth:`save` is an idempotent upsert. Saving a key twice leaves one row
+      holding the second value; ``created_at`` keeps the first write's time and
+      ``updated_at`` the last. The backend stamps both with its own clock.
+    * After :meth:`save` returns, the row is durable: a crash of this process
+      does not lose it.
+    * :meth:`get` returns the record as saved or ``None``. It does not filter
+      expired rows (the pipeline decides expiry), and must not raise for a
+      missing key.
+    * Driver errors are raised as :class:`~beautyspot_async.BackendError` with
+      the driver's exception chained as ``__cause__``.
+    * :meth:`aclose` is idempotent, and a closed database reopens on its next
+      use (lazily, in :meth:`init_schema` or the first call).
+
+    Threading and event loops: a Spot calls a database from one event loop at
+    a time. When :attr:`loop_bound` is true (the default: the connections of
+    asyncpg, redis.asyncio and aiosqlite belong to the loop that opened them),
+    every call is made from the Spot's own I/O loop thread, so an
+    implementation may keep loop-bound connections and needs no locking
+    across threads. A backend whose methods work on any loop and under any
+    anyio backend (asyncio or trio) sets ``loop_bound = False`` and is then
+    called directly from the caller's loop.
+    """
+
+    #: Whether the database's connections belong to one event loop.
+    loop_bound: ClassVar[bool] = True
+    #: Short name used in error messages and logs.
+    backend_name: ClassVar[str] = "custom"
+
+    # -- required -----------------------------------------------------------
+
+    @abstractmethod
+    async def init_schema(self) -> None:
+        """Create tables, indexes or key spaces if they are missing."""
+
+    @abstractmethod
+    async def get(self, cache_key: str) -> TaskRecord | None:
+        """Return the record stored under ``cache_key``, or ``None``."""
+
+    @abstractmethod
+    async def save(
+        self,
+        *,
+        cache_key: str,
+        func_name: str,
+        input_id: str,
+        version: str | None,
+        result_type: str,
+        content_type: str | None,
+        result_value: str | None = None,
+        result_data: bytes | None = None,
+        expires_at: float | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        """Insert or replace the record for ``cache_key``; durable on return.
+
+        ``size_bytes`` defaults to ``len(result_data)`` (0 when it is None).
+        """
+
+    @abstractmethod
+    async def get_history(self, limit: int = 1000) -> pd.DataFrame:
+        """Return up to ``limit`` records, newest ``updated_at`` first.
+
+        The frame has :data:`~beautyspot_async.db.HISTORY_COLUMNS` (timestamps
+        as timezone-aware UTC) and never loads payloads.
+        """
+
+    # -- optional, with working defaults --------------------------------------
+
+    async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
+        """Return the records found among ``cache_keys`` (absent keys omitted)."""
+        found: dict[str, TaskRecord] = {}
+        for key in cache_keys:
+            record = await self.get(key)
+            if record is not None:
+                found[key] = record
+        return found
+
+    async def save_many(self, records: Iterable[TaskRecord]) -> None:
+        """Upsert every record; the batch is durable on return.
+
+        Timestamps on the incoming records are ignored, as in :meth:`save`.
+        Backends with transactions should write the batch in one.
+        """
+        for r in records:
+            await self.save(
+                cache_key=r.cache_key,
+                func_name=r.func_name,
+                input_id=r.input_id,
+                version=r.version,
+                result_type=r.result_type,
+                content_type=r.content_type,
+                result_value=r.result_value,
+                result_data=r.result_data,
+                expires_at=r.expires_at,
+                size_bytes=r.size_bytes,
+            )
+
+    async def delete(self, cache_key: str) -> bool:
+        """Remove ``cache_key``; return whether a row existed. Idempotent."""
+        raise NotImplementedError(f"{type(self).__name__} does not support delete()")
+
+    async def iter_records(self) -> AsyncIterator[TaskRecord]:
+        """Yield every record, payloads included, in no particular order."""
+        raise NotImplementedError(f"{type(self).__name__} does not support iter_records()")
+        yield  # pragma: no cover - makes this an async generator
+
+    async def delete_expired(self, now: float | None = None) -> int:
+        """Remove the rows expired at ``now`` (default: the current time).
+
+        Returns how many rows were removed. The default walks
+        :meth:`iter_records`; backends with an expiry index override it.
+        """
+        cutoff = time.time() if now is None else now
+        doomed = [r.cache_key async for r in self.iter_records() if r.is_expired(cutoff)]
+        removed = 0
+        for key in doomed:
+            removed += await self.delete(key)
+        return removed
+
+    def get_nowait(self, cache_key: str) -> TaskRecord | None:
+        """Look ``cache_key`` up without waiting, from any thread.
+
+        An optional fast path for the cache-hit case. It must never block on
+        a lock, the network or a slow read: when it cannot answer at once
+        (database busy, row too large, not opened yet) it raises
+        :class:`anyio.WouldBlock` and the caller falls back to :meth:`get`.
+        The default always raises.
+        """
+        raise anyio.WouldBlock
+
+    async def aclose(self) -> None:
+        """Release connections. Idempotent; the database reopens on next use."""
+
+    # -- cross-process single-flight (leases) --------------------------------
+
+    #: Whether :meth:`acquire_lease` coordinates across processes. The default
+    #: implementation grants every lease, which is correct for a database only
+    #: one process can see (memory).
+    supports_leases: ClassVar[bool] = False
+
+    async def acquire_lease(self, cache_key: str, owner: str, ttl: float) -> bool:
+        """Try to become the one process executing ``cache_key``.
+
+        Returns ``True`` when ``owner`` now holds the lease (or already held
+        it); ``False`` when another owner holds an unexpired lease. A lease
+        expires ``ttl`` seconds after it was taken, so a dead holder blocks
+        the key for at most ``ttl``.
+        """
+        return True
+
+    async def release_lease(self, cache_key: str, owner: str) -> None:
+        """Give up ``owner``'s lease on ``cache_key``; a no-op if not held."""
+
+    async def wait_for_result(self, cache_key: str, timeout: float) -> None:
+        """Return when ``cache_key`` may have been written, or after ``timeout``.
+
+        Backends with notifications (LISTEN/NOTIFY, pub/sub) wake on them; the
+        default sleeps briefly (polling). Callers re-check with
+        :meth:`get`, so a spurious early return is harmless.
+        """
+        await anyio.sleep(min(timeout, 0.05))
+

@@ -1,0 +1,55 @@
+"""The blob storage protocol: where large serialized results live."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+__all__ = ["BlobStorageBase"]
+
+
+class BlobStorageBase(ABC):
+    """Abstract async blob storage.
+
+    Contract for implementations:
+
+    * :meth:`save` stores ``data`` under ``key`` atomically -- a reader sees
+      either nothing or the whole blob, never a prefix -- and returns an opaque
+      *location* string that :meth:`load` and :meth:`delete` accept. Saving
+      the same key again replaces the blob.
+    * Keys are produced by the library (hex digests with an optional suffix)
+      but implementations must still refuse any key or location that would
+      escape their root, raising :class:`~beautyspot_async.ConfigurationError`.
+    * :meth:`load` returns exactly the bytes saved, or raises
+      :class:`~beautyspot_async.CacheCorruptedError` when the blob is
+      missing, truncated or fails its checksum.
+    * :meth:`delete` is idempotent: deleting a missing blob is not an error.
+    * :meth:`list_locations` yields every stored location (for garbage
+      collection and the CLI), in no particular order.
+    * Driver errors are raised as :class:`~beautyspot_async.BackendError`
+      chained to the driver's exception.
+    * ``loop_bound`` has the meaning described on :class:`~beautyspot_async.db.TaskDB`.
+    """
+
+    loop_bound: ClassVar[bool] = True
+    backend_name: ClassVar[str] = "custom"
+
+    @abstractmethod
+    async def save(self, key: str, data: bytes) -> str:
+        """Store ``data`` under ``key`` atomically; return its location."""
+
+    @abstractmethod
+    async def load(self, location: str) -> bytes:
+        """Return the bytes stored at ``location``."""
+
+    @abstractmethod
+    async def delete(self, location: str) -> None:
+        """Remove the blob at ``location``; a no-op when it does not exist."""
+
+    @abstractmethod
+    def list_locations(self) -> AsyncIterator[str]:
+        """Yield the location of every stored blob."""
+
+    async def aclose(self) -> None:
+        """Release clients and connections. Idempotent."""
