@@ -1,0 +1,111 @@
+"""The bounded in-process front tier: answers repeat hits without any I/O.
+
+It holds serialized payloads, not result objects, so every hit decodes a
+fresh value and no two callers share a mutable result. Scalars that cannot be
+mutated (str, int, bytes...) are kept as objects too and returned as they are.
+
+Reads take no lock (one ``dict.get``, atomic under the GIL); inserts and
+evictions take a lock held for a few dictionary operations. Eviction is by
+insertion order (oldest first): cheaper than LRU bookkeeping on every hit,
+and a batch script rarely re-reads its oldest results more than its newest.
+
+Entries waiting for a write-behind commit are *pinned*: they do not count
+against the bounds and cannot be evicted, so a result returned to a caller is
+always visible to the next caller until it is durable.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["IMMUTABLE_TYPES", "MemoEntry", "MemoryTier", "NO_VALUE"]
+
+NO_VALUE: Final[Any] = object()
+
+#: Results of these exact types are returned without decoding on a memo hit.
+IMMUTABLE_TYPES: Final = frozenset({str, int, float, bool, bytes, type(None), complex})
+
+
+@dataclass(frozen=True, slots=True)
+class MemoEntry:
+    payload: bytes
+    expires_at: float | None
+    value: Any = NO_VALUE
+
+    @property
+    def size(self) -> int:
+        # A rough per-entry overhead keeps many tiny entries from escaping the byte bound.
+        return len(self.payload) + 96
+
+
+class MemoryTier:
+    """A bounded map of cache key -> :class:`MemoEntry`."""
+
+    def __init__(self, *, max_entries: int, max_bytes: int) -> None:
+        if max_entries < 0 or max_bytes < 0:
+            from .exceptions import ConfigurationError
+
+            raise ConfigurationError("memory tier bounds must be >= 0 (0 disables it)")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[str, MemoEntry] = {}
+        self._pinned: dict[str, MemoEntry] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> MemoEntry | None:
+        entry = self._entries.get(key)
+        if entry is None and self._pinned:
+            entry = self._pinned.get(key)
+        return entry
+
+    def put(self, key: str, entry: MemoEntry) -> None:
+        size = entry.size
+        if size > self.max_bytes or self.max_entries == 0:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._entries[key] = entry
+            self._bytes += size
+            self._evict_locked()
+
+    def pin(self, key: str, entry: MemoEntry) -> None:
+        """Hold ``entry`` until :meth:`unpin`, regardless of the bounds."""
+        with self._lock:
+            self._pinned[key] = entry
+
+    def unpin(self, key: str, entry: MemoEntry) -> None:
+        """Release a pinned entry into the bounded tier."""
+        with self._lock:
+            if self._pinned.get(key) is entry:
+                del self._pinned[key]
+        self.put(key, entry)
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._pinned.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _evict_locked(self) -> None:
+        entries = self._entries
+        while entries and (len(entries) > self.max_entries or self._bytes > self.max_bytes):
+            oldest = next(iter(entries))
+            self._bytes -= entries.pop(oldest).size
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)

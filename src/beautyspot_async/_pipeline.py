@@ -1,0 +1,474 @@
+"""The one call pipeline: key -> lookup -> single-flight -> execute -> store.
+
+The pipeline is written once, as a generator that *describes* the I/O it
+needs (``Io``, ``Wait``, ``Blocking``, ``EXECUTE``) instead of performing it.
+Two small drivers perform those steps: :func:`drive_async` awaits them on the
+caller's event loop (asyncio or trio) and :func:`drive_sync` blocks the
+caller's thread, sending I/O to the Spot's I/O loop through the portal. So a
+fix to the pipeline is a fix for sync and async callers alike.
+
+Exceptions raised while performing a step are thrown back into the
+generator at the step, so ordinary ``try``/``except`` in the pipeline sees
+them -- including cancellation, which is how a cancelled leader hands its
+flight over to a waiter. Cleanup paths never yield: they may be running
+inside a cancelled scope, so anything they must do is fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import logging
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
+
+import anyio
+
+from . import _policy
+from ._memo import IMMUTABLE_TYPES, NO_VALUE, MemoEntry
+from ._portal import io_loop, wait_future
+from ._record import INLINE, TaskRecord
+from ._singleflight import Flight, OutcomeKind
+from ._store import WriteItem
+from ._writer import Submission
+from .cachekey import ArgumentKeyer, cache_key
+from .exceptions import BackendError, CacheCorruptedError, SerializationError
+from .hooks import (
+    CacheHitContext,
+    CacheMissContext,
+    HookContext,
+    HookSet,
+    PreExecuteContext,
+    SaveErrorContext,
+)
+from .serializer import Serializer
+
+__all__ = ["Pipeline", "TaskConfig", "drive_async", "drive_sync"]
+
+logger = logging.getLogger("beautyspot_async")
+
+
+# -- the steps a pipeline can ask for ------------------------------------------
+
+
+class Io(NamedTuple):
+    """Await ``fn(*args)``; on the I/O loop when ``io_loop`` is true."""
+
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    args: tuple[Any, ...]
+    on_io_loop: bool
+
+
+class Wait(NamedTuple):
+    """Wait for a thread-safe future (a flight, a durable write)."""
+
+    future: concurrent.futures.Future[Any]
+
+
+class Blocking(NamedTuple):
+    """Call a blocking sync function (file I/O in a key function)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+class _Execute:
+    def __repr__(self) -> str:
+        return "EXECUTE"
+
+
+EXECUTE: Final = _Execute()
+
+Step = Io | Wait | Blocking | _Execute
+Steps = Generator[Step, Any, Any]
+
+
+# -- drivers ---------------------------------------------------------------------
+
+
+async def drive_async(steps: Steps, execute: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``steps`` on the current event loop; ``execute`` runs the user's function."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        value = error = None
+        try:
+            if step is EXECUTE:
+                value = await execute()
+            elif type(step) is Io:
+                if step.on_io_loop:
+                    value = await io_loop.run(step.fn, *step.args)
+                else:
+                    value = await step.fn(*step.args)
+            elif type(step) is Wait:
+                value = await wait_future(step.future)
+            elif type(step) is Blocking:
+                value = await anyio.to_thread.run_sync(lambda s=step: s.fn(*s.args))
+            else:  # pragma: no cover - a new step type without a driver branch
+                raise AssertionError(f"unknown pipeline step {step!r}")
+        except BaseException as exc:
+            error = exc
+
+
+def drive_sync(steps: Steps, execute: Callable[[], Any]) -> Any:
+    """Run ``steps`` blocking this thread; I/O goes through the portal."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        value = error = None
+        try:
+            if step is EXECUTE:
+                value = execute()
+            elif type(step) is Io:
+                value = io_loop.call(step.fn, *step.args)
+            elif type(step) is Wait:
+                value = step.future.result()
+            elif type(step) is Blocking:
+                value = step.fn(*step.args)
+            else:  # pragma: no cover
+                raise AssertionError(f"unknown pipeline step {step!r}")
+        except BaseException as exc:
+            error = exc
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """Everything the pipeline needs to know about one marked function."""
+
+    identity: str
+    version: str | None
+    keyer: ArgumentKeyer
+    serializer: Serializer
+    save_blob: bool | None
+    content_type: str | None
+    ttl: float | None
+    wait: bool | None
+    cache_if: Callable[[Any], bool] | None
+    hooks: HookSet
+
+
+class Pipeline:
+    """The call pipeline of one marked function, bound to its Spot's engine."""
+
+    def __init__(self, engine: Any, task: TaskConfig) -> None:
+        from ._engine import Engine
+
+        assert isinstance(engine, Engine)
+        self.engine = engine
+        self.task = task
+        self._keyer_blocking = task.keyer.blocking
+
+    # -- the fast path ------------------------------------------------------------
+
+    def key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
+        """Return ``(input_id, cache_key)`` of a call (may do file I/O for some key functions)."""
+        task = self.task
+        input_id = task.keyer.input_id(args, kwargs)
+        return input_id, cache_key(task.identity, task.version, input_id)
+
+    def memo_lookup(self, key: str) -> Any:
+        """Return the result held in memory for ``key``, or NO_VALUE."""
+        engine = self.engine
+        entry = engine.memo.get(key)
+        if entry is None:
+            return NO_VALUE
+        if entry.expires_at is not None and entry.expires_at <= engine.clock():
+            engine.memo.discard(key)
+            return NO_VALUE
+        if entry.value is not NO_VALUE:
+            return entry.value
+        try:
+            return self.task.serializer.loads(entry.payload)
+        except Exception:  # a decoder changed under us: forget the entry
+            engine.memo.discard(key)
+            return NO_VALUE
+
+    # -- the pipeline --------------------------------------------------------------
+
+    def steps(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ids: tuple[str, str] | None = None,
+    ) -> Steps:
+        """The whole call. ``ids`` is ``(input_id, cache_key)`` when the caller
+        already derived them and found nothing in the memory tier."""
+        task = self.task
+        engine = self.engine
+        if ids is None:
+            if self._keyer_blocking:
+                input_id = yield Blocking(task.keyer.input_id, (args, kwargs))
+            else:
+                input_id = task.keyer.input_id(args, kwargs)
+            key = cache_key(task.identity, task.version, input_id)
+        else:
+            input_id, key = ids
+        base: tuple[Any, ...] | None = None
+        if task.hooks:
+            base = (task.identity, key, input_id, task.version, args, MappingProxyType(kwargs))
+            yield from self._fire("pre_execute", PreExecuteContext(*base))
+
+        if ids is None:
+            value = self.memo_lookup(key)
+            if value is not NO_VALUE:
+                engine.stats.memory_hits += 1
+                if base is not None:
+                    yield from self._fire("on_cache_hit", CacheHitContext(*base, result=value))
+                return value
+
+        while True:
+            flight, leader = engine.flights.join(key)
+            if leader:
+                break
+            outcome = yield Wait(flight.future)
+            if outcome.kind is OutcomeKind.RESOLVED:
+                engine.stats.joins += 1
+                value = outcome.share()
+                if base is not None:
+                    yield from self._fire("on_cache_hit", CacheHitContext(*base, result=value))
+                return value
+            if outcome.kind is OutcomeKind.FAILED:
+                raise outcome.error  # type: ignore[misc]
+            # ABANDONED: the leader was cancelled; race the other waiters to lead.
+
+        return (yield from self._lead(flight, key, input_id, args, kwargs, base))
+
+    def _lead(
+        self,
+        flight: Flight,
+        key: str,
+        input_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        base: tuple[Any, ...] | None,
+    ) -> Steps:
+        task = self.task
+        engine = self.engine
+        store = engine.store
+        on_io = store.loop_bound
+        owner: str | None = None
+        bypass = False
+        try:
+            if not engine.ready:
+                yield Io(engine.open, (), False)
+            try:
+                record, owner = yield from self._lookup(key)
+            except BackendError as exc:
+                if engine.on_backend_error != "bypass":
+                    raise
+                bypass = True
+                record = None
+                warnings.warn(
+                    f"{exc}; running {task.identity} uncached (on_backend_error='bypass')",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            if record is not None:
+                value, payload = yield from self._decode(record, on_io)
+                if value is not NO_VALUE:
+                    engine.stats.hits += 1
+                    entry = MemoEntry(
+                        payload,
+                        record.expires_at,
+                        value if type(value) in IMMUTABLE_TYPES else NO_VALUE,
+                    )
+                    engine.memo.put(key, entry)
+                    self._settle_resolved(flight, entry)
+                    if base is not None:
+                        yield from self._fire("on_cache_hit", CacheHitContext(*base, result=value))
+                    return value
+            result = yield EXECUTE
+        except BaseException as exc:
+            engine.flights.land(flight)
+            if isinstance(exc, Exception):
+                flight.fail(exc)
+            else:  # cancelled or interrupted: a waiter takes over
+                flight.abandon()
+            if owner is not None:
+                engine.release_soon(key, owner)
+            raise
+
+        engine.stats.misses += 1
+        return (yield from self._store(flight, key, input_id, result, owner, base, bypass))
+
+    def _lookup(self, key: str) -> Generator[Step, Any, tuple[TaskRecord | None, str | None]]:
+        """Find ``key`` in the backend; on a miss, take its cross-process lease."""
+        engine = self.engine
+        store = engine.store
+        owner = engine.lease_owner()
+        try:
+            record = store.db.get_nowait(key)
+        except anyio.WouldBlock:
+            pass
+        else:
+            if record is not None or owner is None:
+                return record, None
+        if owner is None:
+            return (yield Io(store.get, (key,), store.loop_bound)), None
+        record, leased = yield Io(store.get_or_lease, (key, owner, engine.lease_ttl), store.loop_bound)
+        while record is None and not leased:
+            # Another process is executing this key: wait for its result.
+            engine.stats.lease_waits += 1
+            record, leased = yield Io(
+                store.wait_then_get_or_lease, (key, owner, engine.lease_ttl), store.loop_bound
+            )
+        return record, (owner if record is None else None)
+
+    def _decode(
+        self, record: TaskRecord, on_io: bool
+    ) -> Generator[Step, Any, tuple[Any, bytes]]:
+        """Decode a stored record into ``(value, payload)``.
+
+        A corrupt or expired record reads as ``(NO_VALUE, b"")``.
+        """
+        engine = self.engine
+        if record.is_expired(engine.clock()):
+            return NO_VALUE, b""
+        try:
+            if record.result_type == INLINE and record.result_data is not None:
+                payload = record.result_data
+            else:
+                payload = yield Io(engine.store.load_payload, (record,), on_io)
+            return self.task.serializer.loads(payload), payload
+        except (CacheCorruptedError, SerializationError, ValueError) as exc:
+            engine.stats.corrupt += 1
+            logger.warning(
+                "cache entry %s of %s is corrupt (%s); recomputing and rewriting it",
+                record.cache_key,
+                record.func_name,
+                exc,
+            )
+            return NO_VALUE, b""
+
+    def _store(
+        self,
+        flight: Flight,
+        key: str,
+        input_id: str,
+        result: Any,
+        owner: str | None,
+        base: tuple[Any, ...] | None,
+        bypass: bool,
+    ) -> Steps:
+        task = self.task
+        engine = self.engine
+        wait = engine.default_wait if task.wait is None else task.wait
+        try:
+            store_it = bypass is False and (task.cache_if is None or bool(task.cache_if(result)))
+            payload = task.serializer.dumps(result)
+        except Exception as exc:
+            engine.flights.land(flight)
+            if owner is not None:
+                engine.release_soon(key, owner)
+            if base is not None:
+                yield from self._fire("on_save_error", SaveErrorContext(*base, result=result, error=exc))
+            if wait:
+                flight.fail(exc)
+                raise
+            logger.error("result of %s could not be stored: %s", task.identity, exc)
+            flight.resolve(lambda: copy.deepcopy(result))
+            return result
+
+        expires = _policy.expires_at(engine.clock(), task.ttl)
+        entry = MemoEntry(payload, expires, result if type(result) in IMMUTABLE_TYPES else NO_VALUE)
+        if not store_it:
+            if owner is not None:
+                engine.release_soon(key, owner)
+            self._settle_resolved(flight, entry)
+        else:
+            record = TaskRecord(
+                cache_key=key,
+                func_name=task.identity,
+                input_id=input_id,
+                version=task.version,
+                result_type=_policy.placement(
+                    len(payload), threshold=engine.blob_threshold, save_blob=task.save_blob
+                ),
+                content_type=task.content_type,
+                result_data=payload,
+                expires_at=expires,
+                size_bytes=len(payload),
+            )
+            report = self._reporter(base, result)
+            if wait:
+                done: concurrent.futures.Future[None] = concurrent.futures.Future()
+                engine.writer_submit(Submission(WriteItem(record, owner), done=done, report=report))
+                try:
+                    yield Wait(done)
+                except BackendError as exc:
+                    engine.flights.land(flight)
+                    if engine.on_backend_error != "bypass":
+                        flight.fail(exc)
+                        raise
+                    warnings.warn(f"{exc}; result of {task.identity} not cached", RuntimeWarning, stacklevel=2)
+                    self._settle_resolved(flight, entry, land=False)
+                    return result
+                except BaseException:
+                    # Cancelled while waiting for durability: the write still
+                    # completes on the I/O loop, and the waiters get the value.
+                    engine.memo.put(key, entry)
+                    self._settle_resolved(flight, entry)
+                    raise
+                engine.memo.put(key, entry)
+                self._settle_resolved(flight, entry)
+            else:
+                memo = engine.memo
+                memo.pin(key, entry)
+                engine.writer_submit(
+                    Submission(
+                        WriteItem(record, owner),
+                        on_complete=lambda _error: memo.unpin(key, entry),
+                        report=report,
+                    )
+                )
+                self._settle_resolved(flight, entry)
+        if base is not None:
+            yield from self._fire("on_cache_miss", CacheMissContext(*base, result=result))
+        return result
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _settle_resolved(self, flight: Flight, entry: MemoEntry, *, land: bool = True) -> None:
+        if land:
+            self.engine.flights.land(flight)
+        if entry.value is not NO_VALUE:
+            value = entry.value
+            flight.resolve(lambda: value)
+        else:
+            loads, payload = self.task.serializer.loads, entry.payload
+            flight.resolve(lambda: loads(payload))
+
+    def _reporter(
+        self, base: tuple[Any, ...] | None, result: Any
+    ) -> Callable[[WriteItem, BaseException], Awaitable[None]]:
+        identity = self.task.identity
+        hooks = self.task.hooks
+
+        async def report(item: WriteItem, error: BaseException) -> None:
+            logger.error("writing the result of %s (%s) failed: %s", identity, item.record.cache_key, error)
+            if base is not None and hooks.wants("on_save_error"):
+                context = SaveErrorContext(*base, result=result, error=error)
+                hooks.fire_sync("on_save_error", context)
+                await hooks.fire_async("on_save_error", context)
+
+        return report
+
+    def _fire(self, event: str, context: HookContext) -> Generator[Step, Any, None]:
+        hooks = self.task.hooks
+        hooks.fire_sync(event, context)
+        if hooks.has_async(event):
+            yield Io(hooks.fire_async, (event, context), False)

@@ -1,0 +1,144 @@
+"""The one seam between callers and the Spot's own I/O loop.
+
+Database drivers such as aiosqlite, asyncpg and redis.asyncio tie their
+connections to the event loop that opened them, yet one Spot is used from
+plain threads, from ``asyncio.run()`` after ``asyncio.run()``, from trio, and
+from all of them at once. Rather than opening a connection per loop, every
+loop-bound backend lives on a single asyncio loop in a daemon thread of this
+process -- the *I/O loop* -- and is only ever touched from there.
+
+* Sync callers reach it through an anyio :class:`~anyio.from_thread.BlockingPortal`
+  (they block their own thread, which is what a sync call means).
+* Async callers, on any loop and any anyio backend, submit a coroutine with
+  ``call_soon_threadsafe`` (never waiting on the submission) and await its
+  completion without blocking their loop.
+
+The thread is a daemon so that a forgotten Spot never keeps the interpreter
+alive; pending writes are flushed by an ``atexit`` handler instead, which runs
+while daemon threads are still alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+__all__ = ["IOLoop", "io_loop", "wait_future"]
+
+T = TypeVar("T")
+
+
+class IOLoop:
+    """An asyncio loop running in a daemon thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        # After fork() the thread is gone but the attributes survive: the pid
+        # check makes a child process start its own I/O loop.
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._start_locked()
+            assert self._loop is not None
+            return self._loop
+
+    def _start_locked(self) -> None:
+        ready = threading.Event()
+
+        async def serve() -> None:
+            async with BlockingPortal() as portal:
+                self._portal = portal
+                self._loop = asyncio.get_running_loop()
+                ready.set()
+                await portal.sleep_until_stopped()
+
+        def main() -> None:
+            anyio.run(serve, backend="asyncio")
+
+        thread = threading.Thread(target=main, name="beautyspot-io", daemon=True)
+        thread.start()
+        ready.wait()
+        self._thread = thread
+        self._pid = os.getpid()
+
+    def in_loop_thread(self) -> bool:
+        """Whether the current thread is the I/O loop's own thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    # -- entry points --------------------------------------------------------
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` on the I/O loop and block this thread for the result."""
+        self._ensure_started()
+        if self.in_loop_thread():
+            raise RuntimeError(
+                "a synchronous beautyspot call was made from the Spot's own I/O loop "
+                "(for example inside a hook); call the async API there instead"
+            )
+        assert self._portal is not None
+        return self._portal.call(fn, *args)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the I/O loop without waiting for anything."""
+        loop = self._ensure_started()
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Await ``fn(*args)`` executed on the I/O loop, from any event loop.
+
+        When already on the I/O loop the coroutine runs inline. Cancelling the
+        caller does not cancel the operation: a save that was started
+        completes, so a result is never half-written because its caller left.
+        """
+        if self.in_loop_thread():
+            return await fn(*args)
+        return await wait_future(self.submit(fn(*args)))
+
+
+async def wait_future(future: concurrent.futures.Future[T]) -> T:
+    """Await a thread-safe future from asyncio or trio without blocking the loop."""
+    if future.done():
+        return future.result()
+    if _on_asyncio():
+        # shield: cancelling the waiter must not cancel the shared operation
+        return await asyncio.shield(asyncio.wrap_future(future))
+    event = anyio.Event()
+    token = _trio_token()
+    future.add_done_callback(lambda _f: token.run_sync_soon(event.set))
+    await event.wait()
+    return future.result()
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _trio_token() -> Any:
+    import trio
+
+    return trio.lowlevel.current_trio_token()
+
+
+io_loop = IOLoop()
+"""The process-wide I/O loop shared by every Spot."""

@@ -1,0 +1,91 @@
+"""In-process single-flight: one execution per cache key, however many callers.
+
+Callers may be coroutines on different event loops, trio tasks and plain
+threads at once, so a flight is a thread-safe future rather than a loop-bound
+event. Joining is a single ``dict.setdefault``, atomic under the GIL, so the
+hot path takes no lock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+__all__ = ["Flight", "FlightRegistry", "Outcome", "OutcomeKind"]
+
+
+class OutcomeKind(Enum):
+    RESOLVED = "resolved"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a flight ended, as seen by the callers that joined it."""
+
+    kind: OutcomeKind
+    #: For RESOLVED: returns a fresh copy of the result for each waiter, so no
+    #: two callers ever share one mutable object.
+    share: Callable[[], Any] | None = None
+    error: BaseException | None = None
+
+
+class Flight:
+    """One execution of a cache key that other callers may join."""
+
+    __slots__ = ("_future", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+
+    @property
+    def future(self) -> concurrent.futures.Future[Outcome]:
+        return self._future
+
+    def resolve(self, share: Callable[[], Any]) -> None:
+        self._settle(Outcome(OutcomeKind.RESOLVED, share=share))
+
+    def fail(self, error: BaseException) -> None:
+        self._settle(Outcome(OutcomeKind.FAILED, error=error))
+
+    def abandon(self) -> None:
+        """The executing caller went away (cancelled): a waiter takes over."""
+        self._settle(Outcome(OutcomeKind.ABANDONED))
+
+    def _settle(self, outcome: Outcome) -> None:
+        if not self._future.done():
+            self._future.set_result(outcome)
+
+
+
+class FlightRegistry:
+    """The flights currently executing, by cache key."""
+
+    __slots__ = ("_flights",)
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+
+    def join(self, key: str) -> tuple[Flight, bool]:
+        """Return the flight for ``key`` and whether the caller leads it."""
+        fresh = Flight(key)
+        flight = self._flights.setdefault(key, fresh)
+        return flight, flight is fresh
+
+    def land(self, flight: Flight) -> None:
+        """Remove a finished flight so later callers start a new one.
+
+        Only the leader calls this, once, and nobody can replace a flight
+        while it is registered, so a plain pop cannot remove a newer flight.
+        """
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    def __len__(self) -> int:
+        return len(self._flights)

@@ -1,0 +1,442 @@
+"""Spot: the configuration, lifecycle and composition root of the library."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import re
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from . import _policy
+from ._engine import Engine, SpotStatistics
+from ._marked import SyncMarked, check_markable, wrap
+from ._pipeline import Pipeline, TaskConfig
+from ._portal import io_loop
+from ._urls import resolve_db, resolve_storage
+from .cachekey import ArgumentKeyer, function_identity
+from .db import TaskDB
+from .exceptions import ConfigurationError
+from .hooks import HookBase, HookSet
+from .serializer import MsgpackSerializer, Serializer, default_serializer
+from .storage import BlobStorageBase
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .limiter import Limiter
+
+__all__ = ["Project", "Spot"]
+
+logger = logging.getLogger("beautyspot_async")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T", bound=type)
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_live_spots: weakref.WeakSet[Spot] = weakref.WeakSet()
+
+
+class _MarkDecorator(Protocol):
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> SyncMarked[P, R]: ...
+
+
+class Spot:
+    """A place where results of marked functions are kept.
+
+    ``name`` names the default files (``./<name>.db`` and ``./<name>_blobs/``)
+    and must match ``[A-Za-z0-9_.-]+``. Nothing is opened until the first call,
+    ``async with spot`` or ``with spot``.
+
+    Options beyond the design card: ``lease_ttl`` (seconds a dead process can
+    block a key it was executing; ``None`` disables cross-process leases),
+    ``on_backend_error`` (``"raise"`` or ``"bypass"``: run uncached with a
+    warning when the backend is down), ``memory_cache_entries`` /
+    ``memory_cache_bytes`` (bounds of the in-process front tier; 0 disables
+    it) and ``clock`` (wall clock for TTLs, injectable for tests).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        db: TaskDB | str | Any = None,
+        storage: BlobStorageBase | str | Any = None,
+        serializer: Serializer | None = None,
+        tpm: float | None = None,
+        limiter: Limiter | None = None,
+        blob_threshold: int = 64 * 1024,
+        default_wait: bool = True,
+        hooks: Iterable[HookBase] = (),
+        lease_ttl: float | None = 60.0,
+        on_backend_error: Literal["raise", "bypass"] = "raise",
+        memory_cache_entries: int = 10_000,
+        memory_cache_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"invalid Spot name {name!r}: use letters, digits, '_', '.' and '-' only "
+                "(it becomes part of file names)"
+            )
+        if not isinstance(blob_threshold, int) or blob_threshold < 0:
+            raise ConfigurationError(f"blob_threshold must be an int >= 0, got {blob_threshold!r}")
+        if on_backend_error not in ("raise", "bypass"):
+            raise ConfigurationError(
+                f"on_backend_error must be 'raise' or 'bypass', got {on_backend_error!r}"
+            )
+        if lease_ttl is not None and not lease_ttl > 0:
+            raise ConfigurationError(f"lease_ttl must be > 0 seconds or None, got {lease_ttl!r}")
+        if serializer is None:
+            serializer = default_serializer()
+        _check_serializer(serializer, "serializer")
+        if limiter is not None and tpm is not None:
+            raise ConfigurationError("pass either tpm= or limiter=, not both")
+        if tpm is not None:
+            from .limiter import Limiter
+
+            limiter = Limiter(tpm=tpm)
+        self.name = name
+        self.serializer: Serializer = serializer
+        self.default_wait = bool(default_wait)
+        self._limiter = limiter
+        self._hooks = HookSet(hooks)
+        self._engine = Engine(
+            db=resolve_db(db, name),
+            storage=resolve_storage(storage, name),
+            blob_threshold=blob_threshold,
+            default_wait=self.default_wait,
+            lease_ttl=lease_ttl,
+            on_backend_error=on_backend_error,
+            clock=clock,
+            memory_entries=memory_cache_entries,
+            memory_bytes=memory_cache_bytes,
+        )
+        self._identities: dict[str, weakref.ref[Any] | Callable[[], Any]] = {}
+        self._identity_lock = threading.Lock()
+        _live_spots.add(self)
+
+    def __repr__(self) -> str:
+        store = self._engine.store
+        return (
+            f"Spot({self.name!r}, db={type(store.db).__name__}, "
+            f"storage={type(store.storage).__name__})"
+        )
+
+    # -- components -------------------------------------------------------------------
+
+    @property
+    def db(self) -> TaskDB:
+        """The task database."""
+        return self._engine.store.db
+
+    @property
+    def storage(self) -> BlobStorageBase:
+        """The blob storage."""
+        return self._engine.store.storage
+
+    @property
+    def limiter(self) -> Limiter:
+        """The Spot's rate limiter (``Spot(tpm=...)`` or ``Spot(limiter=...)``).
+
+        ``@spot.limiter(cost=...)`` on a Spot without one is a
+        ConfigurationError at decoration time.
+        """
+        if self._limiter is None:
+            return _MissingLimiter(self.name)  # type: ignore[return-value]
+        return self._limiter
+
+    # -- the decorator ---------------------------------------------------------------------
+
+    @overload
+    def mark(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def mark(self, fn: Callable[P, R], /) -> SyncMarked[P, R]: ...
+    @overload
+    def mark(
+        self,
+        *,
+        version: str | None = None,
+        save_blob: bool | None = None,
+        input_key_fn: Callable[..., str | bytes] | None = None,
+        keygen: Callable[..., str | bytes] | None = None,
+        content_type: str | None = None,
+        ttl: float | timedelta | None = None,
+        wait: bool | None = None,
+        hooks: Iterable[HookBase] = (),
+        serializer: Serializer | None = None,
+        cache_if: Callable[[Any], bool] | None = None,
+        name: str | None = None,
+    ) -> _MarkDecorator: ...
+
+    def mark(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        version: str | None = None,
+        save_blob: bool | None = None,
+        input_key_fn: Callable[..., str | bytes] | None = None,
+        keygen: Callable[..., str | bytes] | None = None,
+        content_type: str | None = None,
+        ttl: float | timedelta | None = None,
+        wait: bool | None = None,
+        hooks: Iterable[HookBase] = (),
+        serializer: Serializer | None = None,
+        cache_if: Callable[[Any], bool] | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Persist every result of ``fn``; bare (``@spot.mark``) or with options.
+
+        See the decorator guide for each option. Unknown options are a
+        TypeError at decoration time.
+        """
+        if input_key_fn is not None and keygen is not None:
+            raise ConfigurationError("pass input_key_fn= or its alias keygen=, not both")
+        key_fn = input_key_fn if input_key_fn is not None else keygen
+        if version is not None and not isinstance(version, str):
+            raise ConfigurationError(f"version must be a str, got {type(version).__name__}")
+        if save_blob not in (None, True, False):
+            raise ConfigurationError(f"save_blob must be True, False or None, got {save_blob!r}")
+        if cache_if is not None and not callable(cache_if):
+            raise ConfigurationError("cache_if must be a callable taking the result")
+        if serializer is not None:
+            _check_serializer(serializer, "serializer")
+        ttl_seconds = _policy.normalize_ttl(ttl)
+        task_hooks = HookSet(hooks)
+
+        def decorate(func: Callable[..., Any]) -> Any:
+            check_markable(func)
+            identity = function_identity(func, name)
+            self._claim_identity(identity, func, explicit=name is not None)
+            task = TaskConfig(
+                identity=identity,
+                version=version,
+                keyer=ArgumentKeyer(func, input_key_fn=key_fn),
+                serializer=serializer if serializer is not None else self.serializer,
+                save_blob=save_blob,
+                content_type=content_type,
+                ttl=ttl_seconds,
+                wait=wait,
+                cache_if=cache_if,
+                hooks=self._hooks.merged(task_hooks),
+            )
+            marked = wrap(func, Pipeline(self._engine, task))
+            marked.spot = self  # type: ignore[attr-defined]
+            return marked
+
+        return decorate if fn is None else decorate(fn)
+
+    def _claim_identity(self, identity: str, fn: Any, *, explicit: bool) -> None:
+        """Refuse two live, different callables sharing one identity.
+
+        Re-decorating the same code (a re-imported module, a re-run notebook
+        cell) is allowed; two lambdas, or closures made in a loop, are not:
+        they would silently share results.
+        """
+        code = getattr(getattr(fn, "func", fn), "__code__", None)
+        with self._identity_lock:
+            previous_ref = self._identities.get(identity)
+            previous = previous_ref() if previous_ref is not None else None
+            if previous is not None and previous is not fn and not explicit:
+                prev_code = getattr(getattr(previous, "func", previous), "__code__", None)
+                same_definition = (
+                    code is not None
+                    and prev_code is not None
+                    and (code.co_filename, code.co_firstlineno)
+                    == (prev_code.co_filename, prev_code.co_firstlineno)
+                    and not code.co_freevars
+                )
+                if not same_definition or "<lambda>" in identity:
+                    raise ConfigurationError(
+                        f"two different functions share the identity {identity!r} on "
+                        f"Spot {self.name!r}; give each a unique name: "
+                        "@spot.mark(name='...')"
+                    )
+            try:
+                self._identities[identity] = weakref.ref(fn)
+            except TypeError:  # some callables cannot be weakly referenced
+                self._identities[identity] = lambda: fn
+
+    # -- serialization -------------------------------------------------------------------
+
+    def register_type(
+        self,
+        type_: type,
+        code: int,
+        encoder: Callable[[Any], Any],
+        decoder: Callable[[Any], Any],
+    ) -> None:
+        """Teach the Spot's msgpack serializer a custom type (ext ``code`` 0..111)."""
+        if not isinstance(self.serializer, MsgpackSerializer):
+            raise ConfigurationError(
+                "register_type needs the default msgpack serializer; this Spot uses "
+                f"{type(self.serializer).__qualname__}"
+            )
+        self.serializer.register_type(type_=type_, code=code, encoder=encoder, decoder=decoder)
+
+    def register(
+        self,
+        code: int,
+        encoder: Callable[[Any], Any],
+        decoder: Callable[[Any], Any],
+    ) -> Callable[[T], T]:
+        """Class-decorator form of :meth:`register_type`."""
+
+        def decorate(cls: T) -> T:
+            self.register_type(type_=cls, code=code, encoder=encoder, decoder=decoder)
+            return cls
+
+        return decorate
+
+    # -- inspection -------------------------------------------------------------------------
+
+    async def history(self, limit: int = 1000) -> pd.DataFrame:
+        """The newest ``limit`` stored results' metadata, newest first.
+
+        Pending write-behind results are flushed first, so everything a call
+        has returned is listed. Payloads are not loaded.
+        """
+        if not isinstance(limit, int) or limit < 0:
+            raise ConfigurationError(f"limit must be an int >= 0, got {limit!r}")
+        frame: pd.DataFrame = await self._engine.history(limit)
+        return frame
+
+    def statistics(self) -> SpotStatistics:
+        """Counters of hits, misses, joins and writes since creation."""
+        return self._engine.statistics()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the backends now instead of on first use."""
+        await self._engine.open()
+
+    async def flush(self) -> None:
+        """Wait until every queued write is durable (failed writes were reported)."""
+        await self._engine.flush()
+
+    async def aclose(self) -> None:
+        """Flush and close the backends. Idempotent; the Spot reopens on next use."""
+        await self._engine.aclose()
+
+    async def __aenter__(self) -> Spot:
+        await self._engine.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Spot:
+        io_loop.call(self._engine.open)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        io_loop.call(self._engine.aclose)
+
+
+class _MissingLimiter:
+    """Stands in for ``spot.limiter`` when no limit is configured."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _fail(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"Spot {self._name!r} has no rate limit; create it with Spot(..., tpm=...) "
+            "or Spot(..., limiter=bs.Limiter(...)) before using @spot.limiter"
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._fail()
+
+    def __getattr__(self, name: str) -> Any:
+        raise self._fail()
+
+
+def _check_serializer(serializer: Any, option: str) -> None:
+    if not (callable(getattr(serializer, "dumps", None)) and callable(getattr(serializer, "loads", None))):
+        raise ConfigurationError(
+            f"{option} must have dumps(obj) -> bytes and loads(bytes) -> obj methods, got "
+            f"{type(serializer).__qualname__}"
+        )
+
+
+class Project(Spot):
+    """Deprecated alias of :class:`Spot` (the name used by beautyspot 1.x)."""
+
+    _warned = False
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        if not Project._warned:
+            Project._warned = True
+            warnings.warn(
+                "bs.Project is deprecated; use bs.Spot", DeprecationWarning, stacklevel=2
+            )
+        super().__init__(name, **kwargs)
+
+    _task_warned = False
+
+    def task(self, fn: Any = None, /, **options: Any) -> Any:
+        """Deprecated alias of :meth:`Spot.mark`."""
+        if not Project._task_warned:
+            Project._task_warned = True
+            warnings.warn(
+                "Project.task is deprecated; use Spot.mark", DeprecationWarning, stacklevel=2
+            )
+        return self.mark(fn, **options) if fn is not None else self.mark(**options)
+
+
+def _flush_at_exit() -> None:
+    """Make write-behind results durable and close connections at exit.
+
+    Registered with threading's own exit hook, which runs before the
+    interpreter joins non-daemon threads (aiosqlite's connection threads
+    are such threads and would otherwise keep the process alive).
+    """
+    for spot in list(_live_spots):
+        engine = spot._engine
+        if not engine.ready and not engine.writer.pending:
+            continue
+        try:
+            io_loop.call(engine.aclose)
+        except Exception:
+            logger.exception("flushing Spot %r at exit failed", spot.name)
+
+
+def _register_exit_hook() -> None:
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_flush_at_exit)
+            return
+        except RuntimeError:  # interpreter already shutting down
+            pass
+    atexit.register(_flush_at_exit)
+
+
+_register_exit_hook()

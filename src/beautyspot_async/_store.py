@@ -1,0 +1,183 @@
+"""The async shell around one task database and one blob storage.
+
+It owns opening and closing them, decides which of them a payload goes to,
+and translates failures of backends that are not ours into BackendError. All
+of it runs on the Spot's I/O loop for loop-bound backends (see ``_portal``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ._record import BLOB, TaskRecord
+from .db import TaskDB
+from .exceptions import BackendError, BeautySpotError, CacheCorruptedError
+from .storage import BlobStorageBase
+
+__all__ = ["ResultStore", "WriteItem"]
+
+
+@dataclass(slots=True)
+class WriteItem:
+    """One result on its way to durability.
+
+    ``record.result_data`` holds the serialized payload; for BLOB placement
+    the store moves it to blob storage and records the location instead.
+    """
+
+    record: TaskRecord
+    lease_owner: str | None = None
+
+
+def _translate(exc: Exception, backend: str, action: str) -> BeautySpotError:
+    if isinstance(exc, BeautySpotError):
+        return exc
+    error = BackendError(f"{action} failed: {type(exc).__name__}: {exc}", backend=backend)
+    error.__cause__ = exc
+    return error
+
+
+class ResultStore:
+    """Task database + blob storage, opened lazily on the I/O loop."""
+
+    def __init__(self, db: TaskDB, storage: BlobStorageBase) -> None:
+        self.db = db
+        self.storage = storage
+        self.loop_bound = db.loop_bound or storage.loop_bound
+        self.supports_leases = type(db).supports_leases
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+
+    # -- lifecycle (always on the I/O loop) -----------------------------------
+
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
+    async def open_on_io_loop(self) -> None:
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._opened:
+                return
+            try:
+                await self.db.init_schema()
+            except Exception as exc:
+                raise _translate(exc, self.db.backend_name, "opening the task database") from exc
+            self._opened = True
+
+    async def close_on_io_loop(self) -> None:
+        self._opened = False
+        errors: list[BaseException] = []
+        for closer in (self.db.aclose, self.storage.aclose):
+            try:
+                await closer()
+            except Exception as exc:  # close both even if one fails
+                errors.append(exc)
+        if errors:
+            raise _translate(errors[0], self.db.backend_name, "closing") from errors[0]  # type: ignore[arg-type]
+
+    # -- reads -----------------------------------------------------------------
+
+    async def get(self, cache_key: str) -> TaskRecord | None:
+        try:
+            return await self.db.get(cache_key)
+        except Exception as exc:
+            raise _translate(exc, self.db.backend_name, "lookup") from exc
+
+    async def get_or_lease(
+        self, cache_key: str, owner: str | None, ttl: float
+    ) -> tuple[TaskRecord | None, bool]:
+        """Look ``cache_key`` up and, on a miss, try to take its lease.
+
+        Returns ``(record, leased)``. One trip to the I/O loop serves both.
+        ``leased`` is True when no lease is needed (``owner`` is None).
+        """
+        record = await self.get(cache_key)
+        if record is not None or owner is None:
+            return record, True
+        try:
+            return None, await self.db.acquire_lease(cache_key, owner, ttl)
+        except Exception as exc:
+            raise _translate(exc, self.db.backend_name, "acquiring a lease") from exc
+
+    async def wait_then_get_or_lease(
+        self, cache_key: str, owner: str, ttl: float
+    ) -> tuple[TaskRecord | None, bool]:
+        """Wait for another process's execution of ``cache_key``, then retry."""
+        try:
+            await self.db.wait_for_result(cache_key, ttl)
+        except Exception as exc:
+            raise _translate(exc, self.db.backend_name, "waiting for a result") from exc
+        return await self.get_or_lease(cache_key, owner, ttl)
+
+    async def release(self, cache_key: str, owner: str) -> None:
+        try:
+            await self.db.release_lease(cache_key, owner)
+        except Exception as exc:
+            raise _translate(exc, self.db.backend_name, "releasing a lease") from exc
+
+    async def load_payload(self, record: TaskRecord) -> bytes:
+        """Return the serialized payload of ``record`` wherever it lives.
+
+        Raises CacheCorruptedError when it is missing or cannot be trusted.
+        """
+        if record.result_type == BLOB:
+            if not record.result_value:
+                raise CacheCorruptedError(f"blob record {record.cache_key} has no location")
+            try:
+                return await self.storage.load(record.result_value)
+            except CacheCorruptedError:
+                raise
+            except Exception as exc:
+                raise _translate(exc, self.storage.backend_name, "loading a blob") from exc
+        if record.result_data is None:
+            raise CacheCorruptedError(f"record {record.cache_key} has no payload")
+        return record.result_data
+
+    # -- writes ----------------------------------------------------------------
+
+    async def write(self, items: Sequence[WriteItem]) -> list[BaseException | None]:
+        """Make ``items`` durable; return, per item, the error that stopped it.
+
+        Blobs are written first, so a row never points at a blob that is not
+        there yet. Rows are written in one ``save_many`` batch.
+        """
+        errors: list[BaseException | None] = [None] * len(items)
+        rows: list[TaskRecord] = []
+        row_index: list[int] = []
+        for i, item in enumerate(items):
+            record = item.record
+            if record.result_type == BLOB:
+                try:
+                    location = await self.storage.save(record.cache_key, record.result_data or b"")
+                except Exception as exc:
+                    errors[i] = _translate(exc, self.storage.backend_name, "saving a blob")
+                    continue
+                record = replace(record, result_value=location, result_data=None)
+            rows.append(record)
+            row_index.append(i)
+        if rows:
+            try:
+                await self.db.save_many(rows)
+            except Exception as exc:
+                error = _translate(exc, self.db.backend_name, "saving results")
+                for i in row_index:
+                    errors[i] = error
+        for item in items:
+            if item.lease_owner is not None:
+                # Released even after a failed write: another process may retry.
+                # An unreleased lease only delays other processes until it expires.
+                with contextlib.suppress(Exception):
+                    await self.db.release_lease(item.record.cache_key, item.lease_owner)
+        return errors
+
+    async def history(self, limit: int) -> Any:
+        try:
+            return await self.db.get_history(limit)
+        except Exception as exc:
+            raise _translate(exc, self.db.backend_name, "reading history") from exc

@@ -1,0 +1,109 @@
+"""Turn ``db=`` / ``storage=`` options (instances, paths, URLs) into backends."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .db import MemoryTaskDB, SQLiteTaskDB, TaskDB
+from .exceptions import ConfigurationError
+from .storage import BlobStorageBase, LocalStorage
+
+__all__ = ["resolve_db", "resolve_storage"]
+
+DB_ENV = "BEAUTYSPOT_DB"
+STORAGE_ENV = "BEAUTYSPOT_STORAGE"
+
+_EXTRA_FOR = {"postgresql": "postgres", "redis": "redis", "s3": "s3"}
+
+
+def _missing_extra(scheme: str, exc: ImportError) -> ConfigurationError:
+    extra = _EXTRA_FOR[scheme]
+    error = ConfigurationError(
+        f"the {scheme}:// backend needs an optional dependency ({exc.name or exc}); "
+        f'install it with: pip install "beautyspot-async[{extra}]"'
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _sqlite_path(url: str) -> str:
+    # sqlite:///rel.db -> "rel.db" (relative to the working directory);
+    # sqlite:////abs.db -> "/abs.db"; the SQLAlchemy convention users know.
+    rest = url.split("://", 1)[1]
+    if not rest.startswith("/"):
+        raise ConfigurationError(
+            f"invalid SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute.db"
+        )
+    path = rest[1:]
+    if not path:
+        raise ConfigurationError(f"SQLite URL {url!r} names no file")
+    return path
+
+
+def resolve_db(spec: Any, name: str, *, clock: Any = None) -> TaskDB:
+    """Return the task database an explicit ``db=`` (or the environment) names."""
+    if spec is None:
+        spec = os.environ.get(DB_ENV) or f"{name}.db"
+    if isinstance(spec, TaskDB):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return SQLiteTaskDB(os.fspath(spec))
+    if not isinstance(spec, str):
+        raise ConfigurationError(
+            f"db must be a TaskDB instance, a path or a URL, got {type(spec).__qualname__}"
+        )
+    if "://" not in spec:
+        return SQLiteTaskDB(spec)
+    scheme = spec.split("://", 1)[0].lower()
+    if scheme == "sqlite":
+        return SQLiteTaskDB(_sqlite_path(spec))
+    if scheme == "memory":
+        return MemoryTaskDB()
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .db._postgres import PostgresTaskDB
+        except ImportError as exc:
+            raise _missing_extra("postgresql", exc) from exc
+        return PostgresTaskDB(spec)
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from .db._redis import RedisTaskDB
+        except ImportError as exc:
+            raise _missing_extra("redis", exc) from exc
+        return RedisTaskDB(spec)
+    raise ConfigurationError(
+        f"unknown database URL scheme {scheme!r} in {spec!r}; use a path, sqlite:///..., "
+        "memory://, postgresql://... or redis://..."
+    )
+
+
+def resolve_storage(spec: Any, name: str) -> BlobStorageBase:
+    """Return the blob storage an explicit ``storage=`` (or the environment) names."""
+    if spec is None:
+        spec = os.environ.get(STORAGE_ENV) or f"{name}_blobs"
+    if isinstance(spec, BlobStorageBase):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return LocalStorage(os.fspath(spec))
+    if not isinstance(spec, str):
+        raise ConfigurationError(
+            f"storage must be a BlobStorageBase instance, a path or a URL, got "
+            f"{type(spec).__qualname__}"
+        )
+    if "://" not in spec:
+        return LocalStorage(spec)
+    scheme = spec.split("://", 1)[0].lower()
+    if scheme == "file":
+        return LocalStorage(Path(spec.split("://", 1)[1]))
+    if scheme == "s3":
+        try:
+            from .storage._s3 import S3Storage
+        except ImportError as exc:
+            raise _missing_extra("s3", exc) from exc
+        return S3Storage.from_url(spec)
+    raise ConfigurationError(
+        f"unknown storage URL scheme {scheme!r} in {spec!r}; use a directory path, "
+        "file://... or s3://bucket/prefix"
+    )
