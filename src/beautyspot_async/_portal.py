@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -93,12 +94,15 @@ class IOLoop:
                 "(for example inside a hook); call the async API there instead"
             )
         assert self._portal is not None
-        return self._portal.call(fn, *args)
+        # An empty context: the caller's context variables (sniffio's "which
+        # async library am I in", above all) must not leak into the I/O loop.
+        return contextvars.Context().run(self._portal.call, fn, *args)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the I/O loop without waiting for anything."""
         loop = self._ensure_started()
-        return asyncio.run_coroutine_threadsafe(coro, loop)
+        # Scheduled from an empty context, for the reason given in call().
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
 
     async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Await ``fn(*args)`` executed on the I/O loop, from any event loop.

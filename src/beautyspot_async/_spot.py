@@ -260,6 +260,7 @@ class Spot:
                     and (code.co_filename, code.co_firstlineno)
                     == (prev_code.co_filename, prev_code.co_firstlineno)
                     and not code.co_freevars
+                    and _same_defaults(fn, previous)
                 )
                 if not same_definition or "<lambda>" in identity:
                     raise ConfigurationError(
@@ -376,6 +377,18 @@ class _MissingLimiter:
 
     def __getattr__(self, name: str) -> Any:
         raise self._fail()
+
+
+def _same_defaults(a: Any, b: Any) -> bool:
+    """Whether two definitions of one function carry equal default arguments."""
+    a, b = getattr(a, "func", a), getattr(b, "func", b)
+    try:
+        return bool(
+            getattr(a, "__defaults__", None) == getattr(b, "__defaults__", None)
+            and getattr(a, "__kwdefaults__", None) == getattr(b, "__kwdefaults__", None)
+        )
+    except Exception:  # defaults that cannot be compared are treated as different
+        return False
 
 
 def _check_serializer(serializer: Any, option: str) -> None:

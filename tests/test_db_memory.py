@@ -1,0 +1,84 @@
+"""MemoryTaskDB: the conformance suite plus what only a dict can promise."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from beautyspot_async._record import TaskRecord
+from beautyspot_async.db._memory import MemoryTaskDB
+from beautyspot_async.testing import FakeClock, check_taskdb
+
+pytestmark = pytest.mark.anyio
+
+
+class TestConformance:
+    """MemoryTaskDB passes the shared TaskDB suite under asyncio and trio."""
+
+    async def test_with_fake_clock(self) -> None:
+        clock = FakeClock()
+        await check_taskdb(lambda: MemoryTaskDB(clock=clock), clock=clock)
+
+    async def test_with_async_factory(self) -> None:
+        clock = FakeClock()
+
+        async def factory() -> MemoryTaskDB:
+            await anyio.lowlevel.checkpoint()
+            return MemoryTaskDB(clock=clock)
+
+        await check_taskdb(factory, clock=clock)
+
+
+class TestSharedInstance:
+    """One instance is one store: closing keeps data, threads see each other's writes."""
+
+    async def test_aclose_keeps_rows(self) -> None:
+        db = MemoryTaskDB()
+        await db.save(
+            cache_key="k",
+            func_name="f",
+            input_id="i",
+            version=None,
+            result_type="inline",
+            content_type=None,
+            result_data=b"v",
+        )
+        await db.aclose()
+        record = await db.get("k")
+        assert record is not None
+        assert record.result_data == b"v"
+
+    def test_get_nowait_from_another_thread(self) -> None:
+        db = MemoryTaskDB()
+        anyio.run(
+            lambda: db.save_many(
+                [TaskRecord("k", "f", "i", None, "inline", None, result_data=b"x", size_bytes=1)]
+            )
+        )
+        seen: list[TaskRecord | None] = []
+        thread = threading.Thread(target=lambda: seen.append(db.get_nowait("k")))
+        thread.start()
+        thread.join()
+        assert seen[0] is not None
+        assert seen[0].result_data == b"x"
+        assert db.get_nowait("missing") is None
+
+
+class TestHistoryTies:
+    """With a clock that does not move, history still lists the latest write first."""
+
+    async def test_newest_write_first_on_tied_timestamps(self) -> None:
+        db = MemoryTaskDB(clock=FakeClock())
+        for key in ("a", "b", "c", "a"):
+            await db.save(
+                cache_key=key,
+                func_name="f",
+                input_id="i",
+                version=None,
+                result_type="inline",
+                content_type=None,
+            )
+        frame = await db.get_history()
+        assert list(frame["cache_key"]) == ["a", "c", "b"]
