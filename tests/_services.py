@@ -12,7 +12,9 @@ import socket
 
 import pytest
 
-POSTGRES_URL = os.environ.get("BEAUTYSPOT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "BEAUTYSPOT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("BEAUTYSPOT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 

@@ -26,7 +26,9 @@ def make_spot(kind: str, tmp_path: Path, name: str = "t", **options: Any) -> bs.
 
 
 @asynccontextmanager
-async def open_spot(kind: str, tmp_path: Path, name: str = "t", **options: Any) -> AsyncIterator[bs.Spot]:
+async def open_spot(
+    kind: str, tmp_path: Path, name: str = "t", **options: Any
+) -> AsyncIterator[bs.Spot]:
     spot = make_spot(kind, tmp_path, name, **options)
     try:
         yield spot

@@ -500,6 +500,16 @@ class TestBinding:
         with pytest.raises(TypeError, match=r"test_cachekey\.two\(\)"):
             keyer.input_id(args, kwargs)
 
+    @pytest.mark.parametrize(
+        ("args", "kwargs"),
+        [((1,), {}), ((1, 2), {}), ((1,), {"b": 5}), ((), {"a": 1, "c": 0}), ((1, [2]), {"c": 9})],
+    )
+    def test_fast_and_general_binding_agree(self, args: tuple[Any, ...], kwargs: Any) -> None:
+        fast = ArgumentKeyer(keyed)
+        general = ArgumentKeyer(keyed)
+        general._fast = False  # force inspect.Signature.bind
+        assert fast.input_id(args, kwargs) == general.input_id(args, kwargs)
+
     def test_coroutine_functions(self) -> None:
         async def fetch(url: str, retries: int = 3) -> str:
             return url

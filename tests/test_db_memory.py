@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import anyio
+import pandas as pd
 import pytest
 
 from beautyspot_async._record import TaskRecord
@@ -82,3 +84,46 @@ class TestHistoryTies:
             )
         frame = await db.get_history()
         assert list(frame["cache_key"]) == ["a", "c", "b"]
+
+
+class _ResetsCreatedAt(MemoryTaskDB):
+    def _upsert(self, record: TaskRecord, now: float) -> None:
+        self._rows.pop(record.cache_key, None)
+        super()._upsert(record, now)
+
+
+class _OldestFirst(MemoryTaskDB):
+    async def get_history(self, limit: int = 1000) -> pd.DataFrame:
+        frame = await super().get_history(limit=10**9)
+        return frame.iloc[::-1].head(limit).reset_index(drop=True)
+
+
+class _GreedyLeases(MemoryTaskDB):
+    async def acquire_lease(self, cache_key: str, owner: str, ttl: float) -> bool:
+        return True
+
+
+class _TruncatesLargePayloads(MemoryTaskDB):
+    async def get(self, cache_key: str) -> TaskRecord | None:
+        record = await super().get(cache_key)
+        if record is None or record.result_data is None:
+            return record
+        return replace(record, result_data=record.result_data[: 1 << 16])
+
+
+class TestSuiteCatchesBugs:
+    """check_taskdb fails, naming the check, for a backend that breaks the contract."""
+
+    @pytest.mark.parametrize(
+        ("broken", "check"),
+        [
+            (_ResetsCreatedAt, "upsert"),
+            (_OldestFirst, "history"),
+            (_GreedyLeases, "leases"),
+            (_TruncatesLargePayloads, "round_trip"),
+        ],
+    )
+    async def test_broken_backend_fails(self, broken: type[MemoryTaskDB], check: str) -> None:
+        clock = FakeClock()
+        with pytest.raises(AssertionError, match=rf"check_taskdb\[{check}\]"):
+            await check_taskdb(lambda: broken(clock=clock), clock=clock)

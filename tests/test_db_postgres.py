@@ -275,7 +275,8 @@ class TestConnectionLoss:
             return "done"
 
         assert await db._run(op, "probe") == "done"
-        assert len(attempts) == 2 and attempts[0] != attempts[1]
+        assert len(attempts) == 2
+        assert attempts[0] != attempts[1], "the retry must run on a fresh connection"
 
     async def test_listener_loss_wakes_waiters(self, make_db: Factory) -> None:
         app = f"bs-test-{uuid.uuid4().hex[:8]}"

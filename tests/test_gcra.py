@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
+from typing import ClassVar
 
 import pytest
 
@@ -22,7 +24,7 @@ def admit(budgets: list[Budget], state: _gcra.State, now: float, costs: list[flo
 
 
 def run_greedy(
-    budgets: list[Budget], costs: list[float], start: float = 0.0
+    budgets: list[Budget], costs: Sequence[float], start: float = 0.0
 ) -> tuple[list[float], _gcra.State]:
     """Admit each cost as early as possible, in order; return admission times."""
     state = _gcra.initial_state(len(budgets))
@@ -39,10 +41,12 @@ def run_greedy(
     return times, state
 
 
-def max_in_window(times: list[float], costs: list[float], width: float) -> float:
+def max_in_window(times: Sequence[float], costs: Sequence[float], width: float) -> float:
     best = 0.0
     for i, start in enumerate(times):
-        total = sum(c for t, c in zip(times[i:], costs[i:], strict=True) if t <= start + width + 1e-12)
+        total = sum(
+            c for t, c in zip(times[i:], costs[i:], strict=True) if t <= start + width + 1e-12
+        )
         best = max(best, total)
     return best
 
@@ -70,16 +74,17 @@ class TestDecideSpacing:
 
     def test_first_call_is_immediate(self) -> None:
         verdict = admit(one(), _gcra.initial_state(1), 100.0, [1])
-        assert verdict.state.tats == (pytest.approx(100.1),)
+        assert verdict.state.tats[0] == pytest.approx(100.1)
 
     def test_second_call_waits_one_interval(self) -> None:
         first = admit(one(), _gcra.initial_state(1), 0.0, [1])
         verdict = _gcra.decide(one(), first.state, 0.0, [1])
-        assert verdict == Wait(pytest.approx(0.1))
+        assert isinstance(verdict, Wait)
+        assert verdict.until == pytest.approx(0.1)
 
     def test_a_call_waits_for_the_previous_calls_cost(self) -> None:
         first = admit(one(), _gcra.initial_state(1), 0.0, [5])
-        assert _gcra.decide(one(), first.state, 0.2, [1]) == Wait(pytest.approx(0.5))
+        assert _gcra.decide(one(), first.state, 0.2, [1]) == Wait(0.5)
         assert isinstance(_gcra.decide(one(), first.state, 0.5, [1]), Admit)
 
     def test_idle_time_is_not_banked_without_burst(self) -> None:
@@ -154,12 +159,15 @@ class TestWindowBound:
 class TestMultiBudget:
     """Several budgets are admitted atomically: all allow it or none books anything."""
 
-    budgets = [Budget.per_period("rpm", 60, 60.0), Budget.per_period("tpm", 600, 60.0)]
+    budgets: ClassVar[list[Budget]] = [
+        Budget.per_period("rpm", 60, 60.0),
+        Budget.per_period("tpm", 600, 60.0),
+    ]
 
     def test_waits_for_the_slowest_budget(self) -> None:
         first = admit(self.budgets, _gcra.initial_state(2), 0.0, [1, 100])
         # requests free again at 1 s, tokens at 10 s
-        assert _gcra.decide(self.budgets, first.state, 0.0, [1, 1]) == Wait(pytest.approx(10.0))
+        assert _gcra.decide(self.budgets, first.state, 0.0, [1, 1]) == Wait(10.0)
 
     def test_a_waiting_call_books_nothing(self) -> None:
         first = admit(self.budgets, _gcra.initial_state(2), 0.0, [1, 100])
@@ -189,12 +197,12 @@ class TestSettle:
     def test_refund_of_a_future_slot_frees_it(self) -> None:
         first = admit(one(10), _gcra.initial_state(1), 0.0, [10])  # booked until 1.0
         state = _gcra.settle(one(10), first.state, 0.2, first.marks, [-6])
-        assert state.tats == (pytest.approx(0.4),)
+        assert state.tats[0] == pytest.approx(0.4)
 
     def test_refund_never_hands_back_elapsed_time(self) -> None:
         first = admit(one(10), _gcra.initial_state(1), 0.0, [10])
         state = _gcra.settle(one(10), first.state, 0.9, first.marks, [-10])
-        assert state.tats == (pytest.approx(0.9),)
+        assert state.tats[0] == pytest.approx(0.9)
 
     def test_refund_after_the_slot_ended_is_nothing(self) -> None:
         first = admit(one(10), _gcra.initial_state(1), 0.0, [10])
@@ -207,7 +215,7 @@ class TestSettle:
         b = admit(budgets, a.state, 0.0, [10])  # slot [1, 2]
         state = _gcra.settle(budgets, b.state, 0.5, a.marks, [-10])
         # only A's future half (0.5 s) comes back
-        assert state.tats == (pytest.approx(1.5),)
+        assert state.tats[0] == pytest.approx(1.5)
 
     def test_earlier_refunds_bound_a_later_refund(self) -> None:
         budgets = one(10, burst=20)
@@ -215,17 +223,17 @@ class TestSettle:
         b = admit(budgets, a.state, 0.0, [10])  # [1, 2]
         state = _gcra.settle(budgets, b.state, 0.0, a.marks, [-10])  # B now [0, 1]
         state = _gcra.settle(budgets, state, 0.5, b.marks, [-10])
-        assert state.tats == (pytest.approx(0.5),)
+        assert state.tats[0] == pytest.approx(0.5)
 
     def test_extra_debit_books_more(self) -> None:
         first = admit(one(10), _gcra.initial_state(1), 0.0, [1])
         state = _gcra.settle(one(10), first.state, 0.0, first.marks, [4])
-        assert state.tats == (pytest.approx(0.5),)
+        assert state.tats[0] == pytest.approx(0.5)
 
     def test_extra_debit_after_idle_starts_at_now(self) -> None:
         first = admit(one(10), _gcra.initial_state(1), 0.0, [1])
         state = _gcra.settle(one(10), first.state, 3.0, first.marks, [4])
-        assert state.tats == (pytest.approx(3.4),)
+        assert state.tats[0] == pytest.approx(3.4)
 
     def test_zero_delta_changes_nothing(self) -> None:
         first = admit(one(10), _gcra.initial_state(1), 0.0, [3])
@@ -244,7 +252,7 @@ class TestPenalize:
         state = _gcra.penalize(_gcra.initial_state(1), 0.0, 2.5)
         assert _gcra.decide(one(), state, 1.0, [1]) == Wait(2.5)
         after = admit(one(), state, 2.5, [1])
-        assert after.state.tats == (pytest.approx(2.6),)
+        assert after.state.tats[0] == pytest.approx(2.6)
 
     def test_pauses_do_not_add_up(self) -> None:
         state = _gcra.penalize(_gcra.initial_state(1), 0.0, 5)
@@ -272,6 +280,6 @@ class TestScheduleAndDebt:
 
     def test_debt(self) -> None:
         first = admit(one(10), _gcra.initial_state(1), 0.0, [5])
-        assert _gcra.debt(one(10), first.state, 0.2) == (pytest.approx(3.0),)
+        assert _gcra.debt(one(10), first.state, 0.2)[0] == pytest.approx(3.0)
         assert _gcra.debt(one(10), first.state, 9.0) == (0.0,)
         assert _gcra.debt(one(10), _gcra.initial_state(1), 0.0) == (0.0,)

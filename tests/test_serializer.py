@@ -245,6 +245,13 @@ class TestDatetimes:
         assert out.tzname() == "JST"
         assert same(out, value)
 
+    def test_equal_offsets_with_different_names_stay_apart(self, ser: MsgpackSerializer) -> None:
+        plain = dt.timezone(dt.timedelta(hours=9))
+        named = dt.timezone(dt.timedelta(hours=9), "JST")
+        value = [dt.datetime(2024, 1, 1, tzinfo=tz) for tz in (plain, named, plain, named)]
+        out = roundtrip(ser, value)
+        assert [d.tzname() for d in out] == ["UTC+09:00", "JST", "UTC+09:00", "JST"]
+
     def test_zoneinfo_keeps_its_zone_and_fold(self, ser: MsgpackSerializer) -> None:
         paris = ZoneInfo("Europe/Paris")
         # 02:30 on 27 Oct 2024 happens twice in Paris; fold picks the second one.
@@ -634,6 +641,8 @@ class TestCorruptInput:
             (112, b"\xc1"),  # tuple whose items are garbage
             (115, b"\x93\x01\x02\x03"),  # datetime with too few fields
             (115, msgpack.packb([2024, 13, 1, 0, 0, 0, 0, 0, None])),  # month 13
+            (115, msgpack.packb([2024, 1, 1, 0, 0, 0, 0, 0, [1]])),  # short tz
+            (115, msgpack.packb([2024, 1, 1, 0, 0, 0, 0, 0, [[0], None, None]])),  # bad tz
             (119, b"not-a-number"),  # Decimal
             (119, b"\xff"),  # Decimal, not ASCII
             (120, b"short"),  # UUID needs 16 bytes
@@ -664,7 +673,7 @@ class TestCorruptInput:
 
 
 class TestCopyAndDefault:
-    """Copies are independent; the default serializer is shared by the process."""
+    """Copies and default serializers are independent of each other."""
 
     def test_copy_has_same_registry(self, ser: MsgpackSerializer) -> None:
         ser.register_type(type_=Point, code=10, encoder=repr, decoder=repr)
@@ -684,11 +693,13 @@ class TestCopyAndDefault:
         with pytest.raises(SerializationError):
             clone.dumps(Box("a", None))
 
-    def test_default_serializer_is_shared_and_copyable(self) -> None:
+    def test_default_serializer_is_fresh_each_time(self) -> None:
         first = default_serializer()
-        assert first is default_serializer()
-        assert isinstance(first, MsgpackSerializer)
-        assert first.copy() is not first
+        first.register_type(type_=Point, code=10, encoder=repr, decoder=repr)
+        second = default_serializer()
+        assert second is not first
+        assert second.registered_types() == {}
+        assert first.copy().registered_types() == {10: Point}
 
     def test_protocol_is_runtime_checkable(self) -> None:
         class Custom:
@@ -698,7 +709,8 @@ class TestCopyAndDefault:
             def loads(self, data: bytes) -> Any:
                 return None
 
-        assert isinstance(MsgpackSerializer(), Serializer)
+        static: Serializer = MsgpackSerializer()  # mypy checks the structural match
+        assert isinstance(static, Serializer)
         assert isinstance(Custom(), Serializer)
         assert not isinstance(object(), Serializer)
 

@@ -64,8 +64,10 @@ def check_markable(fn: Any) -> None:
 def _copy_metadata(wrapper: Any, fn: Any) -> None:
     functools.update_wrapper(wrapper, fn)
     target = _unwrap_partial(fn)
+    if not inspect.isroutine(target) and not isinstance(target, type):
+        target = type(target)  # a callable object: name it after its class
     for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
-        if not hasattr(fn, attr) and hasattr(target, attr):
+        if getattr(fn, attr, None) is None and hasattr(target, attr):
             setattr(wrapper, attr, getattr(target, attr))
     wrapper.__wrapped__ = fn
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import functools
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -110,7 +111,7 @@ async def drive_async(steps: Steps, execute: Callable[[], Awaitable[Any]]) -> An
             elif type(step) is Wait:
                 value = await wait_future(step.future)
             elif type(step) is Blocking:
-                value = await anyio.to_thread.run_sync(lambda s=step: s.fn(*s.args))
+                value = await anyio.to_thread.run_sync(functools.partial(step.fn, *step.args))
             else:  # pragma: no cover - a new step type without a driver branch
                 raise AssertionError(f"unknown pipeline step {step!r}")
         except BaseException as exc:
@@ -217,17 +218,24 @@ class Pipeline:
             key = cache_key(task.identity, task.version, input_id)
         else:
             input_id, key = ids
-        base: tuple[Any, ...] | None = None
+        base: dict[str, Any] | None = None
         if task.hooks:
-            base = (task.identity, key, input_id, task.version, args, MappingProxyType(kwargs))
-            yield from self._fire("pre_execute", PreExecuteContext(*base))
+            base = {
+                "func_name": task.identity,
+                "cache_key": key,
+                "input_id": input_id,
+                "version": task.version,
+                "args": args,
+                "kwargs": MappingProxyType(kwargs),
+            }
+            yield from self._fire("pre_execute", PreExecuteContext(**base))
 
         if ids is None:
             value = self.memo_lookup(key)
             if value is not NO_VALUE:
                 engine.stats.memory_hits += 1
                 if base is not None:
-                    yield from self._fire("on_cache_hit", CacheHitContext(*base, result=value))
+                    yield from self._fire("on_cache_hit", CacheHitContext(**base, result=value))
                 return value
 
         while True:
@@ -239,10 +247,11 @@ class Pipeline:
                 engine.stats.joins += 1
                 value = outcome.share()
                 if base is not None:
-                    yield from self._fire("on_cache_hit", CacheHitContext(*base, result=value))
+                    yield from self._fire("on_cache_hit", CacheHitContext(**base, result=value))
                 return value
             if outcome.kind is OutcomeKind.FAILED:
-                raise outcome.error  # type: ignore[misc]
+                assert outcome.error is not None
+                raise outcome.error
             # ABANDONED: the leader was cancelled; race the other waiters to lead.
 
         return (yield from self._lead(flight, key, input_id, args, kwargs, base))
@@ -254,7 +263,7 @@ class Pipeline:
         input_id: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        base: tuple[Any, ...] | None,
+        base: dict[str, Any] | None,
     ) -> Steps:
         task = self.task
         engine = self.engine
@@ -263,9 +272,9 @@ class Pipeline:
         owner: str | None = None
         bypass = False
         try:
-            if not engine.ready:
-                yield Io(engine.open, (), False)
             try:
+                if not engine.ready:
+                    yield Io(engine.open, (), False)
                 record, owner = yield from self._lookup(key)
             except BackendError as exc:
                 if engine.on_backend_error != "bypass":
@@ -289,7 +298,7 @@ class Pipeline:
                     engine.memo.put(key, entry)
                     self._settle_resolved(flight, entry)
                     if base is not None:
-                        yield from self._fire("on_cache_hit", CacheHitContext(*base, result=value))
+                        yield from self._fire("on_cache_hit", CacheHitContext(**base, result=value))
                     return value
             result = yield EXECUTE
         except BaseException as exc:
@@ -319,7 +328,9 @@ class Pipeline:
                 return record, None
         if owner is None:
             return (yield Io(store.get, (key,), store.loop_bound)), None
-        record, leased = yield Io(store.get_or_lease, (key, owner, engine.lease_ttl), store.loop_bound)
+        record, leased = yield Io(
+            store.get_or_lease, (key, owner, engine.lease_ttl), store.loop_bound
+        )
         while record is None and not leased:
             # Another process is executing this key: wait for its result.
             engine.stats.lease_waits += 1
@@ -328,9 +339,7 @@ class Pipeline:
             )
         return record, (owner if record is None else None)
 
-    def _decode(
-        self, record: TaskRecord, on_io: bool
-    ) -> Generator[Step, Any, tuple[Any, bytes]]:
+    def _decode(self, record: TaskRecord, on_io: bool) -> Generator[Step, Any, tuple[Any, bytes]]:
         """Decode a stored record into ``(value, payload)``.
 
         A corrupt or expired record reads as ``(NO_VALUE, b"")``.
@@ -361,7 +370,7 @@ class Pipeline:
         input_id: str,
         result: Any,
         owner: str | None,
-        base: tuple[Any, ...] | None,
+        base: dict[str, Any] | None,
         bypass: bool,
     ) -> Steps:
         task = self.task
@@ -375,7 +384,9 @@ class Pipeline:
             if owner is not None:
                 engine.release_soon(key, owner)
             if base is not None:
-                yield from self._fire("on_save_error", SaveErrorContext(*base, result=result, error=exc))
+                yield from self._fire(
+                    "on_save_error", SaveErrorContext(**base, result=result, error=exc)
+                )
             if wait:
                 flight.fail(exc)
                 raise
@@ -414,7 +425,9 @@ class Pipeline:
                     if engine.on_backend_error != "bypass":
                         flight.fail(exc)
                         raise
-                    warnings.warn(f"{exc}; result of {task.identity} not cached", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{exc}; result of {task.identity} not cached", RuntimeWarning, stacklevel=2
+                    )
                     self._settle_resolved(flight, entry, land=False)
                     return result
                 except BaseException:
@@ -437,7 +450,7 @@ class Pipeline:
                 )
                 self._settle_resolved(flight, entry)
         if base is not None:
-            yield from self._fire("on_cache_miss", CacheMissContext(*base, result=result))
+            yield from self._fire("on_cache_miss", CacheMissContext(**base, result=result))
         return result
 
     # -- helpers ------------------------------------------------------------------------
@@ -453,15 +466,17 @@ class Pipeline:
             flight.resolve(lambda: loads(payload))
 
     def _reporter(
-        self, base: tuple[Any, ...] | None, result: Any
+        self, base: dict[str, Any] | None, result: Any
     ) -> Callable[[WriteItem, BaseException], Awaitable[None]]:
         identity = self.task.identity
         hooks = self.task.hooks
 
         async def report(item: WriteItem, error: BaseException) -> None:
-            logger.error("writing the result of %s (%s) failed: %s", identity, item.record.cache_key, error)
+            logger.error(
+                "writing the result of %s (%s) failed: %s", identity, item.record.cache_key, error
+            )
             if base is not None and hooks.wants("on_save_error"):
-                context = SaveErrorContext(*base, result=result, error=error)
+                context = SaveErrorContext(**base, result=result, error=error)
                 hooks.fire_sync("on_save_error", context)
                 await hooks.fire_async("on_save_error", context)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-
 __all__ = ["Flight", "FlightRegistry", "Outcome", "OutcomeKind"]
 
 
@@ -61,7 +60,6 @@ class Flight:
     def _settle(self, outcome: Outcome) -> None:
         if not self._future.done():
             self._future.set_result(outcome)
-
 
 
 class FlightRegistry:

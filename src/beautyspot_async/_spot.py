@@ -46,7 +46,7 @@ _live_spots: weakref.WeakSet[Spot] = weakref.WeakSet()
 
 class _MarkDecorator(Protocol):
     @overload
-    def __call__(
+    def __call__(  # type: ignore[overload-overlap]
         self, fn: Callable[P, Coroutine[Any, Any, R]], /
     ) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
@@ -161,7 +161,7 @@ class Spot:
     # -- the decorator ---------------------------------------------------------------------
 
     @overload
-    def mark(
+    def mark(  # type: ignore[overload-overlap]
         self, fn: Callable[P, Coroutine[Any, Any, R]], /
     ) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
@@ -186,7 +186,6 @@ class Spot:
     def mark(
         self,
         fn: Callable[..., Any] | None = None,
-        /,
         *,
         version: str | None = None,
         save_blob: bool | None = None,
@@ -392,7 +391,10 @@ def _same_defaults(a: Any, b: Any) -> bool:
 
 
 def _check_serializer(serializer: Any, option: str) -> None:
-    if not (callable(getattr(serializer, "dumps", None)) and callable(getattr(serializer, "loads", None))):
+    if not (
+        callable(getattr(serializer, "dumps", None))
+        and callable(getattr(serializer, "loads", None))
+    ):
         raise ConfigurationError(
             f"{option} must have dumps(obj) -> bytes and loads(bytes) -> obj methods, got "
             f"{type(serializer).__qualname__}"
@@ -407,9 +409,7 @@ class Project(Spot):
     def __init__(self, name: str, **kwargs: Any) -> None:
         if not Project._warned:
             Project._warned = True
-            warnings.warn(
-                "bs.Project is deprecated; use bs.Spot", DeprecationWarning, stacklevel=2
-            )
+            warnings.warn("bs.Project is deprecated; use bs.Spot", DeprecationWarning, stacklevel=2)
         super().__init__(name, **kwargs)
 
     _task_warned = False

@@ -101,9 +101,17 @@ class ResultStore:
         if record is not None or owner is None:
             return record, True
         try:
-            return None, await self.db.acquire_lease(cache_key, owner, ttl)
+            leased = await self.db.acquire_lease(cache_key, owner, ttl)
         except Exception as exc:
             raise _translate(exc, self.db.backend_name, "acquiring a lease") from exc
+        if not leased:
+            return None, False
+        # The previous holder may have written and released between our read
+        # and our lease: read again, or this process would execute it twice.
+        record = await self.get(cache_key)
+        if record is not None:
+            await self.release(cache_key, owner)
+        return record, True
 
     async def wait_then_get_or_lease(
         self, cache_key: str, owner: str, ttl: float

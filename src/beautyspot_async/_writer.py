@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,9 @@ class Submission:
 class _Marker:
     """Queued by flush(): everything queued before it has been written once it is reached."""
 
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Writer:
@@ -103,10 +106,8 @@ class Writer:
             return
         await self.flush()
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         self._task = None
         self._idle = True
         self._loop = None

@@ -76,19 +76,19 @@ class HookBase:
     I/O loop); write-behind save errors are reported from the I/O loop.
     """
 
-    def pre_execute(self, context: PreExecuteContext) -> None | Awaitable[None]:
+    def pre_execute(self, context: PreExecuteContext) -> Awaitable[None] | None:
         """Called on every call, before the cache is consulted."""
         return None
 
-    def on_cache_hit(self, context: CacheHitContext) -> None | Awaitable[None]:
+    def on_cache_hit(self, context: CacheHitContext) -> Awaitable[None] | None:
         """Called after a call was answered without executing the function."""
         return None
 
-    def on_cache_miss(self, context: CacheMissContext) -> None | Awaitable[None]:
+    def on_cache_miss(self, context: CacheMissContext) -> Awaitable[None] | None:
         """Called after the function executed and returned."""
         return None
 
-    def on_save_error(self, context: SaveErrorContext) -> None | Awaitable[None]:
+    def on_save_error(self, context: SaveErrorContext) -> Awaitable[None] | None:
         """Called when a result could not be stored."""
         return None
 
@@ -105,7 +105,7 @@ class HookSet:
 
     EMPTY: ClassVar[HookSet]
 
-    def __init__(self, hooks: Iterable[HookBase]) -> None:
+    def __init__(self, hooks: Iterable[Any]) -> None:
         self._sync: dict[str, list[_Handler]] = {}
         self._async: dict[str, list[_Handler]] = {}
         for hook in hooks:

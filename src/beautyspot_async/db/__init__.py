@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord
 from ._base import TaskDB
+from ._history import records_to_frame
 from ._memory import MemoryTaskDB
 from ._sqlite import SQLiteTaskDB
 
@@ -29,6 +30,7 @@ __all__ = [
     "SQLiteTaskDB",
     "TaskDB",
     "TaskRecord",
+    "records_to_frame",
 ]
 
 _LAZY = {"PostgresTaskDB": "._postgres", "RedisTaskDB": "._redis"}

@@ -133,10 +133,12 @@ class TaskDB(ABC):
         """Remove ``cache_key``; return whether a row existed. Idempotent."""
         raise NotImplementedError(f"{type(self).__name__} does not support delete()")
 
-    async def iter_records(self) -> AsyncIterator[TaskRecord]:
-        """Yield every record, payloads included, in no particular order."""
+    def iter_records(self) -> AsyncIterator[TaskRecord]:
+        """Yield every record, payloads included, in no particular order.
+
+        Implement it as an ``async def`` generator.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not support iter_records()")
-        yield  # pragma: no cover - makes this an async generator
 
     async def delete_expired(self, now: float | None = None) -> int:
         """Remove the rows expired at ``now`` (default: the current time).
@@ -185,7 +187,7 @@ class TaskDB(ABC):
     async def release_lease(self, cache_key: str, owner: str) -> None:
         """Give up ``owner``'s lease on ``cache_key``; a no-op if not held."""
 
-    async def wait_for_result(self, cache_key: str, timeout: float) -> None:
+    async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the protocol bounds the wait; backends map it to their own notification timeout
         """Return when ``cache_key`` may have been written, or after ``timeout``.
 
         Backends with notifications (LISTEN/NOTIFY, pub/sub) wake on them; the
@@ -193,4 +195,3 @@ class TaskDB(ABC):
         :meth:`get`, so a spurious early return is harmless.
         """
         await anyio.sleep(min(timeout, 0.05))
-

@@ -1,0 +1,78 @@
+"""Turn task-database rows into the history DataFrame.
+
+Shared by every backend so that ``get_history`` has one shape everywhere:
+exactly :data:`~beautyspot_async.db.HISTORY_COLUMNS`, text columns as
+``object`` (``None`` stays ``None``), ``size_bytes`` as ``int64`` and the three
+timestamps as ``datetime64[ns, UTC]`` with ``NaT`` for "never expires".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["TIMESTAMP_COLUMNS", "records_to_frame"]
+
+#: History columns holding POSIX seconds that become aware UTC datetimes.
+TIMESTAMP_COLUMNS: Final = ("created_at", "updated_at", "expires_at")
+
+_TEXT_COLUMNS: Final = tuple(
+    c for c in HISTORY_COLUMNS if c not in TIMESTAMP_COLUMNS and c != "size_bytes"
+)
+# numpy's NaT is the smallest int64 when a datetime64 array is viewed as integers.
+_NAT: Final = -(2**63)
+
+HistoryRow: TypeAlias = TaskRecord | Mapping[str, Any] | Sequence[Any]
+
+
+def _as_tuple(row: HistoryRow) -> tuple[Any, ...]:
+    if isinstance(row, TaskRecord):
+        return tuple(getattr(row, c) for c in HISTORY_COLUMNS)
+    if isinstance(row, Mapping):
+        return tuple(row[c] for c in HISTORY_COLUMNS)
+    if len(row) != len(HISTORY_COLUMNS):
+        raise ValueError(
+            f"a history row needs {len(HISTORY_COLUMNS)} values "
+            f"in HISTORY_COLUMNS order, got {len(row)}"
+        )
+    return tuple(row)
+
+
+def _to_ns(seconds: float | None) -> int:
+    # Rounding to whole microseconds first keeps what a float of POSIX seconds
+    # can actually carry; going straight to ns shows float noise (...123456001).
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return _NAT
+    return round(float(seconds) * 1_000_000) * 1_000
+
+
+def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
+    """Build the history frame from records or metadata rows.
+
+    ``rows`` may hold :class:`TaskRecord` objects, mappings keyed by column
+    name, or sequences in :data:`HISTORY_COLUMNS` order (what a SQL driver
+    returns for ``SELECT <HISTORY_COLUMNS> ...``); timestamps are POSIX
+    seconds or ``None``. Row order is kept. Payload fields of records are
+    ignored, so callers should not fetch them in the first place.
+    """
+    import numpy as np
+    import pandas as pd
+
+    tuples = [_as_tuple(r) for r in rows]
+    columns: dict[str, Any] = {}
+    for index, name in enumerate(HISTORY_COLUMNS):
+        values = [t[index] for t in tuples]
+        if name in TIMESTAMP_COLUMNS:
+            ns = np.array([_to_ns(v) for v in values], dtype=np.int64)
+            columns[name] = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")
+        elif name == "size_bytes":
+            columns[name] = pd.Series([int(v or 0) for v in values], dtype="int64")
+        else:
+            columns[name] = pd.Series(values, dtype=object)
+    return pd.DataFrame(columns, columns=list(HISTORY_COLUMNS))

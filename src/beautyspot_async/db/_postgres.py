@@ -1,0 +1,607 @@
+"""PostgreSQL task database on asyncpg (extra ``[postgres]``).
+
+Over 500 lines because its SQL is inline: records, leases and LISTEN/NOTIFY
+share one pool, one retry wrapper and one set of table names.
+
+Layout, all under one schema and one table-name prefix (default
+``public.beautyspot_*``)::
+
+    <prefix>tasks           one row per cache key; payloads as bytea
+    <prefix>leases          cross-process single-flight leases
+    <prefix>schema_version  one row: the layout version this module wrote
+
+Timestamps come from the server clock and are stored as double precision
+POSIX seconds, which map one to one onto :class:`TaskRecord` floats.
+Processes waiting for another process's result LISTEN on one channel per
+table; ``save``, ``save_many`` and ``release_lease`` NOTIFY it with the cache
+key as payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import anyio
+
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
+from beautyspot_async.db._base import TaskDB
+from beautyspot_async.exceptions import BackendError, ConfigurationError
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "PostgresTaskDB needs asyncpg: pip install 'beautyspot-async[postgres]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import pandas as pd
+
+__all__ = ["PostgresTaskDB"]
+
+T = TypeVar("T")
+
+#: Version of the table layout written by this module. A database stamped
+#: with a newer version was written by a newer release; we refuse to touch it.
+SCHEMA_VERSION = 1
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Identifiers (and derived index names) must fit NAMEDATALEN - 1 = 63 bytes.
+_MAX_PREFIX = 40
+
+# Errors after which a fresh connection may succeed: the connection was lost
+# (class 08), the server shut it down (class 57P, e.g. pg_terminate_backend),
+# or the socket failed. Anything else is a real error and is not retried.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InterfaceError,
+    # Seen when the server closed an idle pooled connection and the driver
+    # notices only as the next query starts.
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def _quote(ident: str) -> str:
+    return f'"{ident}"'
+
+
+def _record(row: asyncpg.Record) -> TaskRecord:
+    return TaskRecord(
+        cache_key=row["cache_key"],
+        func_name=row["func_name"],
+        input_id=row["input_id"],
+        version=row["version"],
+        result_type=row["result_type"],
+        content_type=row["content_type"],
+        result_value=row["result_value"],
+        result_data=None if row["result_data"] is None else bytes(row["result_data"]),
+        expires_at=row["expires_at"],
+        size_bytes=row["size_bytes"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _size(result_data: bytes | None, size_bytes: int | None) -> int:
+    # 0 is TaskRecord's default, so a batch record that never set it falls
+    # back to the payload length as save() does for None.
+    return size_bytes or (0 if result_data is None else len(result_data))
+
+
+class PostgresTaskDB(TaskDB):
+    """Task database on PostgreSQL, shared by every process that uses ``dsn``.
+
+    ``schema`` (created when missing) and ``table_prefix`` name the tables, so
+    several Spots or test runs can share one database. The connection pool
+    (``min_size``..``max_size`` connections) opens on first use. Transient
+    connection loss (a restarted server, a terminated backend) is retried
+    after each delay of ``retry_delays``; when the server stays unreachable
+    the call raises :class:`~beautyspot_async.BackendError`.
+
+    ``notify=False`` disables LISTEN/NOTIFY (for poolers such as PgBouncer in
+    transaction mode); :meth:`wait_for_result` then polls every
+    ``poll_interval`` seconds instead.
+    """
+
+    loop_bound: ClassVar[bool] = True
+    backend_name: ClassVar[str] = "postgresql"
+    supports_leases: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        table_prefix: str = "beautyspot_",
+        min_size: int = 1,
+        max_size: int = 10,
+        notify: bool = True,
+        poll_interval: float = 0.5,
+        connect_timeout: float = 10.0,
+        retry_delays: Sequence[float] = (0.1, 0.5),
+        **connect_kwargs: Any,
+    ) -> None:
+        if not _IDENT.match(schema):
+            raise ConfigurationError(f"invalid PostgreSQL schema name {schema!r}")
+        if table_prefix and not _IDENT.match(table_prefix):
+            raise ConfigurationError(f"invalid PostgreSQL table prefix {table_prefix!r}")
+        if len(table_prefix) > _MAX_PREFIX:
+            raise ConfigurationError(f"table prefix longer than {_MAX_PREFIX} characters")
+        if not 0 < min_size <= max_size:
+            raise ConfigurationError("need 0 < min_size <= max_size")
+        self.dsn = dsn
+        self.schema = schema
+        self.table_prefix = table_prefix
+        self._min_size = min_size
+        self._max_size = max_size
+        self._notify = notify
+        self._poll_interval = poll_interval
+        self._connect_timeout = connect_timeout
+        self._retry_delays = tuple(retry_delays)
+        self._connect_kwargs = connect_kwargs
+
+        s = _quote(schema)
+        self._tasks = f"{s}.{_quote(table_prefix + 'tasks')}"
+        self._leases = f"{s}.{_quote(table_prefix + 'leases')}"
+        self._versions = f"{s}.{_quote(table_prefix + 'schema_version')}"
+        qualified = f"{schema}.{table_prefix}tasks".encode()
+        digest = hashlib.sha256(qualified).digest()
+        # Channel names are identifiers (at most 63 bytes); a digest keeps
+        # them short and distinct per schema + prefix.
+        self._channel = "beautyspot_" + digest[:10].hex()
+        # Advisory lock ids are bigint; derive a stable one from the tables' name.
+        self._lock_id = int.from_bytes(digest[10:18], "big", signed=True)
+
+        self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._open_lock: anyio.Lock | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._waiters: dict[str, set[anyio.Event]] = {}
+        # Keys with a waiter parked on its notification (after the re-check);
+        # lets tests save only once a waiter can be woken by NOTIFY alone.
+        self._blocked: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresTaskDB(schema={self.schema!r}, table_prefix={self.table_prefix!r})"
+
+    # -- connection management ------------------------------------------------
+
+    def _check_loop(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A pool belongs to the loop that created it; on a new loop (a
+            # second asyncio.run()) the old one is unusable and is dropped.
+            self._loop = loop
+            self._pool = None
+            self._listener = None
+            self._waiters = {}
+            self._blocked = {}
+            self._open_lock = anyio.Lock()
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        self._check_loop()
+        pool = self._pool
+        if pool is not None:
+            return pool
+        assert self._open_lock is not None
+        # Double-checked: concurrent first calls must not open two pools.
+        async with self._open_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._connect_timeout,
+                    **self._connect_kwargs,
+                )
+            return self._pool
+
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]], what: str) -> T:
+        """Run ``op`` on a pooled connection, retrying transient failures."""
+        attempts = len(self._retry_delays) + 1
+        for attempt in range(attempts):
+            try:
+                pool = await self._get_pool()
+                async with pool.acquire() as conn:
+                    try:
+                        return await op(conn)
+                    except _TRANSIENT:
+                        # Never hand a half-dead connection back to the pool:
+                        # the retry must get a fresh one.
+                        conn.terminate()
+                        raise
+            except _TRANSIENT as exc:
+                if attempt == attempts - 1:
+                    raise BackendError(
+                        f"{what} failed after {attempts} attempts (connection lost or "
+                        f"server unreachable): {exc}",
+                        backend=self.backend_name,
+                    ) from exc
+                if self._pool is not None and isinstance(exc, OSError):
+                    # The pool could not connect at all: start afresh.
+                    await self._drop_pool()
+                await anyio.sleep(self._retry_delays[attempt])
+            except asyncpg.PostgresError as exc:
+                raise BackendError(f"{what} failed: {exc}", backend=self.backend_name) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _drop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
+    async def aclose(self) -> None:
+        """Close the pool and the listener connection. Idempotent."""
+        listener, self._listener = self._listener, None
+        waiters, self._waiters = self._waiters, {}
+        for events in waiters.values():
+            for event in events:
+                event.set()
+        if listener is not None and not listener.is_closed():
+            with anyio.CancelScope(shield=True):
+                try:
+                    await listener.close(timeout=5)
+                except Exception:  # closing a broken connection
+                    listener.terminate()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await pool.close()
+                except Exception:  # closing a broken pool
+                    pool.terminate()
+
+    # -- schema ---------------------------------------------------------------
+
+    async def init_schema(self) -> None:
+        """Create the schema, tables and indexes when missing.
+
+        Safe when several processes run it at once: the DDL runs in one
+        transaction under a transaction-scoped advisory lock. Raises
+        :class:`~beautyspot_async.ConfigurationError` when the tables were
+        written by a newer layout version.
+        """
+        p = self.table_prefix
+        s = _quote(self.schema)
+        statements = [
+            f"CREATE SCHEMA IF NOT EXISTS {s}",
+            f"""CREATE TABLE IF NOT EXISTS {self._versions} (
+                id integer PRIMARY KEY CHECK (id = 1),
+                version integer NOT NULL)""",
+            f"""CREATE TABLE IF NOT EXISTS {self._tasks} (
+                cache_key text PRIMARY KEY,
+                func_name text NOT NULL,
+                input_id text NOT NULL,
+                version text,
+                result_type text NOT NULL,
+                content_type text,
+                result_value text,
+                result_data bytea,
+                expires_at double precision,
+                size_bytes bigint NOT NULL DEFAULT 0,
+                created_at double precision NOT NULL,
+                updated_at double precision NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS {_quote(p + 'tasks_func_name')} "
+            f"ON {self._tasks} (func_name)",
+            f"CREATE INDEX IF NOT EXISTS {_quote(p + 'tasks_updated_at')} "
+            f"ON {self._tasks} (updated_at)",
+            f"CREATE INDEX IF NOT EXISTS {_quote(p + 'tasks_expires_at')} "
+            f"ON {self._tasks} (expires_at) WHERE expires_at IS NOT NULL",
+            f"""CREATE TABLE IF NOT EXISTS {self._leases} (
+                cache_key text PRIMARY KEY,
+                owner text NOT NULL,
+                expires_at double precision NOT NULL)""",
+        ]
+
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                # CREATE ... IF NOT EXISTS still races on the catalog when two
+                # processes run it at once; the advisory lock serialises them.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_id)
+                for statement in statements:
+                    await conn.execute(statement)
+                found = await conn.fetchval(f"SELECT version FROM {self._versions} WHERE id = 1")
+                if found is None:
+                    await conn.execute(
+                        f"INSERT INTO {self._versions} (id, version) VALUES (1, $1)",
+                        SCHEMA_VERSION,
+                    )
+                elif found > SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"tables {self._tasks} have layout version {found}, newer than "
+                        f"{SCHEMA_VERSION} which this beautyspot-async understands; upgrade it"
+                    )
+
+        await self._run(op, "init_schema")
+
+    # -- records --------------------------------------------------------------
+
+    async def get(self, cache_key: str) -> TaskRecord | None:
+        """Return the record stored under ``cache_key``, or ``None``."""
+        query = f"SELECT * FROM {self._tasks} WHERE cache_key = $1"
+
+        async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(query, cache_key)
+
+        row = await self._run(op, "get")
+        return None if row is None else _record(row)
+
+    async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
+        """Return the records found among ``cache_keys`` in one round trip."""
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return {}
+        query = f"SELECT * FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(query, keys)
+            return rows
+
+        rows = await self._run(op, "get_many")
+        return {row["cache_key"]: _record(row) for row in rows}
+
+    @property
+    def _upsert(self) -> str:
+        # The CTE makes the upsert and its NOTIFY one statement; PostgreSQL
+        # delivers the notification only when the write commits.
+        notify = "SELECT pg_notify($11, cache_key) FROM up" if self._notify else "SELECT 1"
+        return f"""
+            WITH up AS (
+                INSERT INTO {self._tasks} (
+                    cache_key, func_name, input_id, version, result_type, content_type,
+                    result_value, result_data, expires_at, size_bytes, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                        extract(epoch FROM now()), extract(epoch FROM now()))
+                ON CONFLICT (cache_key) DO UPDATE SET
+                    func_name = EXCLUDED.func_name,
+                    input_id = EXCLUDED.input_id,
+                    version = EXCLUDED.version,
+                    result_type = EXCLUDED.result_type,
+                    content_type = EXCLUDED.content_type,
+                    result_value = EXCLUDED.result_value,
+                    result_data = EXCLUDED.result_data,
+                    expires_at = EXCLUDED.expires_at,
+                    size_bytes = EXCLUDED.size_bytes,
+                    updated_at = EXCLUDED.updated_at
+                RETURNING cache_key)
+            {notify}"""
+
+    def _upsert_args(self, r: TaskRecord, size_bytes: int | None) -> tuple[Any, ...]:
+        args: tuple[Any, ...] = (
+            r.cache_key,
+            r.func_name,
+            r.input_id,
+            r.version,
+            r.result_type,
+            r.content_type,
+            r.result_value,
+            r.result_data,
+            r.expires_at,
+            _size(r.result_data, size_bytes),
+        )
+        return (*args, self._channel) if self._notify else args
+
+    async def save(
+        self,
+        *,
+        cache_key: str,
+        func_name: str,
+        input_id: str,
+        version: str | None,
+        result_type: str,
+        content_type: str | None,
+        result_value: str | None = None,
+        result_data: bytes | None = None,
+        expires_at: float | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        """Upsert one record (``created_at`` kept) and notify waiters."""
+        record = TaskRecord(
+            cache_key=cache_key,
+            func_name=func_name,
+            input_id=input_id,
+            version=version,
+            result_type=result_type,
+            content_type=content_type,
+            result_value=result_value,
+            result_data=result_data,
+            expires_at=expires_at,
+        )
+        args = self._upsert_args(record, size_bytes)
+        query = self._upsert
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(query, *args)
+
+        await self._run(op, "save")
+
+    async def save_many(self, records: Iterable[TaskRecord]) -> None:
+        """Upsert every record in one transaction (a later duplicate wins)."""
+        rows = [self._upsert_args(r, r.size_bytes) for r in records]
+        if not rows:
+            return
+        query = self._upsert
+
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.executemany(query, rows)
+
+        await self._run(op, "save_many")
+
+    async def delete(self, cache_key: str) -> bool:
+        """Remove ``cache_key``; return whether a row existed."""
+        query = f"DELETE FROM {self._tasks} WHERE cache_key = $1"
+
+        async def op(conn: asyncpg.Connection) -> str:
+            status: str = await conn.execute(query, cache_key)
+            return status
+
+        return await self._run(op, "delete") != "DELETE 0"
+
+    async def delete_expired(self, now: float | None = None) -> int:
+        """Remove rows expired at ``now`` (default: the server clock), via the index."""
+        query = (
+            f"DELETE FROM {self._tasks} WHERE expires_at IS NOT NULL "
+            "AND expires_at <= coalesce($1::double precision, extract(epoch FROM now()))"
+        )
+
+        async def op(conn: asyncpg.Connection) -> str:
+            status: str = await conn.execute(query, now)
+            return status
+
+        status = await self._run(op, "delete_expired")
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def iter_records(self) -> AsyncIterator[TaskRecord]:
+        """Yield every record through a server-side cursor.
+
+        The connection is held until the iteration ends; close the iterator
+        (``aclosing``) when stopping early. Connection loss mid-iteration is
+        not retried: it raises :class:`~beautyspot_async.BackendError`.
+        """
+        query = f"SELECT * FROM {self._tasks}"
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire() as conn, conn.transaction():
+                async for row in conn.cursor(query, prefetch=256):
+                    yield _record(row)
+        except (*_TRANSIENT, asyncpg.PostgresError) as exc:
+            raise BackendError(f"iter_records failed: {exc}", backend=self.backend_name) from exc
+
+    async def get_history(self, limit: int = 1000) -> pd.DataFrame:
+        """Return up to ``limit`` records' metadata, newest ``updated_at`` first."""
+        from beautyspot_async.db._history import records_to_frame
+
+        columns = ", ".join(HISTORY_COLUMNS)
+        query = f"SELECT {columns} FROM {self._tasks} ORDER BY updated_at DESC LIMIT $1"
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(query, max(0, limit))
+            return rows
+
+        rows = await self._run(op, "get_history")
+        return records_to_frame(tuple(row) for row in rows)
+
+    # -- leases ---------------------------------------------------------------
+
+    async def acquire_lease(self, cache_key: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease on ``cache_key``; atomic on the server clock."""
+        query = f"""
+            INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
+            VALUES ($1, $2, extract(epoch FROM clock_timestamp()) + $3)
+            ON CONFLICT (cache_key) DO UPDATE
+                SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
+                WHERE l.expires_at <= extract(epoch FROM clock_timestamp())
+                   OR l.owner = EXCLUDED.owner
+            RETURNING owner"""
+
+        async def op(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchval(query, cache_key, owner, float(ttl))
+
+        return await self._run(op, "acquire_lease") is not None
+
+    async def release_lease(self, cache_key: str, owner: str) -> None:
+        """Drop ``owner``'s lease on ``cache_key`` and wake its waiters."""
+        notify = "SELECT pg_notify($3, cache_key) FROM gone" if self._notify else "SELECT 1"
+        query = f"""
+            WITH gone AS (
+                DELETE FROM {self._leases} WHERE cache_key = $1 AND owner = $2
+                RETURNING cache_key)
+            {notify}"""
+        args: tuple[Any, ...] = (cache_key, owner)
+        if self._notify:
+            args = (*args, self._channel)
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(query, *args)
+
+        await self._run(op, "release_lease")
+
+    async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the TaskDB signature
+        """Return on a NOTIFY for ``cache_key`` (a save or a released lease).
+
+        Returns at once when the row already exists or no lease is held, and
+        after ``timeout`` at the latest. Spurious early returns are allowed
+        (the caller re-checks).
+        """
+        if not self._notify:
+            await anyio.sleep(min(timeout, self._poll_interval))
+            return
+        # Connecting the listener is bounded by connect_timeout, not by
+        # ``timeout``: a tiny timeout must not keep cancelling the connect.
+        await self._ensure_listener()
+        event = anyio.Event()
+        self._waiters.setdefault(cache_key, set()).add(event)
+        try:
+            with anyio.move_on_after(timeout):
+                # Listening first, then checking, closes the window in which a
+                # save between the caller's miss and our LISTEN would be lost.
+                if await self._settled(cache_key):
+                    return
+                self._blocked[cache_key] = self._blocked.get(cache_key, 0) + 1
+                try:
+                    await event.wait()
+                finally:
+                    self._blocked[cache_key] -= 1
+                    if not self._blocked[cache_key]:
+                        del self._blocked[cache_key]
+        finally:
+            events = self._waiters.get(cache_key)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[cache_key]
+
+    async def _settled(self, cache_key: str) -> bool:
+        query = f"""
+            SELECT EXISTS (SELECT 1 FROM {self._tasks} WHERE cache_key = $1)
+                OR NOT EXISTS (SELECT 1 FROM {self._leases} WHERE cache_key = $1
+                               AND expires_at > extract(epoch FROM clock_timestamp()))"""
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            return bool(await conn.fetchval(query, cache_key))
+
+        return await self._run(op, "wait_for_result")
+
+    async def _ensure_listener(self) -> None:
+        self._check_loop()
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        assert self._open_lock is not None
+        async with self._open_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            # A dedicated connection outside the pool: LISTEN state is per
+            # session and must not leak into pooled connections.
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn, timeout=self._connect_timeout, **self._connect_kwargs
+                )
+                await conn.add_listener(self._channel, self._on_notify)
+            except (*_TRANSIENT, asyncpg.PostgresError) as exc:
+                raise BackendError(
+                    f"cannot LISTEN for results: {exc}", backend=self.backend_name
+                ) from exc
+            conn.add_termination_listener(self._on_listener_lost)
+            self._listener = conn
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        for event in self._waiters.get(str(payload), ()):
+            event.set()
+
+    def _on_listener_lost(self, conn: object) -> None:
+        # Notifications may have been missed while the connection was down:
+        # wake everyone so they re-check, and reconnect on the next wait.
+        self._listener = None
+        for events in self._waiters.values():
+            for event in events:
+                event.set()

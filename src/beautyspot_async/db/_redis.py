@@ -1,0 +1,503 @@
+"""Redis task database on redis.asyncio (extra ``[redis]``).
+
+About 500 lines because its five Lua scripts are inline, next to their callers.
+
+Key space, all under ``<prefix>:`` so one prefix is one database::
+
+    <prefix>:schema            layout version (string)
+    <prefix>:rec:<cache_key>   HASH, one per record; absent fields are None
+    <prefix>:idx:updated       ZSET cache_key -> updated_at (history, iteration)
+    <prefix>:idx:expires       ZSET cache_key -> expires_at (delete_expired)
+    <prefix>:lease:<cache_key> STRING owner, with a server-side PX expiry
+    <prefix>:saved             pub/sub channel; payload is the cache key
+
+Writes run as Lua scripts so a record and its index entries change together,
+stamped with the server's ``TIME``. Targets a single Redis node (or a primary
+with replicas); the keys of one prefix are not co-located for Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+
+import anyio
+
+from beautyspot_async._record import TaskRecord
+from beautyspot_async.db._base import TaskDB
+from beautyspot_async.exceptions import BackendError, ConfigurationError
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("RedisTaskDB needs redis: pip install 'beautyspot-async[redis]'") from exc
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import pandas as pd
+
+__all__ = ["RedisTaskDB"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_META_FIELDS = (
+    "func_name",
+    "input_id",
+    "version",
+    "result_type",
+    "content_type",
+    "expires_at",
+    "size_bytes",
+    "created_at",
+    "updated_at",
+)
+
+# KEYS: record hash, updated index, expires index.
+# ARGV: cache_key, expires_at ('' = never), channel, n, n field/value pairs,
+#       then the fields to delete (the None-valued ones).
+# created_at survives an overwrite because HSET only touches named fields.
+_SAVE = """
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local created = redis.call('HGET', KEYS[1], 'created_at') or now
+local n = tonumber(ARGV[4])
+local fields = {'created_at', created, 'updated_at', now}
+for i = 5, 4 + 2 * n do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if #ARGV > 4 + 2 * n then
+    redis.call('HDEL', KEYS[1], unpack(ARGV, 5 + 2 * n, #ARGV))
+end
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+if ARGV[2] == '' then
+    redis.call('ZREM', KEYS[3], ARGV[1])
+else
+    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return now
+"""
+
+# KEYS: updated index, expires index. ARGV: record key prefix, cutoff ('' =
+# server time), batch size. Deletes up to one batch; returns how many.
+_DELETE_EXPIRED = """
+local cutoff = ARGV[2]
+if cutoff == '' then
+    local t = redis.call('TIME')
+    cutoff = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local doomed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, key in ipairs(doomed) do
+    redis.call('DEL', ARGV[1] .. key)
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('ZREM', KEYS[2], key)
+end
+return #doomed
+"""
+
+# KEYS: record hash, updated index, expires index. ARGV: cache_key.
+_DELETE = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return n
+"""
+
+# KEYS: lease key. ARGV: owner, ttl in ms. Take a free lease or renew our own.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS: lease key. ARGV: owner, channel, cache_key. Only the holder releases.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    redis.call('PUBLISH', ARGV[2], ARGV[3])
+    return 1
+end
+return 0
+"""
+
+_EXPIRE_BATCH = 500
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
+    expires = h.get(b"expires_at")
+    return TaskRecord(
+        cache_key=cache_key,
+        func_name=h[b"func_name"].decode(),
+        input_id=h[b"input_id"].decode(),
+        version=_text(h.get(b"version")),
+        result_type=h[b"result_type"].decode(),
+        content_type=_text(h.get(b"content_type")),
+        result_value=_text(h.get(b"result_value")),
+        result_data=h.get(b"result_data"),
+        expires_at=None if expires is None else float(expires),
+        size_bytes=int(h.get(b"size_bytes", b"0")),
+        created_at=float(h[b"created_at"]),
+        updated_at=float(h[b"updated_at"]),
+    )
+
+
+class RedisTaskDB(TaskDB):
+    """Task database on Redis, shared by every process using ``url`` and ``prefix``.
+
+    One prefix is one namespace: two Spots with different prefixes never see
+    each other's records. Connection errors are retried ``retries`` times
+    with exponential backoff (a restarted server, a killed client
+    connection); when Redis stays unreachable the call raises
+    :class:`~beautyspot_async.BackendError`. Extra keyword arguments go to
+    ``redis.asyncio.Redis.from_url``.
+    """
+
+    loop_bound: ClassVar[bool] = True
+    backend_name: ClassVar[str] = "redis"
+    supports_leases: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "beautyspot",
+        retries: int = 3,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 1.0,
+        socket_timeout: float | None = 10.0,
+        **client_kwargs: Any,
+    ) -> None:
+        if not prefix or any(c in prefix for c in "\x00\r\n "):
+            raise ConfigurationError(f"invalid Redis key prefix {prefix!r}")
+        self.url = url
+        self.prefix = prefix
+        self._retries = retries
+        self._backoff = (backoff_cap, backoff_base)
+        self._socket_timeout = socket_timeout
+        self._client_kwargs = client_kwargs
+        self._rec = f"{prefix}:rec:".encode()
+        self._updated = f"{prefix}:idx:updated".encode()
+        self._expires = f"{prefix}:idx:expires".encode()
+        self._lease = f"{prefix}:lease:".encode()
+        self._schema = f"{prefix}:schema".encode()
+        self.channel = f"{prefix}:saved".encode()
+        self._client: aioredis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scripts: dict[str, Any] = {}
+        # Keys with a waiter parked on pub/sub (after its re-check); lets tests
+        # publish only once a waiter can be woken by the message alone.
+        self._blocked: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisTaskDB(prefix={self.prefix!r})"
+
+    # -- connection management ------------------------------------------------
+
+    def _get_client(self) -> aioredis.Redis:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # Creating the client opens nothing (connections are made on
+            # demand), so no lock is needed; a client belongs to one loop.
+            self._loop = loop
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                decode_responses=False,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+                retry=Retry(ExponentialBackoff(*self._backoff), self._retries),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+                **self._client_kwargs,
+            )
+            self._scripts = {
+                name: self._client.register_script(source)
+                for name, source in (
+                    ("save", _SAVE),
+                    ("delete", _DELETE),
+                    ("expire", _DELETE_EXPIRED),
+                    ("acquire", _ACQUIRE),
+                    ("release", _RELEASE),
+                )
+            }
+        return self._client
+
+    async def _call(self, fn: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
+        try:
+            return await fn(self._get_client())
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"{what} failed: {exc}", backend=self.backend_name) from exc
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent."""
+        client, self._client = self._client, None
+        self._scripts = {}
+        if client is not None:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+
+    # -- schema ---------------------------------------------------------------
+
+    async def init_schema(self) -> None:
+        """Stamp the namespace's layout version; refuse a newer one.
+
+        Redis needs no DDL; this also checks that the server is reachable.
+        """
+
+        async def op(r: aioredis.Redis) -> bytes | None:
+            await r.set(self._schema, str(SCHEMA_VERSION), nx=True)
+            return cast("bytes | None", await r.get(self._schema))
+
+        found = await self._call(op, "init_schema")
+        if found is not None and int(found) > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"Redis prefix {self.prefix!r} has layout version {int(found)}, newer than "
+                f"{SCHEMA_VERSION} which this beautyspot-async understands; upgrade it"
+            )
+
+    # -- records --------------------------------------------------------------
+
+    async def get(self, cache_key: str) -> TaskRecord | None:
+        """Return the record stored under ``cache_key``, or ``None``."""
+
+        async def op(r: aioredis.Redis) -> dict[bytes, bytes]:
+            return cast("dict[bytes, bytes]", await r.hgetall(self._rec + cache_key.encode()))
+
+        h = await self._call(op, "get")
+        return _from_hash(cache_key, h) if h else None
+
+    async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
+        """Return the records found among ``cache_keys`` in one pipelined round trip."""
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return {}
+
+        async def op(r: aioredis.Redis) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(self._rec + key.encode())
+                return await pipe.execute()
+
+        hashes = await self._call(op, "get_many")
+        return {k: _from_hash(k, h) for k, h in zip(keys, hashes, strict=True) if h}
+
+    def _save_args(self, r: TaskRecord, size_bytes: int | None) -> tuple[list[bytes], list[Any]]:
+        size = size_bytes or len(r.result_data or b"")
+        values: dict[str, Any] = {
+            "func_name": r.func_name,
+            "input_id": r.input_id,
+            "version": r.version,
+            "result_type": r.result_type,
+            "content_type": r.content_type,
+            "result_value": r.result_value,
+            "result_data": r.result_data,
+            "expires_at": None if r.expires_at is None else repr(float(r.expires_at)),
+            "size_bytes": str(size),
+        }
+        present = [(k, v) for k, v in values.items() if v is not None]
+        absent = [k for k, v in values.items() if v is None]
+        args: list[Any] = [
+            r.cache_key,
+            values["expires_at"] or "",
+            self.channel,
+            len(present),
+        ]
+        for k, v in present:
+            args += [k, v]
+        args += absent
+        keys = [self._rec + r.cache_key.encode(), self._updated, self._expires]
+        return keys, args
+
+    async def save(
+        self,
+        *,
+        cache_key: str,
+        func_name: str,
+        input_id: str,
+        version: str | None,
+        result_type: str,
+        content_type: str | None,
+        result_value: str | None = None,
+        result_data: bytes | None = None,
+        expires_at: float | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        """Upsert one record atomically (``created_at`` kept) and publish its key."""
+        record = TaskRecord(
+            cache_key=cache_key,
+            func_name=func_name,
+            input_id=input_id,
+            version=version,
+            result_type=result_type,
+            content_type=content_type,
+            result_value=result_value,
+            result_data=result_data,
+            expires_at=expires_at,
+        )
+        keys, args = self._save_args(record, size_bytes)
+
+        async def op(r: aioredis.Redis) -> None:
+            await self._scripts["save"](keys=keys, args=args)
+
+        await self._call(op, "save")
+
+    async def save_many(self, records: Iterable[TaskRecord]) -> None:
+        """Upsert every record in one MULTI/EXEC transaction."""
+        batch = [self._save_args(rec, rec.size_bytes) for rec in records]
+        if not batch:
+            return
+
+        async def op(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                for keys, args in batch:
+                    await self._scripts["save"](keys=keys, args=args, client=pipe)
+                await pipe.execute()
+
+        await self._call(op, "save_many")
+
+    async def delete(self, cache_key: str) -> bool:
+        """Remove ``cache_key`` and its index entries; return whether it existed."""
+        keys = [self._rec + cache_key.encode(), self._updated, self._expires]
+
+        async def op(r: aioredis.Redis) -> Any:
+            return await self._scripts["delete"](keys=keys, args=[cache_key])
+
+        return bool(await self._call(op, "delete"))
+
+    async def delete_expired(self, now: float | None = None) -> int:
+        """Remove records expired at ``now`` (default: the server clock), via the index."""
+        cutoff = "" if now is None else repr(float(now))
+        removed = 0
+        while True:
+
+            async def op(r: aioredis.Redis) -> Any:
+                return await self._scripts["expire"](
+                    keys=[self._updated, self._expires],
+                    args=[self._rec, cutoff, _EXPIRE_BATCH],
+                )
+
+            # Batches keep each script run short: Redis blocks while it runs.
+            n = int(await self._call(op, "delete_expired"))
+            removed += n
+            if n < _EXPIRE_BATCH:
+                return removed
+
+    async def iter_records(self) -> AsyncIterator[TaskRecord]:
+        """Yield every record, walking the updated_at index with ZSCAN."""
+        client = self._get_client()
+        try:
+            chunk: list[str] = []
+            async for member, _score in client.zscan_iter(self._updated, count=256):
+                chunk.append(member.decode())
+                if len(chunk) >= 256:
+                    for record in (await self.get_many(chunk)).values():
+                        yield record
+                    chunk = []
+            if chunk:
+                for record in (await self.get_many(chunk)).values():
+                    yield record
+        except (RedisError, OSError) as exc:
+            raise BackendError(f"iter_records failed: {exc}", backend=self.backend_name) from exc
+
+    async def get_history(self, limit: int = 1000) -> pd.DataFrame:
+        """Return up to ``limit`` records' metadata, newest first, from the index."""
+        from beautyspot_async.db._history import records_to_frame
+
+        async def op(r: aioredis.Redis) -> list[tuple[str, list[Any]]]:
+            if limit <= 0:
+                return []
+            members = cast("list[bytes]", await r.zrevrange(self._updated, 0, limit - 1))
+            async with r.pipeline(transaction=False) as pipe:
+                for m in members:
+                    pipe.hmget(self._rec + m, list(_META_FIELDS))
+                rows = await pipe.execute()
+            return [(m.decode(), row) for m, row in zip(members, rows, strict=True)]
+
+        records = []
+        for key, row in await self._call(op, "get_history"):
+            h = {f.encode(): v for f, v in zip(_META_FIELDS, row, strict=True) if v is not None}
+            if b"func_name" in h:  # deleted between the two reads
+                records.append(_from_hash(key, h))
+        return records_to_frame(records)
+
+    # -- leases ---------------------------------------------------------------
+
+    async def acquire_lease(self, cache_key: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease on ``cache_key``; it expires on the server clock."""
+        ttl_ms = max(1, round(ttl * 1000))
+
+        async def op(r: aioredis.Redis) -> Any:
+            return await self._scripts["acquire"](
+                keys=[self._lease + cache_key.encode()], args=[owner, ttl_ms]
+            )
+
+        return bool(await self._call(op, "acquire_lease"))
+
+    async def release_lease(self, cache_key: str, owner: str) -> None:
+        """Drop ``owner``'s lease on ``cache_key`` (if held) and wake its waiters."""
+
+        async def op(r: aioredis.Redis) -> Any:
+            return await self._scripts["release"](
+                keys=[self._lease + cache_key.encode()], args=[owner, self.channel, cache_key]
+            )
+
+        await self._call(op, "release_lease")
+
+    async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the TaskDB signature
+        """Return when ``cache_key`` is published (saved or lease released).
+
+        Returns at once when the record exists or no lease is held, and after
+        ``timeout`` at the latest. Each wait subscribes on its own connection
+        for its duration; waits happen only under cross-process contention.
+        """
+        wanted = cache_key.encode()
+        rec = self._rec + wanted
+        lease = self._lease + wanted
+
+        async def op(r: aioredis.Redis) -> None:
+            pubsub = r.pubsub(ignore_subscribe_messages=True)
+            try:
+                with anyio.move_on_after(timeout):
+                    await pubsub.subscribe(self.channel)
+                    # Subscribed first, then checked: a save in between is
+                    # either seen here or published to us.
+                    async with r.pipeline(transaction=False) as pipe:
+                        pipe.exists(rec)
+                        pipe.exists(lease)
+                        has_record, has_lease = await pipe.execute()
+                    if has_record or not has_lease:
+                        return
+                    self._blocked[cache_key] = self._blocked.get(cache_key, 0) + 1
+                    try:
+                        while True:
+                            try:
+                                msg = await pubsub.get_message(timeout=None)
+                            except (RedisConnectionError, OSError):
+                                # A lost subscription may have missed the
+                                # message: return early, the caller re-checks.
+                                return
+                            if msg is not None and msg.get("data") == wanted:
+                                return
+                    finally:
+                        self._blocked[cache_key] -= 1
+                        if not self._blocked[cache_key]:
+                            del self._blocked[cache_key]
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+        await self._call(op, "wait_for_result")

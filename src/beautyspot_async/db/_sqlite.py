@@ -1,0 +1,538 @@
+"""The default task database: one SQLite file, shared safely by processes.
+
+(Over 500 lines: the schema, its SQL and the sync fast path must change together.)
+
+Writes go through one aiosqlite connection per instance (asyncio only, hence
+``loop_bound``). Cache-hit lookups can skip the event loop hop entirely through
+:meth:`SQLiteTaskDB.get_nowait`, a plain ``sqlite3`` read that never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import aiosqlite
+import anyio
+import anyio.to_thread
+
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
+from beautyspot_async.db._base import TaskDB
+from beautyspot_async.db._history import records_to_frame
+from beautyspot_async.exceptions import BackendError, ConfigurationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["SCHEMA_VERSION", "SQLiteTaskDB"]
+
+#: Layout version kept in ``PRAGMA user_version``; bump it with a migration.
+SCHEMA_VERSION: Final = 1
+
+_RECORD_COLUMNS: Final = (
+    "cache_key",
+    "func_name",
+    "input_id",
+    "version",
+    "result_type",
+    "content_type",
+    "result_value",
+    "result_data",
+    "expires_at",
+    "size_bytes",
+    "created_at",
+    "updated_at",
+)
+_SELECT_RECORD: Final = ", ".join(_RECORD_COLUMNS)
+_SELECT_HISTORY: Final = ", ".join(HISTORY_COLUMNS)
+
+_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS tasks (
+        cache_key    TEXT PRIMARY KEY NOT NULL,
+        func_name    TEXT NOT NULL,
+        input_id     TEXT NOT NULL,
+        version      TEXT,
+        result_type  TEXT NOT NULL,
+        content_type TEXT,
+        result_value TEXT,
+        result_data  BLOB,
+        expires_at   REAL,
+        size_bytes   INTEGER NOT NULL DEFAULT 0,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS tasks_func_name ON tasks (func_name)",
+    # Partial: most rows never expire, and the sweep only looks at those that do.
+    "CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at)"
+    " WHERE expires_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS tasks_updated_at ON tasks (updated_at)",
+    """
+    CREATE TABLE IF NOT EXISTS leases (
+        cache_key  TEXT PRIMARY KEY NOT NULL,
+        owner      TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+_UPSERT: Final = f"""
+    INSERT INTO tasks ({_SELECT_RECORD}) VALUES ({", ".join("?" * len(_RECORD_COLUMNS))})
+    ON CONFLICT (cache_key) DO UPDATE SET
+        {", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS[1:] if c != "created_at")}
+"""
+
+# One statement, so the size test and the payload read see the same row version;
+# length() of a BLOB comes from the record header without reading the payload.
+_NOWAIT_SELECT: Final = f"""
+    SELECT {", ".join(c for c in _RECORD_COLUMNS if c != "result_data")},
+           length(result_data),
+           CASE WHEN length(result_data) <= ? THEN result_data END
+    FROM tasks WHERE cache_key = ?
+"""
+
+_ACQUIRE_LEASE: Final = """
+    INSERT INTO leases (cache_key, owner, expires_at) VALUES (?, ?, ?)
+    ON CONFLICT (cache_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE leases.owner = excluded.owner OR leases.expires_at <= ?
+"""
+
+# SQLite builds before 3.32 allow 999 host parameters per statement.
+_IN_CHUNK: Final = 900
+_ITER_PAGE: Final = 256
+
+
+class _ReaderSlot(threading.local):
+    """The current thread's fast-path connection and the generation it belongs to."""
+
+    conn: sqlite3.Connection | None = None
+    generation: int = -1
+
+
+class SQLiteTaskDB(TaskDB):
+    """Task database in one SQLite file (WAL mode), safe across processes.
+
+    ``path`` is created with its parent directory on first use; the
+    connection opens lazily in :meth:`init_schema` or the first call, and a
+    closed instance reopens the same way. ``busy_timeout`` bounds how long a
+    write waits for another process's write lock. ``clock`` stamps
+    ``created_at``/``updated_at`` and times leases (a wall clock shared by
+    every process on the machine). :meth:`get_nowait` reads payloads up to
+    ``nowait_max_bytes`` and leaves larger rows to :meth:`get`.
+    ``poll_interval`` is how often :meth:`wait_for_result` re-checks, since
+    SQLite has no change notification.
+    """
+
+    loop_bound: ClassVar[bool] = True
+    backend_name: ClassVar[str] = "sqlite"
+    supports_leases: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+        nowait_max_bytes: int = 256 * 1024,
+        poll_interval: float = 0.02,
+    ) -> None:
+        self._path = Path(os.fspath(path))
+        self._in_memory = os.fspath(path) == ":memory:"
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._nowait_max_bytes = nowait_max_bytes
+        self._poll_interval = poll_interval
+        self._conn: aiosqlite.Connection | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._write_lock: asyncio.Lock | None = None
+        self._reader = _ReaderSlot()
+        # Bumped by aclose(): each thread then drops its stale reader on next use.
+        self._generation = 0
+        self._reader_uri = None if self._in_memory else self._path.absolute().as_uri() + "?mode=rw"
+
+    def __repr__(self) -> str:
+        return f"SQLiteTaskDB({os.fspath(self._path)!r})"
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # -- connection lifecycle -------------------------------------------------------
+
+    async def _connection(self) -> aiosqlite.Connection:
+        conn = self._conn
+        if conn is not None:
+            return conn
+        # Created here, not in __init__, so each lock belongs to the loop that
+        # (re)opens the database; no await separates the check and the set.
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._conn is None:
+                self._conn = await self._open()
+            return self._conn
+
+    async def _open(self) -> aiosqlite.Connection:
+        if not self._in_memory:
+            await anyio.to_thread.run_sync(self._make_parent)
+        with _translate("open"):
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch
+            # is one transaction and a single upsert commits on its own.
+            conn = await aiosqlite.connect(
+                self._path if not self._in_memory else ":memory:",
+                timeout=self._busy_timeout,
+                isolation_level=None,
+            )
+            try:
+                await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                # WAL lets readers (other processes, get_nowait) proceed while
+                # one writer commits, instead of failing with "database is locked".
+                await conn.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode NORMAL skips the fsync on every commit: a commit
+                # survives a crash of this process (the contract) and only the
+                # last transactions may roll back on power loss, while each
+                # write costs far less than with FULL.
+                await conn.execute("PRAGMA synchronous = NORMAL")
+                await self._ensure_schema(conn)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+                raise
+        self._write_lock = asyncio.Lock()
+        return conn
+
+    def _make_parent(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot create the directory of {self._path}: {exc}", backend="sqlite"
+            ) from exc
+
+    async def _ensure_schema(self, conn: aiosqlite.Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front, so processes starting
+        # together create the schema one after the other instead of racing.
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = await conn.execute_fetchall("PRAGMA user_version")
+            found = int(next(iter(rows))[0])
+            if found > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"{self._path} uses task-database schema version {found}, but this "
+                    f"beautyspot-async only knows version {SCHEMA_VERSION}: upgrade "
+                    "beautyspot-async to open it"
+                )
+            if found < SCHEMA_VERSION:
+                for statement in _SCHEMA:
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.execute("ROLLBACK")
+            raise
+
+    async def init_schema(self) -> None:
+        """Open the database and create its tables if missing.
+
+        Safe to run concurrently from several processes. Raises
+        :class:`~beautyspot_async.ConfigurationError` for a file written by a
+        newer, unknown schema version.
+        """
+        conn = self._conn
+        if conn is None:
+            await self._connection()  # opening checks the schema
+            return
+        async with self._writing() as conn:
+            with _translate("init_schema"):
+                await self._ensure_schema(conn)
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent. The next call reopens it."""
+        conn, self._conn = self._conn, None
+        self._open_lock = None
+        self._generation += 1
+        self._drop_reader()
+        if conn is not None:
+            with anyio.CancelScope(shield=True), _translate("close"):
+                await conn.close()
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = await self._connection()
+        with _translate("read"):
+            return list(await conn.execute_fetchall(sql, params))
+
+    def _writing(self) -> _Writing:
+        return _Writing(self)
+
+    # -- records -----------------------------------------------------------------
+
+    async def get(self, cache_key: str) -> TaskRecord | None:
+        rows = await self._read(
+            f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key = ?", (cache_key,)
+        )
+        return _record(rows[0]) if rows else None
+
+    async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
+        found: dict[str, TaskRecord] = {}
+        unique = list(dict.fromkeys(cache_keys))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
+            )
+            for row in rows:
+                found[row[0]] = _record(row)
+        return found
+
+    async def save(
+        self,
+        *,
+        cache_key: str,
+        func_name: str,
+        input_id: str,
+        version: str | None,
+        result_type: str,
+        content_type: str | None,
+        result_value: str | None = None,
+        result_data: bytes | None = None,
+        expires_at: float | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        if size_bytes is None:
+            size_bytes = 0 if result_data is None else len(result_data)
+        async with self._writing() as conn:
+            now = self._clock()
+            with _translate("save"):
+                await conn.execute(
+                    _UPSERT,
+                    (
+                        cache_key,
+                        func_name,
+                        input_id,
+                        version,
+                        result_type,
+                        content_type,
+                        result_value,
+                        result_data,
+                        expires_at,
+                        size_bytes,
+                        now,
+                        now,
+                    ),
+                )
+
+    async def save_many(self, records: Iterable[TaskRecord]) -> None:
+        """Upsert every record in one transaction."""
+        batch = list(records)
+        if not batch:
+            return
+        async with self._writing() as conn:
+            now = self._clock()
+            rows = [
+                (
+                    r.cache_key,
+                    r.func_name,
+                    r.input_id,
+                    r.version,
+                    r.result_type,
+                    r.content_type,
+                    r.result_value,
+                    r.result_data,
+                    r.expires_at,
+                    r.size_bytes,
+                    now,
+                    now,
+                )
+                for r in batch
+            ]
+            with _translate("save_many"):
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    await conn.executemany(_UPSERT, rows)
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await conn.execute("ROLLBACK")
+                    raise
+
+    async def _change(self, sql: str, params: Sequence[Any], action: str) -> int:
+        async with self._writing() as conn:
+            with _translate(action):
+                cursor = await conn.execute(sql, params)
+                count = cursor.rowcount
+                await cursor.close()
+        return int(count)
+
+    async def delete(self, cache_key: str) -> bool:
+        return (
+            await self._change("DELETE FROM tasks WHERE cache_key = ?", (cache_key,), "delete") > 0
+        )
+
+    async def delete_expired(self, now: float | None = None) -> int:
+        cutoff = self._clock() if now is None else now
+        return await self._change(
+            "DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?",
+            (cutoff,),
+            "delete_expired",
+        )
+
+    async def iter_records(self) -> AsyncIterator[TaskRecord]:
+        """Yield every record, a page of rows at a time, in key order."""
+        after = ""
+        while True:
+            rows = await self._read(
+                f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key > ? "
+                "ORDER BY cache_key LIMIT ?",
+                (after, _ITER_PAGE),
+            )
+            for row in rows:
+                yield _record(row)
+            if len(rows) < _ITER_PAGE:
+                return
+            after = rows[-1][0]
+
+    async def get_history(self, limit: int = 1000) -> pd.DataFrame:
+        rows = await self._read(
+            f"SELECT {_SELECT_HISTORY} FROM tasks ORDER BY updated_at DESC LIMIT ?",
+            (max(limit, 0),),
+        )
+        return records_to_frame(rows)
+
+    # -- leases ---------------------------------------------------------------
+
+    async def acquire_lease(self, cache_key: str, owner: str, ttl: float) -> bool:
+        now = self._clock()
+        # One statement: SQLite's write lock makes the check-and-take atomic
+        # across processes. rowcount is 0 when the conflict clause's WHERE fails.
+        return (
+            await self._change(_ACQUIRE_LEASE, (cache_key, owner, now + ttl, now), "acquire_lease")
+            > 0
+        )
+
+    async def release_lease(self, cache_key: str, owner: str) -> None:
+        await self._change(
+            "DELETE FROM leases WHERE cache_key = ? AND owner = ?",
+            (cache_key, owner),
+            "release_lease",
+        )
+
+    # The signature is TaskDB's; the timeout bounds a poll, not a deadline.
+    async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Sleep ``poll_interval`` (at most ``timeout``): SQLite cannot notify."""
+        await anyio.sleep(max(0.0, min(timeout, self._poll_interval)))
+
+    # -- fast path ----------------------------------------------------------------
+
+    def get_nowait(self, cache_key: str) -> TaskRecord | None:
+        """Read ``cache_key`` at once on this thread, or raise :class:`anyio.WouldBlock`.
+
+        Uses this thread's own read-only connection (zero busy timeout). It
+        raises ``WouldBlock`` -- and the caller falls back to :meth:`get` --
+        when the file or schema does not exist yet, when another connection
+        holds a lock that would make it wait, and when the payload is larger
+        than ``nowait_max_bytes``.
+        """
+        try:
+            conn = self._reader_conn()
+            row = conn.execute(_NOWAIT_SELECT, (self._nowait_max_bytes, cache_key)).fetchone()
+        except sqlite3.OperationalError:
+            # Locked, busy, missing table, missing file: all mean "ask get()".
+            raise anyio.WouldBlock from None
+        if row is None:
+            return None
+        length, data = row[11], row[12]
+        if length is not None and data is None:
+            raise anyio.WouldBlock
+        return TaskRecord(
+            cache_key=row[0],
+            func_name=row[1],
+            input_id=row[2],
+            version=row[3],
+            result_type=row[4],
+            content_type=row[5],
+            result_value=row[6],
+            result_data=data,
+            expires_at=row[7],
+            size_bytes=row[8],
+            created_at=row[9],
+            updated_at=row[10],
+        )
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        slot = self._reader
+        conn = slot.conn
+        if conn is not None and slot.generation == self._generation:
+            return conn
+        if self._reader_uri is None:
+            raise anyio.WouldBlock
+        self._drop_reader()
+        # mode=rw never creates the file (a missing file is OperationalError).
+        conn = sqlite3.connect(self._reader_uri, uri=True, timeout=0.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA query_only = 1")
+        except BaseException:
+            conn.close()
+            raise
+        slot.conn, slot.generation = conn, self._generation
+        return conn
+
+    def _drop_reader(self) -> None:
+        slot = self._reader
+        conn, slot.conn = slot.conn, None
+        if conn is not None:
+            conn.close()
+
+
+class _Writing:
+    """``async with``: the open connection, held under the write lock.
+
+    aiosqlite runs statements one by one on its thread; without the lock,
+    one task's statement could land inside another task's open transaction.
+    """
+
+    def __init__(self, db: SQLiteTaskDB) -> None:
+        self._db = db
+        self._lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> aiosqlite.Connection:
+        conn = await self._db._connection()
+        lock = self._db._write_lock
+        assert lock is not None
+        await lock.acquire()
+        self._lock = lock
+        return conn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+
+def _record(row: Sequence[Any]) -> TaskRecord:
+    return TaskRecord(*row)
+
+
+@contextmanager
+def _translate(action: str) -> Iterator[None]:
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except sqlite3.Error as exc:
+        raise BackendError(f"{action} failed: {exc}", backend="sqlite") from exc
+    except ValueError as exc:
+        # aiosqlite raises ValueError when its connection was closed underneath.
+        if "connection" not in str(exc).lower():
+            raise
+        raise BackendError(f"{action} failed: {exc}", backend="sqlite") from exc

@@ -1,0 +1,665 @@
+# Over 500 lines: the codec, its registry rules and their error messages read as one unit.
+"""The default serializer: msgpack plus a registry of extension types, no pickle.
+
+Every cached result goes through :class:`MsgpackSerializer`. Plain data
+(``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, ``list``, ``dict``)
+takes msgpack's C path untouched. Everything else travels as a msgpack
+*extension* (``ExtType(code, payload)``): either one of the serializer's own
+exact encodings of a built-in type, or a type the user registered with
+:meth:`MsgpackSerializer.register_type`.
+
+Round trips are exact: a decoded value is equal to, and of the same type as,
+the encoded one. ``list`` and ``tuple`` are never confused, dict keys keep
+their type (``int``, ``tuple``, ``bool``, ``None``...), aware datetimes keep
+their offset. The exceptions, chosen and documented:
+
+* ``bytearray`` and ``memoryview`` are packed natively as msgpack ``bin`` and
+  come back as ``bytes`` (equal content, immutable type).
+* A subclass of a *user-registered* type is encoded by its nearest registered
+  base (along the MRO) and comes back as whatever that base's decoder returns,
+  usually an instance of the base. Register the subclass itself to keep it.
+* A subclass of a *built-in* type (``IntEnum`` members, ``namedtuple``,
+  ``OrderedDict``, ``str`` subclasses, ``pandas.Timestamp``...) is not silently
+  turned into its base: it raises :class:`SerializationError` until registered.
+* An aware ``datetime``/``time`` whose tzinfo is neither ``datetime.timezone``
+  nor ``zoneinfo.ZoneInfo`` (pytz, dateutil) comes back with a fixed-offset
+  ``datetime.timezone`` of the same offset: same instant, same ``utcoffset()``.
+
+Reserved extension codes (:data:`RESERVED_CODES`, ``112..127``); registering
+one of them is a :class:`~beautyspot_async.exceptions.ConfigurationError`:
+
+====  ==================  ==================================================
+code  type                payload
+====  ==================  ==================================================
+112   ``tuple``           msgpack array of the items
+113   ``set``             msgpack array of the items
+114   ``frozenset``       msgpack array of the items
+115   ``datetime``        ``[y, mo, d, h, mi, s, us, fold, tz]``
+116   ``date``            proleptic Gregorian ordinal
+117   ``time``            ``[h, mi, s, us, fold, tz]``
+118   ``timedelta``       ``[days, seconds, microseconds]``
+119   ``Decimal``         ``str(value)`` as ASCII (precision, exponent, NaN kept)
+120   ``UUID``            the 16 raw bytes
+121   ``complex``         two little-endian IEEE-754 doubles
+122   ``int`` > 64 bits   two's-complement big-endian bytes
+123-127                   reserved for future built-in encodings
+====  ==================  ==================================================
+
+``tz`` is ``None`` for naive values, else ``[offset_us, name, zone_key]``:
+the UTC offset in microseconds, the ``timezone`` name when it is not the
+default one, and the ``ZoneInfo`` key when there is one. A zone key that
+cannot be loaded where the value is decoded falls back to the fixed offset.
+
+User codes are ``0..111``. The payload of a user extension is the msgpack
+encoding of whatever the encoder returned, so the decoder receives exactly
+that value back (bytes stay bytes, a tuple stays a tuple, nested registered
+types are decoded first).
+
+Thread safety: registration builds a new immutable lookup and swaps it in
+under a lock; :meth:`~MsgpackSerializer.dumps` and
+:meth:`~MsgpackSerializer.loads` read one snapshot and take no lock.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
+from msgpack import ExtType
+
+from .exceptions import ConfigurationError, SerializationError
+
+__all__ = [
+    "RESERVED_CODES",
+    "MsgpackSerializer",
+    "Serializer",
+    "default_serializer",
+]
+
+_T = TypeVar("_T")
+
+#: Extension codes the serializer keeps for its own encodings of built-ins.
+RESERVED_CODES: Final[range] = range(112, 128)
+
+_USER_CODES: Final[range] = range(RESERVED_CODES.start)
+
+_TUPLE: Final = 112
+_SET: Final = 113
+_FROZENSET: Final = 114
+_DATETIME: Final = 115
+_DATE: Final = 116
+_TIME: Final = 117
+_TIMEDELTA: Final = 118
+_DECIMAL: Final = 119
+_UUID: Final = 120
+_COMPLEX: Final = 121
+_BIGINT: Final = 122
+
+# Built-in types with an exact encoding of their own; `int` is absent because
+# only ints beyond 64 bits reach the serializer, and users cannot register int.
+_BUILTIN_CODES: Final[Mapping[type, int]] = {
+    tuple: _TUPLE,
+    set: _SET,
+    frozenset: _FROZENSET,
+    _dt.datetime: _DATETIME,
+    _dt.date: _DATE,
+    _dt.time: _TIME,
+    _dt.timedelta: _TIMEDELTA,
+    Decimal: _DECIMAL,
+    uuid.UUID: _UUID,
+    complex: _COMPLEX,
+}
+
+# Types msgpack packs itself before `default` is ever consulted (strict_types
+# only affects subclasses), so an encoder registered for them would never run.
+_NATIVE_TYPES: Final[frozenset[type]] = frozenset(
+    {type(None), bool, int, float, str, bytes, bytearray, memoryview, list, dict}
+)
+
+_COMPLEX_STRUCT: Final = struct.Struct("<dd")
+
+# ExtType(...) re-validates code and payload in Python on every call; ours are
+# valid by construction (codes checked at registration, payloads are bytes).
+_make_ext: Final[Callable[[tuple[int, bytes]], ExtType]] = ExtType._make
+
+_Encode = Callable[[Any], bytes]
+_Decode = Callable[[bytes], Any]
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Anything with ``dumps``/``loads`` can serialize a task's results.
+
+    ``loads(dumps(x))`` must return a value equal to ``x``; ``loads`` must
+    raise :class:`SerializationError` on bytes it cannot decode, so the
+    pipeline can treat the entry as corrupt.
+    """
+
+    def dumps(self, obj: Any, /) -> bytes: ...
+
+    def loads(self, data: bytes, /) -> Any: ...
+
+
+class _UnknownTypeError(SerializationError):
+    """Internal: carries the unencodable value up to ``dumps`` for the message."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(_qualname(type(value)))
+        self.value = value
+
+
+def _qualname(type_: type) -> str:
+    module = type_.__module__
+    if module == "builtins":
+        return type_.__qualname__
+    return f"{module}.{type_.__qualname__}"
+
+
+def _user_types_hint() -> str:
+    return f"a free code in {_USER_CODES.start}..{_USER_CODES.stop - 1}"
+
+
+# -- exact encodings of built-in types -----------------------------------------
+
+
+# tzinfo objects are immutable and a program uses few of them, so their
+# encodings (by identity) and decodings (by payload) are memoised. The memos
+# only gain entries any thread would compute identically, hence no lock; the
+# size bound keeps a stream of distinct zones from growing them forever.
+_TZ_MEMO_LIMIT: Final = 256
+_UTC_PAYLOAD: Final[list[Any]] = [0, None, None]
+_fixed_tz_memo: dict[int, tuple[_dt.timezone, list[Any]]] = {}
+_tz_decode_memo: dict[tuple[Any, ...], _dt.tzinfo | None] = {}
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= _TZ_MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+
+
+def _encode_tz(tz: _dt.tzinfo | None, offset: _dt.timedelta | None) -> list[Any] | None:
+    if tz is None:
+        return None
+    if tz is _dt.UTC:
+        return _UTC_PAYLOAD
+    offset_us = None if offset is None else offset // _dt.timedelta(microseconds=1)
+    if isinstance(tz, ZoneInfo):
+        return [offset_us, None, tz.key]
+    if type(tz) is not _dt.timezone or offset is None:
+        return [offset_us, None, None]
+    hit = _fixed_tz_memo.get(id(tz))
+    if hit is not None and hit[0] is tz:
+        return hit[1]
+    own = tz.tzname(None)
+    # Only a name the user chose is kept; the default one is derived again.
+    name = None if own == _dt.timezone(offset).tzname(None) else own
+    encoded = [offset_us, name, None]
+    _remember(_fixed_tz_memo, id(tz), (tz, encoded))
+    return encoded
+
+
+def _decode_tz(raw: list[Any] | None) -> _dt.tzinfo | None:
+    if raw is None:
+        return None
+    memo_key = tuple(raw)
+    try:
+        return _tz_decode_memo[memo_key]
+    except KeyError:
+        pass
+    except TypeError as exc:
+        raise ValueError(f"malformed timezone payload {raw!r}") from exc
+    tz = _build_tz(*raw)
+    _remember(_tz_decode_memo, memo_key, tz)
+    return tz
+
+
+def _build_tz(offset_us: int | None, name: str | None, key: str | None) -> _dt.tzinfo | None:
+    if key is not None:
+        try:
+            return ZoneInfo(key)
+        except (ZoneInfoNotFoundError, ValueError):
+            # The zone database here lacks the key: keep the instant and offset.
+            pass
+    if offset_us is None:
+        return None
+    offset = _dt.timedelta(microseconds=offset_us)
+    return _dt.timezone(offset) if name is None else _dt.timezone(offset, name)
+
+
+def _encode_datetime(v: _dt.datetime) -> list[Any]:
+    tz = _encode_tz(v.tzinfo, v.utcoffset())
+    return [v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold, tz]
+
+
+def _decode_datetime(raw: list[Any]) -> _dt.datetime:
+    y, mo, d, h, mi, s, us, fold, tz = raw
+    return _dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
+
+
+def _encode_time(v: _dt.time) -> list[Any]:
+    tz = _encode_tz(v.tzinfo, v.utcoffset())
+    return [v.hour, v.minute, v.second, v.microsecond, v.fold, tz]
+
+
+def _decode_time(raw: list[Any]) -> _dt.time:
+    h, mi, s, us, fold, tz = raw
+    return _dt.time(h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
+
+
+def _encode_bigint(v: int) -> bytes:
+    return v.to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
+
+
+def _decode_bigint(data: bytes) -> int:
+    return int.from_bytes(data, "big", signed=True)
+
+
+def _decode_complex(data: bytes) -> complex:
+    real, imag = _COMPLEX_STRUCT.unpack(data)
+    return complex(real, imag)
+
+
+# -- the frozen lookup ---------------------------------------------------------
+
+
+class _Registration:
+    __slots__ = ("code", "decoder", "encoder", "type_")
+
+    def __init__(
+        self,
+        type_: type,
+        code: int,
+        encoder: Callable[[Any], Any],
+        decoder: Callable[[Any], Any],
+    ) -> None:
+        self.type_ = type_
+        self.code = code
+        self.encoder = encoder
+        self.decoder = decoder
+
+
+class _Frozen:
+    """One immutable snapshot of the registry, used on the hot path.
+
+    ``_by_type`` maps exact types to ``(code, encode)``. Subclasses of
+    registered types are resolved along the MRO once and memoised in
+    ``_resolved``; that memo only ever gains entries that every thread would
+    compute identically, so concurrent writers are harmless.
+    """
+
+    __slots__ = ("_by_type", "_decoders", "_resolved", "_user", "default", "ext_hook")
+
+    def __init__(self, user: tuple[_Registration, ...]) -> None:
+        self._user = {r.type_: r for r in user}
+        self._resolved: dict[type, tuple[int, _Encode]] = {}
+        # Bound once so dumps/loads do not rebuild the method objects per call.
+        self.default: Callable[[Any], ExtType] = self._default
+        self.ext_hook: Callable[[int, bytes], Any] = self._ext_hook
+
+        pack = self._pack
+        unpack = self._unpack
+        by_type: dict[type, tuple[int, _Encode]] = {
+            tuple: (_TUPLE, lambda v: pack(list(v))),
+            set: (_SET, lambda v: pack(list(v))),
+            frozenset: (_FROZENSET, lambda v: pack(list(v))),
+            _dt.datetime: (_DATETIME, lambda v: pack(_encode_datetime(v))),
+            _dt.date: (_DATE, lambda v: pack(v.toordinal())),
+            _dt.time: (_TIME, lambda v: pack(_encode_time(v))),
+            _dt.timedelta: (_TIMEDELTA, lambda v: pack([v.days, v.seconds, v.microseconds])),
+            Decimal: (_DECIMAL, lambda v: str(v).encode("ascii")),
+            uuid.UUID: (_UUID, lambda v: v.bytes),
+            complex: (_COMPLEX, lambda v: _COMPLEX_STRUCT.pack(v.real, v.imag)),
+            # Only reached for ints msgpack cannot hold in 64 bits.
+            int: (_BIGINT, _encode_bigint),
+        }
+        decoders: dict[int, _Decode] = {
+            _TUPLE: lambda d: tuple(unpack(d)),
+            _SET: lambda d: set(unpack(d)),
+            _FROZENSET: lambda d: frozenset(unpack(d)),
+            _DATETIME: lambda d: _decode_datetime(unpack(d)),
+            _DATE: lambda d: _dt.date.fromordinal(unpack(d)),
+            _TIME: lambda d: _decode_time(unpack(d)),
+            _TIMEDELTA: lambda d: _dt.timedelta(*unpack(d)),
+            _DECIMAL: lambda d: Decimal(d.decode("ascii")),
+            _UUID: lambda d: uuid.UUID(bytes=bytes(d)),
+            _COMPLEX: _decode_complex,
+            _BIGINT: _decode_bigint,
+        }
+        for reg in user:
+            by_type[reg.type_] = (reg.code, self._user_encoder(reg))
+            decoders[reg.code] = self._user_decoder(reg)
+        self._by_type = by_type
+        self._decoders = decoders
+
+    def _pack(self, obj: Any) -> bytes:
+        packed: bytes = msgpack.packb(
+            obj, default=self.default, use_bin_type=True, strict_types=True
+        )
+        return packed
+
+    def _unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False)
+
+    def _user_encoder(self, reg: _Registration) -> _Encode:
+        encoder = reg.encoder
+        pack = self._pack
+
+        def encode(obj: Any) -> bytes:
+            try:
+                value = encoder(obj)
+            except Exception as exc:
+                raise SerializationError(
+                    f"the encoder registered for {_qualname(reg.type_)} (code {reg.code}) "
+                    f"raised {type(exc).__name__} on a {_qualname(type(obj))} value: {exc}"
+                ) from exc
+            return pack(value)
+
+        return encode
+
+    def _user_decoder(self, reg: _Registration) -> _Decode:
+        decoder = reg.decoder
+        unpack = self._unpack
+
+        def decode(data: bytes) -> Any:
+            value = unpack(data)
+            try:
+                return decoder(value)
+            except Exception as exc:
+                raise SerializationError(
+                    f"the decoder registered for {_qualname(reg.type_)} (code {reg.code}) "
+                    f"raised {type(exc).__name__}: {exc}"
+                ) from exc
+
+        return decode
+
+    def _default(self, obj: Any) -> ExtType:
+        cls = type(obj)
+        if cls is tuple:
+            # Tuples are by far the most common ext value: skip the lookup.
+            payload = msgpack.packb(
+                list(obj), default=self.default, use_bin_type=True, strict_types=True
+            )
+            return _make_ext((_TUPLE, payload))
+        entry = self._by_type.get(cls) or self._resolved.get(cls)
+        if entry is None:
+            entry = self._resolve(obj)
+        code, encode = entry
+        return _make_ext((code, encode(obj)))
+
+    def _resolve(self, obj: Any) -> tuple[int, _Encode]:
+        cls = type(obj)
+        for base in cls.__mro__[1:]:
+            reg = self._user.get(base)
+            if reg is not None:
+                entry = self._by_type[reg.type_]
+                self._resolved[cls] = entry
+                return entry
+        raise _UnknownTypeError(obj)
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == _TUPLE:
+            return tuple(
+                msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False)
+            )
+        decode = self._decoders.get(code)
+        if decode is None:
+            raise SerializationError(
+                f"stored data uses msgpack ext code {code}, which this serializer does not "
+                "know: register the type that was stored under it with "
+                f"spot.register_type(type_=..., code={code}, encoder=..., decoder=...)"
+            )
+        return decode(data)
+
+    def user_types(self) -> dict[int, type]:
+        return {r.code: r.type_ for r in self._user.values()}
+
+
+# -- public serializer ---------------------------------------------------------
+
+
+def _find_path(root: Any, target: object, limit: int = 100_000) -> str | None:
+    """Say where ``target`` (by identity) sits inside plain containers, for messages."""
+    # (value, index path below "result", note once inside a dict key or a set)
+    stack: list[tuple[Any, str, str | None]] = [(root, "", None)]
+    seen = 0
+    while stack and seen < limit:
+        value, path, note = stack.pop()
+        seen += 1
+        if value is target:
+            return note or f"at result{path}"
+        if isinstance(value, dict):
+            for k, v in value.items():
+                stack.append((v, f"{path}[{k!r}]", note))
+                stack.append((k, path, note or f"in a dict key at result{path}"))
+        elif isinstance(value, list | tuple):
+            stack.extend((v, f"{path}[{i}]", note) for i, v in enumerate(value))
+        elif isinstance(value, set | frozenset):
+            stack.extend((v, path, note or f"in a set at result{path}") for v in value)
+    return None
+
+
+def _unknown_type_message(root: Any, value: object) -> str:
+    cls = type(value)
+    name = _qualname(cls)
+    where = ""
+    if value is not root:
+        where = " " + (_find_path(root, value) or "inside the result")
+    builtin_base = next(
+        (b for b in cls.__mro__[1:] if b in _NATIVE_TYPES or b in _BUILTIN_CODES),
+        None,
+    )
+    note = ""
+    if builtin_base is not None:
+        note = (
+            f" It subclasses {_qualname(builtin_base)}, but only the exact built-in type is "
+            "encoded, so that the cached value does not come back as a different type."
+        )
+    return (
+        f"cannot serialize a value of type {name}{where}: no encoder is registered for it "
+        f"(pickle is never used).{note} Register it, e.g. "
+        f"spot.register_type(type_={cls.__qualname__}, code=<{_user_types_hint()}>, "
+        "encoder=lambda v: ..., decoder=lambda data: ...)"
+    )
+
+
+class MsgpackSerializer:
+    """msgpack with an extension-type registry; see the module docstring.
+
+    ``dumps`` and ``loads`` are safe to call from many threads at once;
+    registration is serialised by a lock and takes effect for calls that
+    start after it returns.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._registrations: tuple[_Registration, ...] = ()
+        self._frozen = _Frozen(())
+
+    def __repr__(self) -> str:
+        types = ", ".join(
+            f"{code}={_qualname(t)}" for code, t in sorted(self._frozen.user_types().items())
+        )
+        return f"{type(self).__name__}({types})"
+
+    # -- registry --------------------------------------------------------------
+
+    def register_type(
+        self,
+        type_: type,
+        code: int,
+        encoder: Callable[[Any], Any],
+        decoder: Callable[[Any], Any],
+    ) -> None:
+        """Encode instances of ``type_`` (and of its subclasses) as ext ``code``.
+
+        ``encoder(value)`` may return any value this serializer can encode,
+        including bytes, tuples and other registered types; ``decoder``
+        receives exactly that value back and returns the reconstructed object.
+        Subclasses without their own registration use the nearest registered
+        base along the MRO and decode to whatever that base's decoder returns.
+
+        Raises :class:`ConfigurationError` for a code outside ``0..111``
+        (``112..127`` are :data:`RESERVED_CODES`), a code or a type already
+        registered, a type msgpack or this serializer already encodes, or a
+        non-callable encoder/decoder.
+        """
+        if not isinstance(type_, type):
+            raise ConfigurationError(
+                f"register_type(type_=...) needs a class, got {type_!r}; "
+                "pass the class itself, e.g. type_=MyModel"
+            )
+        name = _qualname(type_)
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise ConfigurationError(
+                f"register_type(code=...) for {name} needs an int, got {code!r}; "
+                f"use {_user_types_hint()}"
+            )
+        if code in RESERVED_CODES:
+            raise ConfigurationError(
+                f"ext code {code} (asked for {name}) is reserved by the serializer for its own "
+                f"encodings of built-in types (codes {RESERVED_CODES.start}.."
+                f"{RESERVED_CODES.stop - 1}); use {_user_types_hint()}"
+            )
+        if code not in _USER_CODES:
+            raise ConfigurationError(
+                f"ext code {code} (asked for {name}) is out of range: msgpack ext codes run "
+                f"0..127 and negative codes belong to the msgpack spec; use {_user_types_hint()}"
+            )
+        if type_ in _NATIVE_TYPES:
+            raise ConfigurationError(
+                f"{name} is encoded natively by msgpack, so an encoder for it would never run; "
+                "register your own subclass or wrapper type instead"
+            )
+        builtin_code = _BUILTIN_CODES.get(type_)
+        if builtin_code is not None:
+            raise ConfigurationError(
+                f"{name} already has an exact built-in encoding (reserved code {builtin_code}); "
+                "it needs no registration. To encode it differently, wrap it in your own type"
+            )
+        if not callable(encoder) or not callable(decoder):
+            raise ConfigurationError(
+                f"register_type for {name} needs callable encoder= and decoder= "
+                f"(got encoder={encoder!r}, decoder={decoder!r})"
+            )
+        with self._lock:
+            for reg in self._registrations:
+                if reg.code == code:
+                    raise ConfigurationError(
+                        f"ext code {code} is already registered for {_qualname(reg.type_)}; "
+                        f"pick another code for {name} ({self._free_codes_hint()})"
+                    )
+                if reg.type_ is type_:
+                    raise ConfigurationError(
+                        f"{name} is already registered with ext code {reg.code}; "
+                        "a type takes exactly one code (use a fresh serializer, or copy() one "
+                        "made before the first registration, to change it)"
+                    )
+            registrations = (*self._registrations, _Registration(type_, code, encoder, decoder))
+            # Build the whole new lookup before publishing it: readers see the
+            # old snapshot or the new one, never a half-built one.
+            frozen = _Frozen(registrations)
+            self._registrations = registrations
+            self._frozen = frozen
+
+    def register(
+        self,
+        code: int,
+        encoder: Callable[[Any], Any],
+        decoder: Callable[[Any], Any],
+    ) -> Callable[[type[_T]], type[_T]]:
+        """Class-decorator form of :meth:`register_type`; returns the class unchanged."""
+
+        def decorate(cls: type[_T]) -> type[_T]:
+            self.register_type(type_=cls, code=code, encoder=encoder, decoder=decoder)
+            return cls
+
+        return decorate
+
+    def registered_types(self) -> Mapping[int, type]:
+        """The user registrations as ``{code: type}`` (a fresh dict)."""
+        return self._frozen.user_types()
+
+    def copy(self) -> MsgpackSerializer:
+        """An independent serializer with the same registrations.
+
+        Registering on the copy does not affect the original, nor the reverse.
+        """
+        clone = MsgpackSerializer()
+        with self._lock:
+            registrations = self._registrations
+        clone._registrations = registrations
+        clone._frozen = _Frozen(registrations)
+        return clone
+
+    def _free_codes_hint(self) -> str:
+        used = {r.code for r in self._registrations}
+        free = [c for c in _USER_CODES if c not in used][:5]
+        if not free:
+            return f"all of {_USER_CODES.start}..{_USER_CODES.stop - 1} are taken"
+        return "free codes include " + ", ".join(map(str, free))
+
+    # -- hot path --------------------------------------------------------------
+
+    def dumps(self, obj: Any) -> bytes:
+        """Encode ``obj`` to bytes.
+
+        Raises :class:`SerializationError` naming the type (and where it sits
+        inside containers) when a value has no encoding; nothing is returned
+        in that case, so no partial payload can be stored.
+        """
+        frozen = self._frozen
+        try:
+            packed: bytes = msgpack.packb(
+                obj, default=frozen.default, use_bin_type=True, strict_types=True
+            )
+            return packed
+        except _UnknownTypeError as exc:
+            raise SerializationError(_unknown_type_message(obj, exc.value)) from None
+        except SerializationError:
+            raise
+        except RecursionError as exc:
+            raise SerializationError(
+                "cannot serialize the value: it nests too deeply, contains a reference cycle, "
+                "or a registered encoder returns a value of its own type"
+            ) from exc
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise SerializationError(f"cannot serialize the value: {exc}") from exc
+
+    def loads(self, data: bytes | bytearray | memoryview) -> Any:
+        """Decode bytes produced by :meth:`dumps` (with the same registrations).
+
+        Truncated or garbage input, trailing bytes, an unknown ext code or a
+        failing decoder raise :class:`SerializationError`; the underlying
+        error, if any, is chained as ``__cause__``.
+        """
+        frozen = self._frozen
+        try:
+            return msgpack.unpackb(data, ext_hook=frozen.ext_hook, strict_map_key=False, raw=False)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            # Corrupt input can surface as any of msgpack's errors, a bad
+            # payload inside a built-in ext (ValueError, struct.error...) or an
+            # unhashable decoded key (TypeError): all mean "cannot decode".
+            raise SerializationError(
+                f"cannot decode {len(data)} bytes of msgpack data "
+                f"({type(exc).__name__}: {exc}); the entry is corrupt or was written "
+                "with different type registrations"
+            ) from exc
+
+
+def default_serializer() -> MsgpackSerializer:
+    """A new serializer with only the built-in encodings, nothing registered.
+
+    Each call returns an independent instance, so types registered on one
+    Spot's serializer never leak into another Spot.
+    """
+    return MsgpackSerializer()

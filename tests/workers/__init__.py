@@ -1,0 +1,1 @@
+"""Worker scripts run as separate processes by the multi-process tests."""
