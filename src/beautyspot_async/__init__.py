@@ -5,8 +5,6 @@ stable hash of its arguments, so a rerun of a batch script executes only what
 is missing.
 """
 
-from __future__ import annotations
-
 from ._engine import SpotStatistics as SpotStatistics
 from ._spot import Project as Project
 from ._spot import Spot as Spot
@@ -47,6 +45,7 @@ __all__ = [
     "Project",
     "RateLimitError",
     "SaveErrorContext",
+    "SerializationError",
     "Serializer",
     "Spot",
     "SpotStatistics",

@@ -33,6 +33,10 @@ __all__ = [
     "records_to_frame",
 ]
 
+for _cls in (TaskDB, MemoryTaskDB, SQLiteTaskDB, TaskRecord):
+    _cls.__module__ = __name__
+del _cls
+
 _LAZY = {"PostgresTaskDB": "._postgres", "RedisTaskDB": "._redis"}
 
 

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 __all__ = ["BlobStorageBase", "LocalStorage", "S3Storage"]
 
+for _cls in (BlobStorageBase, LocalStorage):
+    _cls.__module__ = __name__
+del _cls
+
 
 def __getattr__(name: str) -> Any:
     if name == "S3Storage":
