@@ -7,6 +7,7 @@ flight registry, writer queue) are safe to touch from any thread.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -14,8 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
+
+from ._coalesce import NowaitCoalescer
 from ._memo import MemoryTier
 from ._portal import io_loop
+from ._reader import Reader
 from ._singleflight import FlightRegistry
 from ._store import ResultStore
 from ._writer import Submission, Writer
@@ -23,6 +28,8 @@ from .db import TaskDB
 from .storage import BlobStorageBase
 
 __all__ = ["Engine", "EngineStats", "SpotStatistics"]
+
+logger = logging.getLogger("beautyspot_async")
 
 
 class EngineStats:
@@ -85,6 +92,8 @@ class Engine:
     ) -> None:
         self.store = ResultStore(db, storage)
         self.writer = Writer(self.store)
+        self.reader = Reader(self.store)
+        self.coalescer = NowaitCoalescer(db)
         self.memo = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
         self.flights = FlightRegistry()
         self.stats = EngineStats()
@@ -96,6 +105,8 @@ class Engine:
         self.ready = False
         self._owner = ""
         self._owner_pid = 0
+        #: Leases this process holds and renews, by key.
+        self._held: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -107,6 +118,7 @@ class Engine:
     async def _open_on_io_loop(self) -> None:
         await self.store.open_on_io_loop()
         self.writer.start()
+        self.reader.start()
         self.ready = True
 
     async def flush(self) -> None:
@@ -123,6 +135,7 @@ class Engine:
             return
         self.ready = False
         try:
+            await self.reader.stop()
             await self.writer.stop()
         finally:
             await self.store.close_on_io_loop()
@@ -144,8 +157,35 @@ class Engine:
             self._owner_pid = pid
         return self._owner
 
+    def hold_lease(self, key: str, owner: str) -> None:
+        """Keep renewing ``owner``'s lease on ``key`` until :meth:`lease_done`.
+
+        A lease must outlive the execution it guards, however long that
+        takes, yet expire soon after its holder dies: so it is granted for
+        ``lease_ttl`` and renewed every third of that while we still hold it.
+        """
+        self._held[key] = owner
+        io_loop.submit(self._renew(key, owner))
+
+    def lease_done(self, key: str) -> None:
+        """Stop renewing the lease on ``key`` (its result is stored, or abandoned)."""
+        self._held.pop(key, None)
+
+    async def _renew(self, key: str, owner: str) -> None:
+        ttl = self.lease_ttl
+        assert ttl is not None
+        while True:
+            await anyio.sleep(ttl / 3)
+            if self._held.get(key) != owner:
+                return
+            try:
+                await self.store.db.acquire_lease(key, owner, ttl)
+            except Exception as exc:  # the next renewal may succeed; expiry is the fallback
+                logger.warning("renewing the lease on %s failed: %s", key, exc)
+
     def release_soon(self, key: str, owner: str) -> None:
         """Release a lease without waiting (safe inside a cancelled scope)."""
+        self.lease_done(key)
         io_loop.submit(self.store.release(key, owner))
 
     def writer_submit(self, submission: Submission) -> None:

@@ -1,3 +1,4 @@
+# Over 500 lines: the pure helpers and the thin async shell over them read as one unit.
 """Maintenance over a Spot's stored results: what the CLI and the dashboard use.
 
 Two layers, kept apart:
@@ -52,9 +53,12 @@ __all__ = [
     "UnknownExt",
     "decode_lenient",
     "delete",
+    "entry_json",
     "find_orphans",
     "gc_blobs",
     "history",
+    "history_rows",
+    "iso_time",
     "match_keys",
     "orphan_blobs",
     "purge_expired",
@@ -62,6 +66,7 @@ __all__ = [
     "resolve_key",
     "show",
     "summary",
+    "summary_json",
     "to_jsonable",
 ]
 
@@ -235,7 +240,7 @@ def to_jsonable(
         try:
             return convert(v, depth)
         except Exception:  # a user type whose repr or accessors fail
-            return f"<{type(v).__qualname__}: unrepresentable>"
+            return f"<{type(v).__name__}: unrepresentable>"
 
     def more(total: int) -> str:
         return f"... {total - max_items} more"
@@ -310,6 +315,66 @@ class Entry:
     def preview(self, max_chars: int = 4000) -> str:
         """The value rendered by :func:`render_preview`."""
         return render_preview(self.value, max_chars=max_chars)
+
+
+# -- pure: JSON shapes shared by the CLI and the dashboard ----------------------------------
+
+
+def _utc_iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).isoformat()
+
+
+def iso_time(value: Any) -> str | None:
+    """A pandas timestamp as ISO text; ``None`` for ``None`` and ``NaT``."""
+    if value is None or value != value:  # NaT, like NaN, is not equal to itself
+        return None
+    return str(value.isoformat())
+
+
+def history_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """History rows as JSON-ready dicts: ISO timestamps, ``None`` for "never"."""
+    rows: list[dict[str, Any]] = []
+    for raw in frame.to_dict(orient="records"):
+        row = {str(k): v for k, v in raw.items()}
+        for column in ("created_at", "updated_at", "expires_at"):
+            row[column] = iso_time(row[column])
+        row["size_bytes"] = int(row["size_bytes"])
+        rows.append(row)
+    return rows
+
+
+def summary_json(s: FuncSummary) -> dict[str, Any]:
+    """One :class:`FuncSummary` as a JSON-ready dict (ISO timestamps)."""
+    data = dataclasses.asdict(s)
+    data["oldest"], data["newest"] = _utc_iso(s.oldest), _utc_iso(s.newest)
+    return data
+
+
+def entry_json(entry: Entry, *, max_chars: int = 4000) -> dict[str, Any]:
+    """One :class:`Entry` as a JSON-ready dict.
+
+    ``value`` is :func:`to_jsonable` of the decoded value (structured,
+    bounded), ``preview`` the same rendered as text and cut at ``max_chars``.
+    """
+    r = entry.record
+    return {
+        "cache_key": r.cache_key,
+        "func_name": r.func_name,
+        "input_id": r.input_id,
+        "version": r.version,
+        "result_type": r.result_type,
+        "content_type": r.content_type,
+        "location": r.result_value if r.result_type == BLOB else None,
+        "size_bytes": r.size_bytes,
+        "created_at": _utc_iso(r.created_at),
+        "updated_at": _utc_iso(r.updated_at),
+        "expires_at": _utc_iso(r.expires_at),
+        "problem": entry.problem,
+        "value": to_jsonable(entry.value),
+        "preview": entry.preview(max_chars),
+    }
 
 
 # -- the async shell -------------------------------------------------------------------------

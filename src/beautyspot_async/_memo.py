@@ -20,9 +20,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["IMMUTABLE_TYPES", "MemoEntry", "MemoryTier", "NO_VALUE"]
+__all__ = ["ABSENT", "IMMUTABLE_TYPES", "NO_VALUE", "MemoEntry", "MemoryTier"]
 
 NO_VALUE: Final[Any] = object()
+#: Like NO_VALUE, and the backend has just said the key is not stored at all.
+ABSENT: Final[Any] = object()
 
 #: Results of these exact types are returned without decoding on a memo hit.
 IMMUTABLE_TYPES: Final = frozenset({str, int, float, bool, bytes, type(None), complex})

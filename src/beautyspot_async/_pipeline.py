@@ -16,7 +16,6 @@ inside a cancelled scope, so anything they must do is fire-and-forget.
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import functools
 import logging
@@ -29,13 +28,13 @@ from typing import Any, Final, NamedTuple
 import anyio
 
 from . import _policy
-from ._memo import IMMUTABLE_TYPES, NO_VALUE, MemoEntry
-from ._portal import io_loop, wait_future
+from ._memo import ABSENT, IMMUTABLE_TYPES, NO_VALUE, MemoEntry
+from ._portal import Waiter, io_loop
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, OutcomeKind
 from ._store import WriteItem
 from ._writer import Submission
-from .cachekey import ArgumentKeyer, cache_key
+from .cachekey import ArgumentKeyer, KeyScope
 from .exceptions import BackendError, CacheCorruptedError, SerializationError
 from .hooks import (
     CacheHitContext,
@@ -64,9 +63,15 @@ class Io(NamedTuple):
 
 
 class Wait(NamedTuple):
-    """Wait for a thread-safe future (a flight, a durable write)."""
+    """Hand a fresh Waiter to ``submit(*args, waiter)`` and wait until it is settled.
 
-    future: concurrent.futures.Future[Any]
+    The driver makes the waiter fit the caller: an asyncio future for asyncio
+    callers (settled in batches, one wake-up per loop), a thread-safe future
+    for sync and trio callers.
+    """
+
+    submit: Callable[..., None]
+    args: tuple[Any, ...]
 
 
 class Blocking(NamedTuple):
@@ -109,7 +114,9 @@ async def drive_async(steps: Steps, execute: Callable[[], Awaitable[Any]]) -> An
                 else:
                     value = await step.fn(*step.args)
             elif type(step) is Wait:
-                value = await wait_future(step.future)
+                waiter = Waiter.for_async()
+                step.submit(*step.args, waiter)
+                value = await waiter.wait()
             elif type(step) is Blocking:
                 value = await anyio.to_thread.run_sync(functools.partial(step.fn, *step.args))
             else:  # pragma: no cover - a new step type without a driver branch
@@ -134,7 +141,9 @@ def drive_sync(steps: Steps, execute: Callable[[], Any]) -> Any:
             elif type(step) is Io:
                 value = io_loop.call(step.fn, *step.args)
             elif type(step) is Wait:
-                value = step.future.result()
+                waiter = Waiter.for_sync()
+                step.submit(*step.args, waiter)
+                value = waiter.wait_sync()
             elif type(step) is Blocking:
                 value = step.fn(*step.args)
             else:  # pragma: no cover
@@ -172,6 +181,7 @@ class Pipeline:
         self.engine = engine
         self.task = task
         self._keyer_blocking = task.keyer.blocking
+        self._scope = KeyScope(task.identity, task.version)
 
     # -- the fast path ------------------------------------------------------------
 
@@ -179,7 +189,7 @@ class Pipeline:
         """Return ``(input_id, cache_key)`` of a call (may do file I/O for some key functions)."""
         task = self.task
         input_id = task.keyer.input_id(args, kwargs)
-        return input_id, cache_key(task.identity, task.version, input_id)
+        return input_id, self._scope(input_id)
 
     def memo_lookup(self, key: str) -> Any:
         """Return the result held in memory for ``key``, or NO_VALUE."""
@@ -198,6 +208,38 @@ class Pipeline:
             engine.memo.discard(key)
             return NO_VALUE
 
+    def disk_lookup(self, key: str) -> Any:
+        """Answer a hit from the backend's non-waiting read, without a flight.
+
+        Returns the value, ABSENT when the backend says the key is not
+        stored, or NO_VALUE when it cannot tell without waiting (the
+        pipeline then asks it properly, off this thread).
+        """
+        try:
+            record = self.engine.store.db.get_nowait(key)
+        except anyio.WouldBlock:
+            return NO_VALUE
+        return self.accept(key, record)
+
+    def accept(self, key: str, record: Any) -> Any:
+        """Turn a non-waiting read's answer for ``key`` into a value, ABSENT or NO_VALUE."""
+        if record is None:
+            return ABSENT
+        if record is NO_VALUE:
+            return NO_VALUE
+        engine = self.engine
+        payload = record.result_data
+        if record.result_type != INLINE or payload is None or record.is_expired(engine.clock()):
+            return NO_VALUE
+        try:
+            value = self.task.serializer.loads(payload)
+        except Exception:  # corrupt: the pipeline logs it and rewrites the entry
+            return NO_VALUE
+        engine.stats.hits += 1
+        entry_value = value if type(value) in IMMUTABLE_TYPES else NO_VALUE
+        engine.memo.put(key, MemoEntry(payload, record.expires_at, entry_value))
+        return value
+
     # -- the pipeline --------------------------------------------------------------
 
     def steps(
@@ -205,9 +247,14 @@ class Pipeline:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         ids: tuple[str, str] | None = None,
+        absent: bool = False,
     ) -> Steps:
-        """The whole call. ``ids`` is ``(input_id, cache_key)`` when the caller
-        already derived them and found nothing in the memory tier."""
+        """The whole call.
+
+        ``ids`` is ``(input_id, cache_key)`` when the caller already derived
+        them and found nothing in the memory tier or through the backend's
+        non-waiting read; ``absent`` when that read said "not stored".
+        """
         task = self.task
         engine = self.engine
         if ids is None:
@@ -215,7 +262,7 @@ class Pipeline:
                 input_id = yield Blocking(task.keyer.input_id, (args, kwargs))
             else:
                 input_id = task.keyer.input_id(args, kwargs)
-            key = cache_key(task.identity, task.version, input_id)
+            key = self._scope(input_id)
         else:
             input_id, key = ids
         base: dict[str, Any] | None = None
@@ -242,7 +289,7 @@ class Pipeline:
             flight, leader = engine.flights.join(key)
             if leader:
                 break
-            outcome = yield Wait(flight.future)
+            outcome = yield Wait(flight.add_waiter, ())
             if outcome.kind is OutcomeKind.RESOLVED:
                 engine.stats.joins += 1
                 value = outcome.share()
@@ -254,7 +301,8 @@ class Pipeline:
                 raise outcome.error
             # ABANDONED: the leader was cancelled; race the other waiters to lead.
 
-        return (yield from self._lead(flight, key, input_id, args, kwargs, base))
+        nowait = None if ids is None else absent
+        return (yield from self._lead(flight, key, input_id, args, kwargs, base, nowait))
 
     def _lead(
         self,
@@ -264,6 +312,7 @@ class Pipeline:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         base: dict[str, Any] | None,
+        nowait: bool | None,
     ) -> Steps:
         task = self.task
         engine = self.engine
@@ -275,7 +324,9 @@ class Pipeline:
             try:
                 if not engine.ready:
                     yield Io(engine.open, (), False)
-                record, owner = yield from self._lookup(key)
+                record, owner = yield from self._lookup(key, nowait)
+                if owner is not None:
+                    engine.hold_lease(key, owner)
             except BackendError as exc:
                 if engine.on_backend_error != "bypass":
                     raise
@@ -314,30 +365,39 @@ class Pipeline:
         engine.stats.misses += 1
         return (yield from self._store(flight, key, input_id, result, owner, base, bypass))
 
-    def _lookup(self, key: str) -> Generator[Step, Any, tuple[TaskRecord | None, str | None]]:
-        """Find ``key`` in the backend; on a miss, take its cross-process lease."""
+    def _lookup(
+        self, key: str, nowait: bool | None
+    ) -> Generator[Step, Any, tuple[TaskRecord | None, str | None]]:
+        """Find ``key`` in the backend; on a miss, take its cross-process lease.
+
+        ``nowait`` is the outcome of a non-waiting read the caller already
+        made (True: absent, False: unknown), or None when none was made.
+        Returns ``(record, lease_owner)``; the owner is set when this process
+        now holds the key's lease and must release it after storing.
+        """
         engine = self.engine
         store = engine.store
         owner = engine.lease_owner()
-        try:
-            record = store.db.get_nowait(key)
-        except anyio.WouldBlock:
-            pass
-        else:
-            if record is not None or owner is None:
-                return record, None
-        if owner is None:
-            return (yield Io(store.get, (key,), store.loop_bound)), None
-        record, leased = yield Io(
-            store.get_or_lease, (key, owner, engine.lease_ttl), store.loop_bound
-        )
-        while record is None and not leased:
+        if nowait is None:
+            try:
+                record = store.db.get_nowait(key)
+            except anyio.WouldBlock:
+                pass
+            else:
+                if record is not None or owner is None:
+                    return record, None
+        elif nowait and owner is None:
+            return None, None
+        ttl = engine.lease_ttl or 0.0
+        while True:
+            found = yield Wait(engine.reader.submit, (key, owner, ttl))
+            if isinstance(found, TaskRecord):
+                return found, None
+            if found:
+                return None, owner
             # Another process is executing this key: wait for its result.
             engine.stats.lease_waits += 1
-            record, leased = yield Io(
-                store.wait_then_get_or_lease, (key, owner, engine.lease_ttl), store.loop_bound
-            )
-        return record, (owner if record is None else None)
+            yield Io(store.wait_for, (key, ttl), store.loop_bound)
 
     def _decode(self, record: TaskRecord, on_io: bool) -> Generator[Step, Any, tuple[Any, bytes]]:
         """Decode a stored record into ``(value, payload)``.
@@ -416,10 +476,13 @@ class Pipeline:
             )
             report = self._reporter(base, result)
             if wait:
-                done: concurrent.futures.Future[None] = concurrent.futures.Future()
-                engine.writer_submit(Submission(WriteItem(record, owner), done=done, report=report))
+                submission = Submission(
+                    WriteItem(record, owner),
+                    on_complete=lambda _error: engine.lease_done(key),
+                    report=report,
+                )
                 try:
-                    yield Wait(done)
+                    yield Wait(engine.writer.submit_and_notify, (submission,))
                 except BackendError as exc:
                     engine.flights.land(flight)
                     if engine.on_backend_error != "bypass":
@@ -439,12 +502,11 @@ class Pipeline:
                 engine.memo.put(key, entry)
                 self._settle_resolved(flight, entry)
             else:
-                memo = engine.memo
-                memo.pin(key, entry)
+                engine.memo.pin(key, entry)
                 engine.writer_submit(
                     Submission(
                         WriteItem(record, owner),
-                        on_complete=lambda _error: memo.unpin(key, entry),
+                        on_complete=lambda _error: self._written_behind(key, entry),
                         report=report,
                     )
                 )
@@ -454,6 +516,10 @@ class Pipeline:
         return result
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _written_behind(self, key: str, entry: MemoEntry) -> None:
+        self.engine.lease_done(key)
+        self.engine.memo.unpin(key, entry)
 
     def _settle_resolved(self, flight: Flight, entry: MemoEntry, *, land: bool = True) -> None:
         if land:

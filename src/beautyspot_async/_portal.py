@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import os
 import threading
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-__all__ = ["IOLoop", "io_loop", "wait_future"]
+__all__ = ["IOLoop", "Waiter", "io_loop", "settle", "settle_all", "wait_future"]
 
 T = TypeVar("T")
 
@@ -142,6 +143,94 @@ def _trio_token() -> Any:
     import trio
 
     return trio.lowlevel.current_trio_token()
+
+
+class Waiter:
+    """One caller waiting for a value that another thread will provide.
+
+    An asyncio caller waits on a plain asyncio future of its own loop, woken
+    by :func:`settle_all` with one ``call_soon_threadsafe`` per loop for a
+    whole batch; sync and trio callers wait on a thread-safe future. Settling
+    twice is harmless: the first outcome wins.
+    """
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any) -> None:
+        self.loop = loop
+        self.future = future
+
+    @classmethod
+    def for_async(cls) -> Waiter:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            return cls(None, concurrent.futures.Future())
+        return cls(loop, loop.create_future())
+
+    @classmethod
+    def for_sync(cls) -> Waiter:
+        return cls(None, concurrent.futures.Future())
+
+    async def wait(self) -> Any:
+        if self.loop is not None:
+            return await self.future
+        return await wait_future(self.future)
+
+    def wait_sync(self) -> Any:
+        return self.future.result()
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the waiting caller went away (its future was cancelled)."""
+        return bool(self.future.cancelled())
+
+
+Outcome = tuple[Waiter, Any, BaseException | None]
+#: Called with (waiter, value) when a value reaches a caller that went away.
+Abandoned = Callable[[Waiter, Any], None]
+
+
+def _settle_here(outcomes: list[Outcome], on_abandoned: Abandoned | None) -> None:
+    for waiter, value, error in outcomes:
+        future = waiter.future
+        if future.done():
+            if on_abandoned is not None and future.cancelled():
+                on_abandoned(waiter, value)
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+def settle_all(outcomes: list[Outcome], on_abandoned: Abandoned | None = None) -> None:
+    """Deliver outcomes from any thread, one wake-up per asyncio loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    local: list[Outcome] = []
+    for outcome in outcomes:
+        loop = outcome[0].loop
+        if loop is None:
+            local.append(outcome)
+        else:
+            by_loop.setdefault(loop, []).append(outcome)
+    for waiter, value, error in local:
+        future = waiter.future
+        try:
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+        except concurrent.futures.InvalidStateError:
+            pass  # settled already
+    for loop, batch in by_loop.items():
+        # RuntimeError: that loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_here, batch, on_abandoned)
+
+
+def settle(waiter: Waiter, value: Any = None, error: BaseException | None = None) -> None:
+    settle_all([(waiter, value, error)])
 
 
 io_loop = IOLoop()

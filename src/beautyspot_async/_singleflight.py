@@ -1,18 +1,19 @@
 """In-process single-flight: one execution per cache key, however many callers.
 
 Callers may be coroutines on different event loops, trio tasks and plain
-threads at once, so a flight is a thread-safe future rather than a loop-bound
-event. Joining is a single ``dict.setdefault``, atomic under the GIL, so the
-hot path takes no lock.
+threads at once, so a flight settles each joiner through its own Waiter
+(see ``_portal``) rather than one loop-bound event. Joining is a single
+``dict.setdefault``, atomic under the GIL, so the hot path takes no lock.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from ._portal import Waiter, settle, settle_all
 
 __all__ = ["Flight", "FlightRegistry", "Outcome", "OutcomeKind"]
 
@@ -37,15 +38,22 @@ class Outcome:
 class Flight:
     """One execution of a cache key that other callers may join."""
 
-    __slots__ = ("_future", "key")
+    __slots__ = ("_outcome", "_waiters", "key")
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self._future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self._outcome: Outcome | None = None
+        self._waiters: list[Waiter] = []
 
-    @property
-    def future(self) -> concurrent.futures.Future[Outcome]:
-        return self._future
+    def add_waiter(self, waiter: Waiter) -> None:
+        """Have ``waiter`` settled with this flight's outcome (now, if it is over)."""
+        self._waiters.append(waiter)
+        # Appending before reading the outcome, while _settle writes the
+        # outcome before copying the list, means no waiter is ever missed;
+        # one may be settled twice, which Waiter ignores.
+        outcome = self._outcome
+        if outcome is not None:
+            settle(waiter, outcome)
 
     def resolve(self, share: Callable[[], Any]) -> None:
         self._settle(Outcome(OutcomeKind.RESOLVED, share=share))
@@ -58,8 +66,12 @@ class Flight:
         self._settle(Outcome(OutcomeKind.ABANDONED))
 
     def _settle(self, outcome: Outcome) -> None:
-        if not self._future.done():
-            self._future.set_result(outcome)
+        if self._outcome is not None:
+            return
+        self._outcome = outcome
+        waiters = list(self._waiters)
+        if waiters:
+            settle_all([(waiter, outcome, None) for waiter in waiters])
 
 
 class FlightRegistry:

@@ -89,39 +89,27 @@ class ResultStore:
         except Exception as exc:
             raise _translate(exc, self.db.backend_name, "lookup") from exc
 
-    async def get_or_lease(
-        self, cache_key: str, owner: str | None, ttl: float
-    ) -> tuple[TaskRecord | None, bool]:
-        """Look ``cache_key`` up and, on a miss, try to take its lease.
+    async def lookup_many(
+        self, cache_keys: list[str], owner: str | None, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        """Records of ``cache_keys``; with an ``owner``, leases for the missing ones.
 
-        Returns ``(record, leased)``. One trip to the I/O loop serves both.
-        ``leased`` is True when no lease is needed (``owner`` is None).
+        See :meth:`TaskDB.lookup_or_lease` for the values. Without an owner,
+        absent keys are simply omitted.
         """
-        record = await self.get(cache_key)
-        if record is not None or owner is None:
-            return record, True
         try:
-            leased = await self.db.acquire_lease(cache_key, owner, ttl)
+            if owner is None:
+                return dict(await self.db.get_many(cache_keys))
+            return await self.db.lookup_or_lease(cache_keys, owner, ttl)
         except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "acquiring a lease") from exc
-        if not leased:
-            return None, False
-        # The previous holder may have written and released between our read
-        # and our lease: read again, or this process would execute it twice.
-        record = await self.get(cache_key)
-        if record is not None:
-            await self.release(cache_key, owner)
-        return record, True
+            raise _translate(exc, self.db.backend_name, "lookup") from exc
 
-    async def wait_then_get_or_lease(
-        self, cache_key: str, owner: str, ttl: float
-    ) -> tuple[TaskRecord | None, bool]:
-        """Wait for another process's execution of ``cache_key``, then retry."""
+    async def wait_for(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - see TaskDB.wait_for_result
+        """Wait until another process may have stored ``cache_key``."""
         try:
-            await self.db.wait_for_result(cache_key, ttl)
+            await self.db.wait_for_result(cache_key, timeout)
         except Exception as exc:
             raise _translate(exc, self.db.backend_name, "waiting for a result") from exc
-        return await self.get_or_lease(cache_key, owner, ttl)
 
     async def release(self, cache_key: str, owner: str) -> None:
         try:
@@ -176,12 +164,15 @@ class ResultStore:
                 error = _translate(exc, self.db.backend_name, "saving results")
                 for i in row_index:
                     errors[i] = error
+        owners: dict[str, list[str]] = {}
         for item in items:
             if item.lease_owner is not None:
-                # Released even after a failed write: another process may retry.
-                # An unreleased lease only delays other processes until it expires.
-                with contextlib.suppress(Exception):
-                    await self.db.release_lease(item.record.cache_key, item.lease_owner)
+                owners.setdefault(item.lease_owner, []).append(item.record.cache_key)
+        for owner, keys in owners.items():
+            # Released even after a failed write, so another process may retry;
+            # a lease left behind only delays others until it expires.
+            with contextlib.suppress(Exception):
+                await self.db.release_leases(keys, owner)
         return errors
 
     async def history(self, limit: int) -> Any:

@@ -96,6 +96,7 @@ __all__ = [
     "ArgumentKeyer",
     "KeyGen",
     "KeyPolicy",
+    "KeyScope",
     "cache_key",
     "canonical_bytes",
     "function_identity",
@@ -669,8 +670,29 @@ def cache_key(identity: str, version: str | None, input_id: str) -> str:
         raise ConfigurationError("cache_key() takes an identity and input_id of type str")
     if version is not None and not isinstance(version, str):
         raise ConfigurationError(f"version must be a str or None, got {type(version).__name__}")
-    framed_version = _NONE if version is None else _enc_str(version)
-    return _digest(b"k" + _enc_str(identity) + framed_version + _enc_str(input_id))
+    return KeyScope(identity, version)(input_id)
+
+
+class KeyScope:
+    """:func:`cache_key` for one ``(identity, version)``, framed once.
+
+    The pipeline derives a key on every call; framing the constant part once
+    per marked function halves the cost. ``KeyScope(i, v)(x) == cache_key(i, v, x)``.
+    """
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, identity: str, version: str | None) -> None:
+        if not isinstance(identity, str):
+            raise ConfigurationError("a key scope takes an identity of type str")
+        if version is not None and not isinstance(version, str):
+            raise ConfigurationError(f"version must be a str or None, got {type(version).__name__}")
+        framed_version = _NONE if version is None else _enc_str(version)
+        self._prefix = b"k" + _enc_str(identity) + framed_version
+
+    def __call__(self, input_id: str) -> str:
+        data = input_id.encode()
+        return _digest(self._prefix + b"s" + _pack_len(len(data)) + data)
 
 
 # --------------------------------------------------------------------------- keyers

@@ -7,6 +7,7 @@ its stderr in the failure instead of hanging the test run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -108,10 +109,8 @@ class Worker:
             self.process.kill()
             self.process.wait(timeout=STEP_TIMEOUT)
         if self.process.stdin is not None and not self.process.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):  # the worker is gone already
                 self.process.stdin.close()
-            except BrokenPipeError:  # the worker is gone already
-                pass
         self._stderr.close()
 
 

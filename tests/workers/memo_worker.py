@@ -13,12 +13,13 @@ up without sleeping:
   for every execution (after the limiter admitted it), so the parent can
   count executions across processes; a crash loses nothing already written;
 * for the key ``hang_on`` it prints ``started <key> <t_before_call>`` and
-  then never returns (the parent kills the process);
+  then never returns (the parent kills the process), or returns after
+  ``hold_for`` seconds when that is set (a slow but live holder);
 * with ``verify``: after its own calls it prints ``done``, waits for a
   ``verify`` line (every worker has finished), then re-reads every key
   through a fresh Spot whose function must not run;
-* the last line is a JSON report: ``results``, ``reread``, ``elapsed`` and
-  the Spot's ``statistics``.
+* the last line is a JSON report: ``results``, ``reread``, ``elapsed``,
+  ``finished_at`` (``time.time()``) and the Spot's ``statistics``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 import beautyspot_async as bs
@@ -66,6 +68,7 @@ class WorkerConfig:
     barrier: bool = False
     verify: bool = False
     hang_on: int | None = None
+    hold_for: float | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -78,11 +81,11 @@ def make_db(spec: dict[str, Any]) -> bs.TaskDB:
 
         return SQLiteTaskDB(spec["path"])
     if kind == "postgres":
-        from beautyspot_async.db._postgres import PostgresTaskDB
+        from beautyspot_async.db import PostgresTaskDB
 
         return PostgresTaskDB(spec["dsn"], schema=spec["schema"], max_size=4)
     if kind == "redis":
-        from beautyspot_async.db._redis import RedisTaskDB
+        from beautyspot_async.db import RedisTaskDB
 
         return RedisTaskDB(spec["url"], prefix=spec["prefix"])
     raise ValueError(f"unknown db kind {kind!r}")
@@ -147,9 +150,12 @@ async def main(config: WorkerConfig) -> dict[str, Any]:
         journal.record(key)
         if key == config.hang_on:
             say(f"started {key} {started_at:.6f}")
-            await anyio.sleep_forever()
+            if config.hold_for is None:
+                await anyio.sleep_forever()
+            else:
+                await anyio.sleep(config.hold_for)
         # A short await lets other calls of this process interleave.
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return expected_value(key)
 
     if limiter is not None:
@@ -176,6 +182,7 @@ async def main(config: WorkerConfig) -> dict[str, Any]:
             for key in keys:
                 tg.start_soon(one, key)
         elapsed = time.perf_counter() - begin
+        finished_at = time.time()
         statistics = asdict(spot.statistics())
 
     reread: dict[str, Any] = {}
@@ -186,7 +193,13 @@ async def main(config: WorkerConfig) -> dict[str, Any]:
     journal.close()
     if limiter is not None:
         await limiter.aclose()
-    return {"results": results, "reread": reread, "elapsed": elapsed, "statistics": statistics}
+    return {
+        "results": results,
+        "reread": reread,
+        "elapsed": elapsed,
+        "finished_at": finished_at,
+        "statistics": statistics,
+    }
 
 
 async def read_back(config: WorkerConfig, keys: list[int]) -> dict[str, Any]:

@@ -164,6 +164,21 @@ class TaskDB(ABC):
         """
         raise anyio.WouldBlock
 
+    def get_many_nowait(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord | None]:
+        """:meth:`get_nowait` for many keys at once (one query where possible).
+
+        The result maps a key to its record, or to ``None`` when it is
+        certainly not stored; a key the backend cannot answer without waiting
+        is left out. Never blocks, never raises WouldBlock.
+        """
+        found: dict[str, TaskRecord | None] = {}
+        for key in cache_keys:
+            try:
+                found[key] = self.get_nowait(key)
+            except anyio.WouldBlock:
+                continue
+        return found
+
     async def aclose(self) -> None:
         """Release connections. Idempotent; the database reopens on next use."""
 
@@ -186,6 +201,42 @@ class TaskDB(ABC):
 
     async def release_lease(self, cache_key: str, owner: str) -> None:
         """Give up ``owner``'s lease on ``cache_key``; a no-op if not held."""
+
+    async def release_leases(self, cache_keys: Sequence[str], owner: str) -> None:
+        """Give up ``owner``'s leases on all of ``cache_keys`` (one batch)."""
+        for key in cache_keys:
+            await self.release_lease(key, owner)
+
+    async def lookup_or_lease(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        """Read ``cache_keys``; take the lease of each one that is missing.
+
+        Returns, per key, the stored record; ``True`` when the key is not
+        stored and ``owner`` now holds its lease; ``False`` when another owner
+        holds an unexpired lease. The pipeline's miss path calls this once
+        for a whole batch of concurrent misses.
+
+        A key that is written (and its lease released) by another process
+        between the read and the lease must not come back ``True``: the
+        default re-reads every key it leased. A backend that can do the read
+        and the lease in one atomic step (one transaction) should override
+        this.
+        """
+        found: dict[str, TaskRecord | bool] = dict(await self.get_many(cache_keys))
+        leased = []
+        for key in cache_keys:
+            if key not in found:
+                got = await self.acquire_lease(key, owner, ttl)
+                found[key] = got
+                if got:
+                    leased.append(key)
+        if leased:
+            late = await self.get_many(leased)
+            if late:
+                await self.release_leases(list(late), owner)
+                found.update(late)
+        return found
 
     async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the protocol bounds the wait; backends map it to their own notification timeout
         """Return when ``cache_key`` may have been written, or after ``timeout``.

@@ -1,0 +1,80 @@
+"""A queue any thread can fill, drained in batches by one task on the I/O loop.
+
+Both the writer and the reader are one of these: callers never wait to
+enqueue, and whatever piles up while a batch is in flight becomes the next
+batch, so load turns into fewer, larger round trips by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Generic, TypeVar
+
+__all__ = ["QueueDrain"]
+
+E = TypeVar("E")
+
+
+class QueueDrain(Generic[E]):
+    """Subclasses implement :meth:`_drain_once`, which empties ``self._queue``."""
+
+    def __init__(self) -> None:
+        self._queue: deque[E] = deque()
+        self._idle = True
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the drain task; call on the I/O loop."""
+        if self._task is None or self._task.done():
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._idle = False
+            self._task = self._loop.create_task(self._drain_forever())
+
+    def _enqueue(self, entry: E) -> None:
+        """Queue ``entry``; callable from any thread, never waits."""
+        self._queue.append(entry)
+        # The drain task sets _idle before its final emptiness check, and we
+        # read _idle after appending, so a wake-up can never be lost; at
+        # worst it is sent twice.
+        loop = self._loop
+        if self._idle and loop is not None:
+            self._idle = False
+            loop.call_soon_threadsafe(self._set_wake)
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Drain what is queued, then stop the task; call on the I/O loop."""
+        await self._drain_once()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._idle = True
+        self._loop = None
+
+    async def _drain_forever(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._queue:
+                self._idle = True
+                if not self._queue:
+                    await self._wake.wait()
+                    self._wake.clear()
+                self._idle = False
+            await self._drain_once()
+
+    async def _drain_once(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,389 @@
+"""The ``beautyspot-async`` command line: inspect and maintain a Spot's results.
+
+Every command takes the task database as ``DB``: a path to a SQLite file or a
+URL as ``Spot(db=...)`` accepts it (``sqlite:///x.db``, ``postgresql://...``,
+``redis://...``). Blobs are looked up in ``--storage``, by default the
+``<stem>_blobs`` directory next to a SQLite file (the layout a Spot creates).
+
+The commands go through the public Spot API and the maintenance layer
+(:mod:`beautyspot_async._maintenance`), never through a backend's queries.
+Exit codes: 0 success, 1 "not found", 2 usage errors, a missing database
+file, a bad URL or a backend that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import _maintenance as maint
+from ._spot import Spot
+from ._version import __version__
+from .exceptions import BeautySpotError, ConfigurationError
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+#: Spot name used when ``DB`` is a URL (it has no file stem to borrow).
+URL_SPOT_NAME = "cli"
+#: Characters of a cache key shown in tables; ``show`` accepts such a prefix.
+KEY_CHARS = 12
+
+app = typer.Typer(
+    name="beautyspot-async",
+    help="Inspect and maintain the results stored by beautyspot-async.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DbArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="DB", help="SQLite file, or a database URL (sqlite:///, postgresql://, redis://)."
+    ),
+]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        "-s",
+        help="Blob storage (directory or s3://bucket/prefix). "
+        "Default: <stem>_blobs next to a SQLite file.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+# -- resolving DB / --storage into a Spot ------------------------------------------------
+
+
+class UsageProblem(Exception):
+    """A command-line argument that cannot be used as given (exit code 2)."""
+
+
+def _sqlite_url_path(url: str) -> str | None:
+    # Same convention as Spot(db=...): sqlite:///rel.db, sqlite:////abs.db.
+    rest = url.split("://", 1)[1]
+    return rest[1:] if rest.startswith("/") and len(rest) > 1 else None
+
+
+def spot_name_for(path: Path) -> str:
+    """A valid Spot name from a database file name (its stem, sanitized)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("_")
+    return name or URL_SPOT_NAME
+
+
+def spot_arguments(db: str, storage: str | None) -> tuple[str, str, str | None]:
+    """``(name, db, storage)`` for ``Spot(...)`` from the command-line values.
+
+    A path (or ``sqlite://`` URL) must name an existing file: the CLI never
+    creates an empty database. Raises :class:`UsageProblem` otherwise.
+    """
+    if "://" in db:
+        scheme = db.split("://", 1)[0].lower()
+        if scheme == "sqlite":
+            path_text = _sqlite_url_path(db)
+            if path_text is not None and not Path(path_text).is_file():
+                raise UsageProblem(f"no such database file: {path_text} (from {db})")
+        return URL_SPOT_NAME, db, storage
+    path = Path(db)
+    if not path.exists():
+        raise UsageProblem(f"no such database file: {db}")
+    if not path.is_file():
+        raise UsageProblem(f"not a database file: {db}")
+    name = spot_name_for(path)
+    if storage is None:
+        storage = os.fspath(path.parent / f"{path.stem}_blobs")
+    return name, os.fspath(path), storage
+
+
+def _open_spot(db: str, storage: str | None) -> Spot:
+    name, db_spec, storage_spec = spot_arguments(db, storage)
+    return Spot(name, db=db_spec, storage=storage_spec)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    # escape(): backend messages start with "[sqlite]", which rich reads as markup.
+    Console(stderr=True).print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _run(db: str, storage: str | None, action: Callable[[Spot], Awaitable[T]]) -> T:
+    """Build the Spot, run ``action`` on an event loop, always close the Spot."""
+    try:
+        spot = _open_spot(db, storage)
+    except (UsageProblem, ConfigurationError) as exc:
+        _fail(str(exc))
+
+    async def go() -> T:
+        try:
+            return await action(spot)
+        finally:
+            await spot.aclose()
+
+    try:
+        return anyio.run(go)
+    except BeautySpotError as exc:
+        _fail(str(exc))
+    except NotImplementedError as exc:
+        _fail(f"this database does not support the operation: {exc}")
+
+
+# -- formatting (pure) -------------------------------------------------------------------
+
+
+def format_time(seconds: float | None) -> str:
+    """POSIX seconds as ``YYYY-MM-DD HH:MM:SS`` in UTC, ``-`` for none."""
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_size(size: int) -> str:
+    """A byte count for humans (``512 B``, ``1.5 KiB``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _iso_text(iso: str | None) -> str:
+    """An ISO timestamp as :func:`format_time` text, ``-`` for none."""
+    return "-" if iso is None else format_time(datetime.fromisoformat(iso).timestamp())
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@app.command("history")
+def history_command(
+    db: DbArg,
+    storage: StorageOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 50,
+    func: Annotated[
+        str | None, typer.Option("--func", "-f", help="Only this function (its func_name).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored results, newest first."""
+    frame = _run(db, storage, lambda spot: maint.history(spot, limit=limit, func_name=func))
+    if as_json:
+        _print_json(maint.history_rows(frame))
+        return
+    table = Table(title=f"{len(frame)} entries (newest first)")
+    # Optional columns appear only when some row fills them, so the common
+    # case fits a narrow terminal; --json always carries every field.
+    show_version = bool(frame["version"].notna().any())
+    show_expiry = bool(frame["expires_at"].notna().any())
+    table.add_column("updated (UTC)")
+    table.add_column("function", overflow="fold", ratio=1, min_width=12)
+    table.add_column("key", no_wrap=True)
+    if show_version:
+        table.add_column("version", overflow="fold")
+    table.add_column("stored", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    if show_expiry:
+        table.add_column("expires (UTC)")
+    for row in maint.history_rows(frame):
+        cells = [
+            _iso_text(row["updated_at"]),
+            str(row["func_name"]),
+            str(row["cache_key"])[:KEY_CHARS],
+        ]
+        if show_version:
+            cells.append("-" if row["version"] is None else str(row["version"]))
+        cells += [str(row["result_type"]), format_size(row["size_bytes"])]
+        if show_expiry:
+            cells.append(_iso_text(row["expires_at"]))
+        table.add_row(*cells)
+    Console().print(table)
+
+
+@app.command("stats")
+def stats_command(db: DbArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """Per-function entry counts, sizes and age."""
+    summaries = _run(db, storage, maint.summary)
+    if as_json:
+        _print_json([maint.summary_json(s) for s in summaries])
+        return
+    table = Table(title="Stored results per function")
+    table.add_column("function", overflow="fold", ratio=1, min_width=8)
+    # "inline" (entries - blobs) is left to --json: eight columns do not fit 80.
+    for heading in ("entries", "blobs", "size", "expired"):
+        table.add_column(heading, justify="right")
+    table.add_column("oldest (UTC)")
+    table.add_column("newest (UTC)")
+    for s in summaries:
+        table.add_row(
+            s.func_name,
+            str(s.entries),
+            str(s.blobs),
+            format_size(s.size_bytes),
+            str(s.expired),
+            format_time(s.oldest),
+            format_time(s.newest),
+        )
+    if len(summaries) > 1:
+        table.add_section()
+        table.add_row(
+            "total",
+            str(sum(s.entries for s in summaries)),
+            str(sum(s.blobs for s in summaries)),
+            format_size(sum(s.size_bytes for s in summaries)),
+            str(sum(s.expired for s in summaries)),
+            "",
+            "",
+        )
+    Console().print(table)
+
+
+async def _find_entry(spot: Spot, key: str) -> maint.Entry | list[str]:
+    """The entry ``key`` (or a unique prefix of it) names, or every candidate."""
+    keys = await maint.resolve_key(spot, key)
+    if len(keys) != 1:
+        return keys
+    entry = await maint.show(spot, keys[0])
+    return entry if entry is not None else []
+
+
+@app.command("show")
+def show_command(
+    db: DbArg,
+    key: Annotated[
+        str, typer.Argument(metavar="KEY", help="A cache key, or a unique prefix of one.")
+    ],
+    storage: StorageOpt = None,
+    max_chars: Annotated[
+        int, typer.Option("--max-chars", min=1, help="Cut the value preview here.")
+    ] = 4000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one stored result: its metadata and a preview of its value."""
+    found = _run(db, storage, lambda spot: _find_entry(spot, key))
+    if isinstance(found, list):
+        if not found:
+            _fail(f"no entry with key {key!r}", code=1)
+        listing = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "")
+        _fail(f"{key!r} matches {len(found)} entries: {listing}")
+    record = found.record
+    if as_json:
+        _print_json(maint.entry_json(found, max_chars=max_chars))
+        return
+    console = Console()
+    meta = Table.grid(padding=(0, 2))
+    meta.add_column(style="bold")
+    meta.add_column(overflow="fold")
+    meta.add_row("cache key", record.cache_key)
+    meta.add_row("function", record.func_name)
+    meta.add_row("input id", record.input_id)
+    meta.add_row("version", "-" if record.version is None else record.version)
+    meta.add_row("stored", record.result_type)
+    if record.result_type == "blob":
+        meta.add_row("location", record.result_value or "-")
+    meta.add_row("content type", record.content_type or "-")
+    meta.add_row("size", format_size(record.size_bytes))
+    meta.add_row("created", format_time(record.created_at))
+    meta.add_row("updated", format_time(record.updated_at))
+    meta.add_row("expires", format_time(record.expires_at))
+    console.print(meta)
+    if found.problem is not None:
+        console.print(f"[bold yellow]Warning:[/] {escape(found.problem)}", highlight=False)
+    console.print("[bold]value[/]")
+    console.print(found.preview(max_chars), markup=False, highlight=False)
+
+
+@app.command("delete")
+def delete_command(
+    db: DbArg,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The exact cache key to delete.")],
+    storage: StorageOpt = None,
+) -> None:
+    """Delete one stored result (its row and its blob)."""
+    existed = _run(db, storage, lambda spot: maint.delete(spot, key))
+    if not existed:
+        _fail(f"no entry with key {key!r}", code=1)
+    typer.echo(f"deleted {key}")
+
+
+@app.command("purge-expired")
+def purge_expired_command(db: DbArg, storage: StorageOpt = None) -> None:
+    """Delete every result past its ttl (run `gc` afterwards to free their blobs)."""
+    removed = _run(db, storage, maint.purge_expired)
+    typer.echo(f"removed {removed} expired {'entry' if removed == 1 else 'entries'}")
+
+
+@app.command("gc")
+def gc_command(
+    db: DbArg,
+    storage: Annotated[
+        str,
+        typer.Option("--storage", "-s", help="The blob storage to clean (required: no default)."),
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete; without it, only list (dry run).")
+    ] = False,
+) -> None:
+    """Find (and with --yes delete) blobs that no stored result points at."""
+    removed = _run(db, storage, lambda spot: maint.gc_blobs(spot, dry_run=not yes))
+    for location in removed:
+        typer.echo(location)
+    noun = "blob" if len(removed) == 1 else "blobs"
+    if yes:
+        typer.echo(f"deleted {len(removed)} orphaned {noun}")
+    else:
+        typer.echo(f"{len(removed)} orphaned {noun} (dry run; pass --yes to delete)")
+
+
+@app.command("ui")
+def ui_command(
+    db: DbArg,
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the web dashboard on loopback (needs the "dashboard" extra)."""
+    try:
+        from .dashboard import serve
+    except ImportError as exc:
+        _fail(
+            f"the dashboard needs an optional dependency ({exc.name or exc}); "
+            'install it with: pip install "beautyspot-async[dashboard]"'
+        )
+    try:
+        spot = _open_spot(db, storage)
+    except (UsageProblem, ConfigurationError) as exc:
+        _fail(str(exc))
+    typer.echo(f"beautyspot-async dashboard on http://{host}:{port}/ (Ctrl+C to stop)")
+    try:
+        serve(spot, host=host, port=port)
+    except BeautySpotError as exc:
+        _fail(str(exc))
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the installed version."""
+    typer.echo(f"beautyspot-async {__version__}")
+
+
+def main() -> None:
+    """Entry point of the ``beautyspot-async`` console script."""
+    app()

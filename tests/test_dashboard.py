@@ -1,0 +1,130 @@
+"""The dashboard app, driven by starlette's TestClient over a real Spot's SQLite file."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+
+with warnings.catch_warnings():
+    # starlette >= 1.x prefers "httpx2" and warns about httpx, which the [dev]
+    # extra installs; the client works with either.
+    warnings.filterwarnings("ignore", message=".*httpx2.*")
+    from starlette.testclient import TestClient
+
+import beautyspot_async as bs
+from beautyspot_async.cli import app as cli_app
+from beautyspot_async.dashboard import create_app
+from beautyspot_async.dashboard._app import render_index
+
+from .test_cli import BIG, Built, build, runner
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Built:
+    return build(tmp_path)
+
+
+@pytest.fixture
+def client(built: Built) -> Iterator[TestClient]:
+    spot = bs.Spot("exp", db=built.db, storage=built.blobs)
+    with spot, TestClient(create_app(spot, preview_chars=100)) as test_client:
+        yield test_client
+
+
+class TestHistoryPage:
+    """The HTML page lists the history, filterable by function."""
+
+    def test_lists_every_entry_with_preview_links(self, client: TestClient, built: Built) -> None:
+        response = client.get("/")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        assert "6 entries" in response.text
+        for key in built.keys.values():
+            assert f'href="/api/entries/{key}"' in response.text
+
+    def test_func_filter_and_limit(self, client: TestClient, built: Built) -> None:
+        text = client.get("/", params={"func": "small", "limit": "2"}).text
+        assert "2 entries of small" in text
+        assert built.keys["big"] not in text
+        assert "0 entries" in client.get("/", params={"limit": "0"}).text
+
+    def test_a_bad_limit_falls_back_to_the_default(self, client: TestClient) -> None:
+        assert "6 entries" in client.get("/", params={"limit": "lots"}).text
+
+    def test_values_are_html_escaped(self) -> None:
+        row: dict[str, Any] = {
+            "cache_key": "k1",
+            "func_name": "<script>alert(1)</script>",
+            "version": "v<1>",
+            "result_type": "inline",
+            "size_bytes": 3,
+            "updated_at": "2024-01-02T03:04:05+00:00",
+            "expires_at": None,
+        }
+        page = render_index([row], title="t&t", func=None, limit=10)
+        assert "<script>alert(1)</script>" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert "v&lt;1&gt;" in page
+        assert "t&amp;t" in page
+        assert "2024-01-02 03:04:05" in page
+
+
+class TestJsonEndpoints:
+    """The JSON endpoints return history rows, entries with previews, and stats."""
+
+    def test_history(self, client: TestClient) -> None:
+        rows = client.get("/api/history", params={"func": "small"}).json()
+        assert [r["func_name"] for r in rows] == ["small"] * 3
+        assert all(r["expires_at"] is None for r in rows)
+
+    def test_entry_has_value_and_preview(self, client: TestClient, built: Built) -> None:
+        entry = client.get(f"/api/entries/{built.keys['small']}").json()
+        assert entry["func_name"] == "small"
+        assert entry["value"]["when"] == "2024-01-02T00:00:00+00:00"
+        assert '"when": "2024-01-02T00:00:00+00:00"' in entry["preview"]
+        assert entry["problem"] is None
+
+    def test_large_preview_is_truncated(self, client: TestClient, built: Built) -> None:
+        entry = client.get(f"/api/entries/{built.keys['big']}").json()
+        assert entry["result_type"] == "blob"
+        assert entry["location"]
+        assert len(entry["preview"]) < len(BIG)
+        assert entry["preview"].endswith("more chars)")
+
+    def test_unknown_ext_is_reported(self, client: TestClient, built: Built) -> None:
+        entry = client.get(f"/api/entries/{built.keys['custom']}").json()
+        assert entry["value"][0] == "<unknown msgpack ext code 7, 1 bytes>"
+        assert "ext code 7" in entry["problem"]
+
+    def test_unknown_key_is_404(self, client: TestClient) -> None:
+        response = client.get("/api/entries/" + "0" * 32)
+        assert response.status_code == 404
+        assert "no entry" in response.json()["error"]
+
+    def test_stats(self, client: TestClient) -> None:
+        stats = {s["func_name"]: s for s in client.get("/api/stats").json()}
+        assert stats["small"]["entries"] == 3
+        assert stats["stale"]["expired"] == 1
+
+
+class TestUiCommand:
+    """`ui` refuses a database it cannot open before serving anything."""
+
+    def test_missing_database(self, tmp_path: Path) -> None:
+        result = runner.invoke(cli_app, ["ui", str(tmp_path / "nope.db")])
+        assert result.exit_code == 2
+        assert "no such database file" in result.stderr
+
+    def test_unopenable_database(self, tmp_path: Path) -> None:
+        junk = tmp_path / "junk.db"
+        junk.write_bytes(b"not sqlite at all" * 64)
+        result = runner.invoke(cli_app, ["ui", str(junk), "--port", "1"])
+        assert result.exit_code == 2
+        assert "not a database" in " ".join(result.stderr.split())
