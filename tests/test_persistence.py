@@ -422,7 +422,8 @@ class TestHooks:
         assert dict(ctx.kwargs) == {"y": 2}
         with pytest.raises(TypeError):
             ctx.kwargs["y"] = 3  # type: ignore[index]
-        assert len(ctx.cache_key) == 32 and ctx.input_id
+        assert len(ctx.cache_key) == 32
+        assert ctx.input_id
         assert ctx.func_name.endswith("test_context_fields.<locals>.f")
 
     async def test_raising_hook_is_ignored(
@@ -444,7 +445,8 @@ class TestHooks:
             with caplog.at_level(logging.ERROR, logger="beautyspot_async"):
                 assert await f() == "fine"
         messages = " ".join(r.getMessage() for r in caplog.records)
-        assert "pre_execute" in messages and "on_cache_miss" in messages
+        assert "pre_execute" in messages
+        assert "on_cache_miss" in messages
 
     def test_hooks_must_be_hookbase(self) -> None:
         with pytest.raises(bs.ConfigurationError, match="HookBase"):
@@ -453,4 +455,5 @@ class TestHooks:
 
 def test_records_are_task_records() -> None:
     assert TaskRecord.__module__.startswith("beautyspot_async")
-    assert SQLiteTaskDB.loop_bound and not MemoryTaskDB.loop_bound
+    assert SQLiteTaskDB.loop_bound
+    assert not MemoryTaskDB.loop_bound

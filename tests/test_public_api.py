@@ -41,9 +41,12 @@ class TestExports:
         from beautyspot_async.limiter import Limiter
         from beautyspot_async.storage import BlobStorageBase, LocalStorage
 
-        assert KeyGen is bs.KeyGen and Limiter is bs.Limiter and TaskDB is bs.TaskDB
+        assert KeyGen is bs.KeyGen
+        assert Limiter is bs.Limiter
+        assert TaskDB is bs.TaskDB
         assert BlobStorageBase is bs.BlobStorageBase
-        assert issubclass(MemoryTaskDB, TaskDB) and issubclass(SQLiteTaskDB, TaskDB)
+        assert issubclass(MemoryTaskDB, TaskDB)
+        assert issubclass(SQLiteTaskDB, TaskDB)
         assert issubclass(LocalStorage, BlobStorageBase)
         for module in ("db", "storage", "cachekey", "limiter", "hooks", "serializer", "testing"):
             importlib.import_module(f"beautyspot_async.{module}")
