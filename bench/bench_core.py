@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -117,20 +118,68 @@ def make_task(spot: Any) -> Callable[[str], Awaitable[dict[str, Any]]]:
     return marked
 
 
-def count_rows(db_path: Path) -> int:
-    """Rows in the tasks table, read through a connection of our own."""
-    with sqlite3.connect(db_path) as conn:
-        (count,) = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()
-    return int(count)
+#: Where results go: "sqlite" (a file in the work dir), or a postgresql:// or
+#: redis:// URL (a fresh table prefix / key prefix per run, removed afterwards).
+BACKEND = {"db": "sqlite", "namespace": "bench_core"}
+
+
+def make_db(workdir: Path) -> Any:
+    """The task database of this run (one per Spot, same data)."""
+    url = BACKEND["db"]
+    if url == "sqlite":
+        return str(workdir / "core.db")
+    if url.startswith("postgres"):
+        from beautyspot_async.db import PostgresTaskDB
+
+        return PostgresTaskDB(url, table_prefix=f"{BACKEND['namespace']}_")
+    if url.startswith("redis"):
+        from beautyspot_async.db import RedisTaskDB
+
+        return RedisTaskDB(url, prefix=BACKEND["namespace"])
+    raise SystemExit(f"--db must be sqlite, postgresql://... or redis://..., got {url!r}")
+
+
+async def count_rows(workdir: Path) -> int:
+    """Rows the backend holds, read by a Spot of our own (a fresh connection)."""
+    if BACKEND["db"] == "sqlite":
+        with sqlite3.connect(workdir / "core.db") as conn:
+            (count,) = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()
+        return int(count)
+    spot = open_spot(workdir, default_wait=True)
+    async with spot:
+        return len(await spot.history(limit=10_000_000))
+
+
+async def drop_namespace() -> None:
+    """Remove what a PostgreSQL or Redis run created."""
+    url, ns = BACKEND["db"], BACKEND["namespace"]
+    if url.startswith("postgres"):
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            for table in ("tasks", "leases", "schema_version"):
+                await conn.execute(f'DROP TABLE IF EXISTS "{ns}_{table}"')
+        finally:
+            await conn.close()
+    elif url.startswith("redis"):
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(url)
+        try:
+            async for key in client.scan_iter(match=f"{ns}*", count=1000):
+                await client.delete(key)
+        finally:
+            await client.aclose()
 
 
 def open_spot(workdir: Path, *, default_wait: bool) -> Any:
-    """A Spot over the benchmark's files with otherwise default options."""
+    """A Spot over the benchmark's backend with otherwise default options."""
     import beautyspot_async as bs
 
     return bs.Spot(
         "bench_core",
-        db=str(workdir / "core.db"),
+        db=make_db(workdir),
         storage=str(workdir / "blobs"),
         default_wait=default_wait,
     )
@@ -157,7 +206,7 @@ async def warm_phases(workdir: Path, n: int) -> dict[str, Any]:
         start = time.perf_counter()
         await spot_wb.flush()
         out["flush_s"] = time.perf_counter() - start
-    out["rows"] = count_rows(workdir / "core.db")
+    out["rows"] = await count_rows(workdir)
     out["rows_expected"] = 2 * WARMUP + 3 * n
     return out
 
@@ -178,7 +227,18 @@ async def fresh_phases(workdir: Path, n: int) -> dict[str, Any]:
 def run_fresh_subprocess(workdir: Path, n: int) -> dict[str, Any]:
     """Run :func:`fresh_phases` in a new interpreter; its JSON result."""
     proc = subprocess.run(
-        [sys.executable, __file__, "--fresh-worker", str(workdir), "--n", str(n)],
+        [
+            sys.executable,
+            __file__,
+            "--fresh-worker",
+            str(workdir),
+            "--n",
+            str(n),
+            "--db",
+            BACKEND["db"],
+            "--namespace",
+            BACKEND["namespace"],
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -198,12 +258,13 @@ def render(n: int, warm: dict[str, Any], fresh: dict[str, Any]) -> str:
         return f"| {label} | {p50} | {p99} | {fmt_rate(rate)} |"
 
     lines = [
-        f"beautyspot-async core benchmark: SQLite, f(x: str) -> ~2 KB dict, {n:,} keys per phase",
+        f"beautyspot-async core benchmark: {BACKEND['db'].split('://')[0]}, "
+        f"f(x: str) -> ~2 KB dict, {n:,} keys per phase",
         "",
         "| measurement | p50 | p99 | throughput |",
         "|---|---:|---:|---:|",
         row("hit, warm process (memory tier)", warm["hit_warm"]),
-        row("hit, fresh process (SQLite only)", fresh["hit_fresh"]),
+        row("hit, fresh process (data only in the backend)", fresh["hit_fresh"]),
         row("miss, default_wait=True (durable)", warm["miss_durable"]),
         row("miss, default_wait=False (write-behind)", warm["miss_write_behind"]),
         row(f"gather over {n:,} hits, fresh process", None, n / fresh["gather_hits_s"]),
@@ -230,8 +291,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 000 keys per phase")
     parser.add_argument("--n", type=int, default=None, help="keys per phase (default 10 000)")
+    parser.add_argument(
+        "--db",
+        default="sqlite",
+        help="sqlite (default), or a postgresql://... or redis://... URL",
+    )
+    parser.add_argument("--namespace", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--fresh-worker", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    BACKEND["db"] = args.db
+    BACKEND["namespace"] = args.namespace or f"bench_core_{os.getpid()}"
     n = args.n if args.n is not None else (1_000 if args.quick else 10_000)
 
     if args.fresh_worker:
@@ -240,8 +309,11 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bs-bench-core-") as tmp:
         workdir = Path(tmp)
-        warm = asyncio.run(warm_phases(workdir, n))
-        fresh = run_fresh_subprocess(workdir, n)
+        try:
+            warm = asyncio.run(warm_phases(workdir, n))
+            fresh = run_fresh_subprocess(workdir, n)
+        finally:
+            asyncio.run(drop_namespace())
     print(render(n, warm, fresh))
 
 

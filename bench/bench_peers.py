@@ -468,7 +468,7 @@ def run_four_writers(n_each: int) -> dict[str, Any]:
             result = json.loads(stdout.strip().splitlines()[-1])
             latencies += result["latencies"]
             failures += result["failures"]
-        rows = count_rows(workdir / "core.db")
+        rows = asyncio.run(count_rows(workdir))
     return {
         "n_each": n_each,
         "failures": failures,

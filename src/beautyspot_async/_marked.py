@@ -14,7 +14,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import anyio
 
 from ._memo import ABSENT, NO_VALUE
-from ._pipeline import Pipeline, drive_async, drive_sync
+from ._pipeline import Pipeline
+from ._steps import drive_async, drive_sync
 from .exceptions import ConfigurationError
 
 __all__ = ["SyncMarked", "is_async_callable", "wrap"]

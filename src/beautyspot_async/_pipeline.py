@@ -1,11 +1,10 @@
 """The one call pipeline: key -> lookup -> single-flight -> execute -> store.
 
 The pipeline is written once, as a generator that *describes* the I/O it
-needs (``Io``, ``Wait``, ``Blocking``, ``EXECUTE``) instead of performing it.
-Two small drivers perform those steps: :func:`drive_async` awaits them on the
-caller's event loop (asyncio or trio) and :func:`drive_sync` blocks the
-caller's thread, sending I/O to the Spot's I/O loop through the portal. So a
-fix to the pipeline is a fix for sync and async callers alike.
+needs (the steps of ``_steps``: ``Io``, ``Wait``, ``Blocking``, ``EXECUTE``)
+instead of performing it. Two small drivers perform those steps, one for
+async callers and one for sync callers, so a fix to the pipeline is a fix
+for both.
 
 Exceptions raised while performing a step are thrown back into the
 generator at the step, so ordinary ``try``/``except`` in the pipeline sees
@@ -17,21 +16,20 @@ inside a cancelled scope, so anything they must do is fire-and-forget.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple
+from typing import Any
 
 import anyio
 
 from . import _policy
 from ._memo import ABSENT, IMMUTABLE_TYPES, NO_VALUE, MemoEntry
-from ._portal import Waiter, io_loop
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, OutcomeKind
+from ._steps import EXECUTE, Blocking, Io, Step, Steps, Wait
 from ._store import WriteItem
 from ._writer import Submission
 from .cachekey import ArgumentKeyer, KeyScope
@@ -46,110 +44,9 @@ from .hooks import (
 )
 from .serializer import Serializer
 
-__all__ = ["Pipeline", "TaskConfig", "drive_async", "drive_sync"]
+__all__ = ["Pipeline", "TaskConfig"]
 
 logger = logging.getLogger("beautyspot_async")
-
-
-# -- the steps a pipeline can ask for ------------------------------------------
-
-
-class Io(NamedTuple):
-    """Await ``fn(*args)``; on the I/O loop when ``io_loop`` is true."""
-
-    fn: Callable[..., Coroutine[Any, Any, Any]]
-    args: tuple[Any, ...]
-    on_io_loop: bool
-
-
-class Wait(NamedTuple):
-    """Hand a fresh Waiter to ``submit(*args, waiter)`` and wait until it is settled.
-
-    The driver makes the waiter fit the caller: an asyncio future for asyncio
-    callers (settled in batches, one wake-up per loop), a thread-safe future
-    for sync and trio callers.
-    """
-
-    submit: Callable[..., None]
-    args: tuple[Any, ...]
-
-
-class Blocking(NamedTuple):
-    """Call a blocking sync function (file I/O in a key function)."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-
-
-class _Execute:
-    def __repr__(self) -> str:
-        return "EXECUTE"
-
-
-EXECUTE: Final = _Execute()
-
-Step = Io | Wait | Blocking | _Execute
-Steps = Generator[Step, Any, Any]
-
-
-# -- drivers ---------------------------------------------------------------------
-
-
-async def drive_async(steps: Steps, execute: Callable[[], Awaitable[Any]]) -> Any:
-    """Run ``steps`` on the current event loop; ``execute`` runs the user's function."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        value = error = None
-        try:
-            if step is EXECUTE:
-                value = await execute()
-            elif type(step) is Io:
-                if step.on_io_loop:
-                    value = await io_loop.run(step.fn, *step.args)
-                else:
-                    value = await step.fn(*step.args)
-            elif type(step) is Wait:
-                waiter = Waiter.for_async()
-                step.submit(*step.args, waiter)
-                value = await waiter.wait()
-            elif type(step) is Blocking:
-                value = await anyio.to_thread.run_sync(functools.partial(step.fn, *step.args))
-            else:  # pragma: no cover - a new step type without a driver branch
-                raise AssertionError(f"unknown pipeline step {step!r}")
-        except BaseException as exc:
-            error = exc
-
-
-def drive_sync(steps: Steps, execute: Callable[[], Any]) -> Any:
-    """Run ``steps`` blocking this thread; I/O goes through the portal."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        value = error = None
-        try:
-            if step is EXECUTE:
-                value = execute()
-            elif type(step) is Io:
-                value = io_loop.call(step.fn, *step.args)
-            elif type(step) is Wait:
-                waiter = Waiter.for_sync()
-                step.submit(*step.args, waiter)
-                value = waiter.wait_sync()
-            elif type(step) is Blocking:
-                value = step.fn(*step.args)
-            else:  # pragma: no cover
-                raise AssertionError(f"unknown pipeline step {step!r}")
-        except BaseException as exc:
-            error = exc
 
 
 # -- configuration -----------------------------------------------------------------
