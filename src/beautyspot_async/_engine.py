@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -107,6 +108,10 @@ class Engine:
         self._owner_pid = 0
         #: Leases this process holds and renews, by key.
         self._held: dict[str, str] = {}
+        # A Spot dropped without aclose() still flushes its queued writes and
+        # closes its connections, instead of leaving its drain tasks to be
+        # garbage-collected while pending.
+        weakref.finalize(self, _shut_down, self.reader, self.writer, self.store)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -206,3 +211,17 @@ class Engine:
             memory_entries=len(self.memo),
             memory_bytes=self.memo.nbytes,
         )
+
+
+def _shut_down(reader: Reader, writer: Writer, store: ResultStore) -> None:
+    if not io_loop.running:
+        return
+
+    async def shut_down() -> None:
+        try:
+            await reader.stop()
+            await writer.stop()
+        finally:
+            await store.close_on_io_loop()
+
+    io_loop.submit(shut_down())

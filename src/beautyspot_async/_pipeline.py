@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
@@ -52,6 +52,12 @@ logger = logging.getLogger("beautyspot_async")
 # -- configuration -----------------------------------------------------------------
 
 
+#: Exact types whose canonical key encoding depends only on (type, value).
+#: float is left out: 0.0 == -0.0 and NaN != NaN would break the dict lookup.
+_SIMPLE_TYPES: Final = frozenset({str, bytes, int, bool, type(None)})
+_IDS_CACHE_SIZE: Final = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class TaskConfig:
     """Everything the pipeline needs to know about one marked function."""
@@ -79,14 +85,32 @@ class Pipeline:
         self.task = task
         self._keyer_blocking = task.keyer.blocking
         self._scope = KeyScope(task.identity, task.version)
+        # Ids of calls whose arguments are all plain values of exact builtin
+        # types, keyed by (types, values): for those, the canonical encoding
+        # is a function of exactly that, so remembering the ids is exact --
+        # and it skips two hashes on every repeat call.
+        self._ids_cacheable = task.keyer.by_value_only
+        self._ids: dict[tuple[Any, ...], tuple[str, str]] = {}
 
     # -- the fast path ------------------------------------------------------------
 
     def key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
         """Return ``(input_id, cache_key)`` of a call (may do file I/O for some key functions)."""
-        task = self.task
-        input_id = task.keyer.input_id(args, kwargs)
-        return input_id, self._scope(input_id)
+        remember = None
+        if self._ids_cacheable and not kwargs and len(args) <= 4:
+            types = tuple(map(type, args))
+            if _SIMPLE_TYPES.issuperset(types):
+                remember = (*types, *args)
+                ids = self._ids.get(remember)
+                if ids is not None:
+                    return ids
+        input_id = self.task.keyer.input_id(args, kwargs)
+        ids = (input_id, self._scope(input_id))
+        if remember is not None:
+            if len(self._ids) >= _IDS_CACHE_SIZE:
+                self._ids.clear()  # crude, but O(1) and the common keys come right back
+            self._ids[remember] = ids
+        return ids
 
     def memo_lookup(self, key: str) -> Any:
         """Return the result held in memory for ``key``, or NO_VALUE."""

@@ -80,6 +80,12 @@ class IOLoop:
         self._thread = thread
         self._pid = os.getpid()
 
+    @property
+    def running(self) -> bool:
+        """Whether this process's I/O loop thread has been started and is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+
     def in_loop_thread(self) -> bool:
         """Whether the current thread is the I/O loop's own thread."""
         return self._thread is not None and threading.current_thread() is self._thread

@@ -141,7 +141,8 @@ class ResultStore:
         """Make ``items`` durable; return, per item, the error that stopped it.
 
         Blobs are written first, so a row never points at a blob that is not
-        there yet. Rows are written in one ``save_many`` batch.
+        there yet. Rows are written, and this process's leases on them given
+        up, in one ``save_and_release`` batch.
         """
         errors: list[BaseException | None] = [None] * len(items)
         rows: list[TaskRecord] = []
@@ -157,23 +158,29 @@ class ResultStore:
                 record = replace(record, result_value=location, result_data=None)
             rows.append(record)
             row_index.append(i)
-        if rows:
-            try:
-                await self.db.save_many(rows)
-            except Exception as exc:
-                error = _translate(exc, self.db.backend_name, "saving results")
-                for i in row_index:
-                    errors[i] = error
         owners: dict[str, list[str]] = {}
         for item in items:
             if item.lease_owner is not None:
                 owners.setdefault(item.lease_owner, []).append(item.record.cache_key)
+        try:
+            if rows:
+                # Leases of failed blob writes go too: another process may retry.
+                await self.db.save_and_release(rows, owners)
+            else:
+                await self._release_quietly(owners)
+        except Exception as exc:
+            error = _translate(exc, self.db.backend_name, "saving results")
+            for i in row_index:
+                errors[i] = error
+            # Released even after a failed write, so another process may retry.
+            await self._release_quietly(owners)
+        return errors
+
+    async def _release_quietly(self, owners: dict[str, list[str]]) -> None:
+        # A lease left behind only delays other processes until it expires.
         for owner, keys in owners.items():
-            # Released even after a failed write, so another process may retry;
-            # a lease left behind only delays others until it expires.
             with contextlib.suppress(Exception):
                 await self.db.release_leases(keys, owner)
-        return errors
 
     async def history(self, limit: int) -> Any:
         try:

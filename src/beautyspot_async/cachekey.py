@@ -862,6 +862,11 @@ class ArgumentKeyer:
         return bool(getattr(self._key_fn, _BLOCKING_ATTR, False))
 
     @property
+    def by_value_only(self) -> bool:
+        """True when ids depend on nothing but the argument values (no key function or policy)."""
+        return self._key_fn is None
+
+    @property
     def signature(self) -> inspect.Signature:
         """The signature calls are bound to (of the unwrapped function)."""
         return self._signature

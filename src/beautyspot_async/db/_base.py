@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import anyio
@@ -128,6 +128,19 @@ class TaskDB(ABC):
                 expires_at=r.expires_at,
                 size_bytes=r.size_bytes,
             )
+
+    async def save_and_release(
+        self, records: Sequence[TaskRecord], leases: Mapping[str, Sequence[str]]
+    ) -> None:
+        """:meth:`save_many`, then give up ``leases`` (owner -> keys).
+
+        The pipeline's writer calls this once per batch. Backends with
+        transactions should do both in one, saving a round trip per batch.
+        Leases are released by the caller if this raises.
+        """
+        await self.save_many(records)
+        for owner, keys in leases.items():
+            await self.release_leases(keys, owner)
 
     async def delete(self, cache_key: str) -> bool:
         """Remove ``cache_key``; return whether a row existed. Idempotent."""

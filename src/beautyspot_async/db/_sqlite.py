@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
@@ -344,26 +344,24 @@ class SQLiteTaskDB(TaskDB):
         if not batch:
             return
         now = self._clock()
-        rows = [
-            (
-                r.cache_key,
-                r.func_name,
-                r.input_id,
-                r.version,
-                r.result_type,
-                r.content_type,
-                r.result_value,
-                r.result_data,
-                r.expires_at,
-                r.size_bytes,
-                now,
-                now,
-            )
-            for r in batch
-        ]
+        rows = [_row(r, now) for r in batch]
 
         def write(raw: sqlite3.Connection) -> None:
             raw.executemany(_UPSERT, rows)
+
+        await self._transaction("save_many", write)
+
+    async def save_and_release(
+        self, records: Sequence[TaskRecord], leases: Mapping[str, Sequence[str]]
+    ) -> None:
+        """Upsert the records and drop the leases in one transaction."""
+        now = self._clock()
+        rows = [_row(r, now) for r in records]
+        released = [(key, owner) for owner, keys in leases.items() for key in keys]
+
+        def write(raw: sqlite3.Connection) -> None:
+            raw.executemany(_UPSERT, rows)
+            raw.executemany(_RELEASE_LEASE, released)
 
         await self._transaction("save_many", write)
 
@@ -578,6 +576,24 @@ class _Writing:
 
 
 _TOO_LARGE: Final[Any] = object()
+
+
+def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
+    """An upsert's parameters; both timestamps are ``now`` (the upsert keeps created_at)."""
+    return (
+        r.cache_key,
+        r.func_name,
+        r.input_id,
+        r.version,
+        r.result_type,
+        r.content_type,
+        r.result_value,
+        r.result_data,
+        r.expires_at,
+        r.size_bytes,
+        now,
+        now,
+    )
 
 
 def _nowait_record(row: Sequence[Any], data: bytes | None) -> TaskRecord:
