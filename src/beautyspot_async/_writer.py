@@ -51,9 +51,12 @@ class _Marker:
 class Writer(QueueDrain["Submission | _Marker"]):
     """Queue + drain task for one ResultStore's writes, living on the I/O loop."""
 
-    def __init__(self, store: ResultStore, *, batch_size: int = 2000) -> None:
+    def __init__(
+        self, store: ResultStore, *, batch_size: int = 2000, linger: float = 0.002
+    ) -> None:
         super().__init__()
         self._store = store
+        self.linger = linger
         self._batch_size = batch_size
         self.written = 0
         self.failed = 0
@@ -79,6 +82,17 @@ class Writer(QueueDrain["Submission | _Marker"]):
         await marker.done
 
     async def _drain_once(self) -> None:
+        if (
+            self.linger
+            and self._queue
+            and not any(
+                isinstance(entry, _Marker) or entry.done is not None for entry in self._queue
+            )
+        ):
+            # Nobody is waiting for these writes: let a few more arrive so a
+            # run of sequential write-behind misses shares one transaction
+            # instead of each taking the write lock from the next lookup.
+            await asyncio.sleep(self.linger)
         while self._queue:
             batch: list[Submission] = []
             marker: _Marker | None = None

@@ -14,7 +14,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
@@ -200,21 +208,46 @@ class SQLiteTaskDB(TaskDB):
             )
             try:
                 await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-                # WAL lets readers (other processes, get_nowait) proceed while
-                # one writer commits, instead of failing with "database is locked".
-                await conn.execute("PRAGMA journal_mode = WAL")
-                # In WAL mode NORMAL skips the fsync on every commit: a commit
-                # survives a crash of this process (the contract) and only the
-                # last transactions may roll back on power loss, while each
-                # write costs far less than with FULL.
-                await conn.execute("PRAGMA synchronous = NORMAL")
-                await self._ensure_schema(conn)
+                # Switching a fresh file to WAL and creating the schema can
+                # fail with "database is locked" *without* consulting the busy
+                # handler when several processes open the file at once, so
+                # those steps retry on their own, within the busy timeout.
+                await self._retry_locked(conn, self._prepare)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
                 raise
         self._write_lock = asyncio.Lock()
         return conn
+
+    async def _prepare(self, conn: aiosqlite.Connection) -> None:
+        # WAL lets readers (other processes, get_nowait) proceed while
+        # one writer commits, instead of failing with "database is locked".
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL skips the fsync on every commit: a commit
+        # survives a crash of this process (the contract) and only the
+        # last transactions may roll back on power loss, while each
+        # write costs far less than with FULL.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await self._ensure_schema(conn)
+
+    async def _retry_locked(
+        self,
+        conn: aiosqlite.Connection,
+        step: Callable[[aiosqlite.Connection], Awaitable[None]],
+    ) -> None:
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                await step(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() + delay > deadline:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def _make_parent(self) -> None:
         try:
