@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
@@ -436,6 +436,84 @@ class PostgresTaskDB(TaskDB):
                 await conn.executemany(query, rows)
 
         await self._run(op, "save_many")
+
+    async def save_and_release(
+        self, records: Sequence[TaskRecord], leases: Mapping[str, Sequence[str]]
+    ) -> None:
+        """Upsert the records and drop the leases in one transaction, one round trip each."""
+        rows = [self._upsert_args(r, r.size_bytes) for r in records]
+        query = self._upsert
+        release = self._release_many
+
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                if rows:
+                    await conn.executemany(query, rows)
+                for owner, keys in leases.items():
+                    await conn.execute(release, *self._release_args(list(keys), owner))
+
+        await self._run(op, "save_and_release")
+
+    @property
+    def _release_many(self) -> str:
+        # Waiters are woken by the release as well as by the save (which may
+        # not happen: a failed write releases without saving).
+        notify = "SELECT pg_notify($3, cache_key) FROM gone" if self._notify else "SELECT 1"
+        return f"""
+            WITH gone AS (
+                DELETE FROM {self._leases} WHERE cache_key = ANY($1::text[]) AND owner = $2
+                RETURNING cache_key)
+            {notify}"""
+
+    def _release_args(self, keys: list[str], owner: str) -> tuple[Any, ...]:
+        return (keys, owner, self._channel) if self._notify else (keys, owner)
+
+    async def release_leases(self, cache_keys: Sequence[str], owner: str) -> None:
+        """Drop ``owner``'s leases on ``cache_keys`` in one statement."""
+        if cache_keys:
+            await self.save_and_release([], {owner: cache_keys})
+
+    async def lookup_or_lease(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        """Read, lease the missing keys, re-read the leased ones: three statements, one trip.
+
+        Under READ COMMITTED each statement sees what committed before it
+        began, so the re-read catches a holder that stored its result and
+        released its lease between our first read and our lease.
+        """
+        keys = list(dict.fromkeys(cache_keys))
+        select = f"SELECT * FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
+        take = f"""
+            INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
+            SELECT k, $2, extract(epoch FROM clock_timestamp()) + $3
+            FROM unnest($1::text[]) AS k
+            ON CONFLICT (cache_key) DO UPDATE
+                SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
+                WHERE l.expires_at <= extract(epoch FROM clock_timestamp())
+                   OR l.owner = EXCLUDED.owner
+            RETURNING cache_key"""
+        give_back = self._release_many
+
+        async def op(conn: asyncpg.Connection) -> dict[str, TaskRecord | bool]:
+            found: dict[str, TaskRecord | bool] = {
+                row["cache_key"]: _record(row) for row in await conn.fetch(select, keys)
+            }
+            missing = [k for k in keys if k not in found]
+            if not missing:
+                return found
+            leased = [row[0] for row in await conn.fetch(take, missing, owner, float(ttl))]
+            if leased:
+                late = {row["cache_key"]: _record(row) for row in await conn.fetch(select, leased)}
+                if late:
+                    await conn.execute(give_back, *self._release_args(list(late), owner))
+                    found.update(late)
+            taken = set(leased)
+            for key in missing:
+                found.setdefault(key, key in taken)
+            return found
+
+        return await self._run(op, "lookup_or_lease")
 
     async def delete(self, cache_key: str) -> bool:
         """Remove ``cache_key``; return whether a row existed."""
