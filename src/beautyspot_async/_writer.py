@@ -51,9 +51,7 @@ class _Marker:
 class Writer(QueueDrain["Submission | _Marker"]):
     """Queue + drain task for one ResultStore's writes, living on the I/O loop."""
 
-    def __init__(
-        self, store: ResultStore, *, batch_size: int = 2000, linger: float = 0.002
-    ) -> None:
+    def __init__(self, store: ResultStore, *, batch_size: int = 2000, linger: float = 0.01) -> None:
         super().__init__()
         self._store = store
         self.linger = linger
