@@ -76,7 +76,8 @@ class TestOptionalDependencies:
         code = (
             "import sys, beautyspot_async, beautyspot_async.db, beautyspot_async.storage, "
             "beautyspot_async.limiter\n"
-            "heavy = {'asyncpg', 'redis', 'aiobotocore', 'botocore', 'starlette', 'uvicorn'}\n"
+            "heavy = {'asyncpg', 'redis', 'aiobotocore', 'botocore', 'starlette', 'uvicorn',"
+            " 'typer', 'pandas'}\n"
             "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
         )
         out = subprocess.run(
