@@ -457,6 +457,55 @@ class RedisTaskDB(TaskDB):
 
         await self._call(op, "release_lease")
 
+    async def _scripted_many(
+        self, script: str, keys: Sequence[str], args: Callable[[str], list[Any]], what: str
+    ) -> list[Any]:
+        """Run one Lua script per key, pipelined: one round trip for the batch."""
+        if not keys:
+            return []
+
+        async def op(r: aioredis.Redis) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    await self._scripts[script](
+                        keys=[self._lease + key.encode()], args=args(key), client=pipe
+                    )
+                return await pipe.execute()
+
+        return await self._call(op, what)
+
+    async def release_leases(self, cache_keys: Sequence[str], owner: str) -> None:
+        """Drop ``owner``'s leases on ``cache_keys`` in one round trip (waking waiters)."""
+        await self._scripted_many(
+            "release", cache_keys, lambda key: [owner, self.channel, key], "release_leases"
+        )
+
+    async def lookup_or_lease(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        """Read, lease the missing keys, re-read the leased ones: three round trips a batch.
+
+        The re-read catches a holder that stored its result and released its
+        lease between our read and our lease.
+        """
+        keys = list(dict.fromkeys(cache_keys))
+        found: dict[str, TaskRecord | bool] = dict(await self.get_many(keys))
+        missing = [key for key in keys if key not in found]
+        ttl_ms = max(1, round(ttl * 1000))
+        granted = await self._scripted_many(
+            "acquire", missing, lambda _key: [owner, ttl_ms], "lookup_or_lease"
+        )
+        leased = [key for key, ok in zip(missing, granted, strict=True) if ok]
+        if leased:
+            late = await self.get_many(leased)
+            if late:
+                await self.release_leases(list(late), owner)
+                found.update(late)
+        taken = set(leased)
+        for key in missing:
+            found.setdefault(key, key in taken)
+        return found
+
     async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the TaskDB signature
         """Return when ``cache_key`` is published (saved or lease released).
 
