@@ -145,7 +145,11 @@ class PostgresTaskDB(TaskDB):
         self._poll_interval = poll_interval
         self._connect_timeout = connect_timeout
         self._retry_delays = tuple(retry_delays)
-        self._connect_kwargs = connect_kwargs
+        # Name our connections so operators can find them in pg_stat_activity
+        # (an explicit application_name in server_settings wins).
+        settings = dict(connect_kwargs.pop("server_settings", None) or {})
+        settings.setdefault("application_name", "beautyspot-async")
+        self._connect_kwargs = {**connect_kwargs, "server_settings": settings}
 
         s = _quote(schema)
         self._tasks = f"{s}.{_quote(table_prefix + 'tasks')}"

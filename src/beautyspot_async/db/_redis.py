@@ -188,6 +188,9 @@ class RedisTaskDB(TaskDB):
         self._retries = retries
         self._backoff = (backoff_cap, backoff_base)
         self._socket_timeout = socket_timeout
+        # Name our connections so operators can find them in CLIENT LIST
+        # (an explicit client_name wins).
+        client_kwargs.setdefault("client_name", "beautyspot-async")
         self._client_kwargs = client_kwargs
         self._rec = f"{prefix}:rec:".encode()
         self._updated = f"{prefix}:idx:updated".encode()
