@@ -24,7 +24,7 @@ from ._portal import io_loop
 from ._reader import Reader
 from ._singleflight import FlightRegistry
 from ._store import ResultStore
-from ._writer import Submission, Writer
+from ._writer import Writer
 from .db import TaskDB
 from .storage import BlobStorageBase
 
@@ -192,9 +192,6 @@ class Engine:
         """Release a lease without waiting (safe inside a cancelled scope)."""
         self.lease_done(key)
         io_loop.submit(self.store.release(key, owner))
-
-    def writer_submit(self, submission: Submission) -> None:
-        self.writer.submit(submission)
 
     def statistics(self) -> SpotStatistics:
         s = self.stats

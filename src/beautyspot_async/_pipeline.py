@@ -424,7 +424,7 @@ class Pipeline:
                 self._settle_resolved(flight, entry)
             else:
                 engine.memo.pin(key, entry)
-                engine.writer_submit(
+                engine.writer.submit(
                     Submission(
                         WriteItem(record, owner),
                         on_complete=lambda _error: self._written_behind(key, entry),

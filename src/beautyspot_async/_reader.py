@@ -46,6 +46,10 @@ class Reader(QueueDrain[Lookup]):
     def _release_abandoned(self, owner: str, key: str) -> None:
         io_loop.submit(self._store.release(key, owner))
 
+    def _answer(self, found: dict[str, TaskRecord | bool], key: str) -> LookupResult:
+        # A key the backend left out needs no lease and is not stored.
+        return found.get(key, True)
+
     async def _drain_once(self) -> None:
         while self._queue:
             batch: list[Lookup] = []
@@ -64,7 +68,7 @@ class Reader(QueueDrain[Lookup]):
                         raise
                     continue
                 outcomes: list[Outcome] = [
-                    (lookup.waiter, found.get(lookup.key, True), None) for lookup in lookups
+                    (lookup.waiter, self._answer(found, lookup.key), None) for lookup in lookups
                 ]
                 on_abandoned = None
                 if owner is not None:

@@ -10,7 +10,6 @@ while the previous batch was being written gives group commit for free: a
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -19,8 +18,6 @@ from ._portal import Outcome, Waiter, settle_all
 from ._store import ResultStore, WriteItem
 
 __all__ = ["Submission", "Writer"]
-
-logger = logging.getLogger("beautyspot_async")
 
 ErrorReporter = Callable[[WriteItem, BaseException], Awaitable[None]]
 
