@@ -214,7 +214,7 @@ def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
 
 
 def start_holder_and_taker(
-    tmp_path: Path, db: dict[str, Any], *, hold_for: float | None
+    tmp_path: Path, db: dict[str, Any], *, hold_for: float | None, lease_ttl: float = LEASE_TTL
 ) -> tuple[Worker, Worker, float]:
     """Start a holder executing ``LEASE_KEY`` and a taker waiting at its barrier.
 
@@ -230,7 +230,7 @@ def start_holder_and_taker(
             storage=storage,
             journal=str(tmp_path / "taker.log"),
             keys=[LEASE_KEY],
-            lease_ttl=LEASE_TTL,
+            lease_ttl=lease_ttl,
             barrier=True,
             loop="trio",
         ),
@@ -246,7 +246,7 @@ def start_holder_and_taker(
                 storage=storage,
                 journal=str(tmp_path / "holder.log"),
                 keys=[LEASE_KEY],
-                lease_ttl=LEASE_TTL,
+                lease_ttl=lease_ttl,
                 hang_on=LEASE_KEY,
                 hold_for=hold_for,
             ),
@@ -265,13 +265,14 @@ def start_holder_and_taker(
 
 @pytest.mark.parametrize("shared_db", BACKENDS, indirect=True)
 class TestDeadLeaseHolder:
-    """A key whose executing process was SIGKILLed is taken over once its lease expires."""
+    """A key whose executing process on this host was SIGKILLed is taken over at once."""
 
-    def test_taker_executes_after_about_lease_ttl(
+    def test_taker_executes_without_waiting_for_the_lease_to_expire(
         self, tmp_path: Path, shared_db: dict[str, Any]
     ) -> None:
-        holder, taker, holder_before_call = start_holder_and_taker(
-            tmp_path, shared_db, hold_for=None
+        lease_ttl = 20.0
+        holder, taker, _ = start_holder_and_taker(
+            tmp_path, shared_db, hold_for=None, lease_ttl=lease_ttl
         )
         try:
             holder.kill()
@@ -284,13 +285,11 @@ class TestDeadLeaseHolder:
         assert report["results"] == {str(LEASE_KEY): expected_value(LEASE_KEY)}
         stats = report["statistics"]
         assert stats["misses"] == 1, "the taker executed the key itself"
-        assert stats["lease_waits"] >= 1, "the taker found the dead holder's lease"
+        assert stats["lease_waits"] == 1, "the taker found the dead holder's lease, once"
         executions = read_journals([tmp_path / "holder.log", tmp_path / "taker.log"])
         assert [pid for _, _, pid in executions] == [holder.pid, taker.process.pid]
-        # The lease held the key until it expired: not earlier...
-        assert report["finished_at"] - holder_before_call >= LEASE_TTL - 0.05
-        # ...and not much later (not forever, not a multiple of the TTL).
-        assert report["elapsed"] <= LEASE_TTL + 1.5
+        # Taken over because its holder is gone, not because the lease expired.
+        assert report["elapsed"] < lease_ttl / 4
 
 
 @pytest.mark.parametrize("shared_db", BACKENDS, indirect=True)

@@ -8,11 +8,13 @@ batch, so load turns into fewer, larger round trips by itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections import deque
 from typing import Generic, TypeVar
 
 __all__ = ["QueueDrain"]
+
+logger = logging.getLogger("beautyspot_async")
 
 E = TypeVar("E")
 
@@ -26,6 +28,7 @@ class QueueDrain(Generic[E]):
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def pending(self) -> int:
@@ -55,13 +58,23 @@ class QueueDrain(Generic[E]):
             self._wake.set()
 
     async def stop(self) -> None:
-        """Drain what is queued, then stop the task; call on the I/O loop."""
-        await self._drain_once()
-        task, self._task = self._task, None
+        """Drain everything queued, the batch in flight included, then stop.
+
+        Call on the I/O loop. The drain task is asked to finish, never
+        cancelled: cancelling it mid-batch would drop that batch (results a
+        caller already has). Each backend operation is bounded by the Spot's
+        ``backend_timeout``, so this cannot hang on a frozen server.
+        """
+        task = self._task
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._stopping = True
+            self._set_wake()
+            # shield: a cancelled closer must not cancel the batch in flight.
+            await asyncio.shield(task)
+        else:
+            await self._drain_once()
+        self._task = None
+        self._stopping = False
         self._idle = True
         self._loop = None
 
@@ -69,12 +82,17 @@ class QueueDrain(Generic[E]):
         assert self._wake is not None
         while True:
             if not self._queue:
+                if self._stopping:
+                    return
                 self._idle = True
                 if not self._queue:
                     await self._wake.wait()
                     self._wake.clear()
                 self._idle = False
-            await self._drain_once()
+            try:
+                await self._drain_once()
+            except Exception:  # one bad batch must not stop every later one
+                logger.exception("%s: a batch failed unexpectedly", type(self).__name__)
 
     async def _drain_once(self) -> None:
         raise NotImplementedError

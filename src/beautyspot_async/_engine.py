@@ -8,17 +8,13 @@ flight registry, writer queue) are safe to touch from any thread.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import anyio
-
 from ._coalesce import NowaitCoalescer
+from ._leases import Leases
 from ._memo import MemoryTier
 from ._portal import io_loop
 from ._reader import Reader
@@ -62,7 +58,7 @@ class SpotStatistics:
     joins: int
     #: Stored entries found corrupt (recomputed and rewritten).
     corrupt: int
-    #: Times a call waited for another process holding the key's lease.
+    #: Calls that waited for another process holding the key's lease.
     lease_waits: int
     #: Writes queued and not yet durable.
     pending_writes: int
@@ -93,25 +89,21 @@ class Engine:
     ) -> None:
         self.store = ResultStore(db, storage)
         self.writer = Writer(self.store)
-        self.reader = Reader(self.store)
+        self.leases = Leases(self.store, lease_ttl)
+        self.reader = Reader(self.store, self.leases.release_soon)
         self.coalescer = NowaitCoalescer(db)
         self.memo = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
         self.flights = FlightRegistry()
         self.stats = EngineStats()
         self.blob_threshold = blob_threshold
         self.default_wait = default_wait
-        self.lease_ttl = lease_ttl
         self.on_backend_error = on_backend_error
         self.clock = clock
         self.ready = False
-        self._owner = ""
-        self._owner_pid = 0
-        #: Leases this process holds and renews, by key.
-        self._held: dict[str, str] = {}
-        # A Spot dropped without aclose() still flushes its queued writes and
-        # closes its connections, instead of leaving its drain tasks to be
-        # garbage-collected while pending.
-        weakref.finalize(self, _shut_down, self.reader, self.writer, self.store)
+        # A Spot dropped without aclose() still flushes its queued writes,
+        # gives back its leases and closes its connections, instead of
+        # leaving its drain tasks to be garbage-collected while pending.
+        weakref.finalize(self, _shut_down, self.reader, self.writer, self.leases, self.store)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -124,6 +116,7 @@ class Engine:
         await self.store.open_on_io_loop()
         self.writer.start()
         self.reader.start()
+        self.leases.start()
         self.ready = True
 
     async def flush(self) -> None:
@@ -136,14 +129,10 @@ class Engine:
         await io_loop.run(self._close_on_io_loop)
 
     async def _close_on_io_loop(self) -> None:
-        if not self.ready and not self.writer.pending:
+        if not self.ready and not self.writer.pending and not self.leases.held:
             return
         self.ready = False
-        try:
-            await self.reader.stop()
-            await self.writer.stop()
-        finally:
-            await self.store.close_on_io_loop()
+        await _close(self.reader, self.writer, self.leases, self.store)
 
     async def history(self, limit: int) -> Any:
         await self.open()
@@ -151,47 +140,6 @@ class Engine:
         return await io_loop.run(self.store.history, limit)
 
     # -- used by the pipeline ----------------------------------------------------------
-
-    def lease_owner(self) -> str | None:
-        """This process's lease identity, or None when leases are off."""
-        if self.lease_ttl is None or not self.store.supports_leases:
-            return None
-        pid = os.getpid()
-        if self._owner_pid != pid:  # a forked child is a different owner
-            self._owner = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:12]}"
-            self._owner_pid = pid
-        return self._owner
-
-    def hold_lease(self, key: str, owner: str) -> None:
-        """Keep renewing ``owner``'s lease on ``key`` until :meth:`lease_done`.
-
-        A lease must outlive the execution it guards, however long that
-        takes, yet expire soon after its holder dies: so it is granted for
-        ``lease_ttl`` and renewed every third of that while we still hold it.
-        """
-        self._held[key] = owner
-        io_loop.submit(self._renew(key, owner))
-
-    def lease_done(self, key: str) -> None:
-        """Stop renewing the lease on ``key`` (its result is stored, or abandoned)."""
-        self._held.pop(key, None)
-
-    async def _renew(self, key: str, owner: str) -> None:
-        ttl = self.lease_ttl
-        assert ttl is not None
-        while True:
-            await anyio.sleep(ttl / 3)
-            if self._held.get(key) != owner:
-                return
-            try:
-                await self.store.db.acquire_lease(key, owner, ttl)
-            except Exception as exc:  # the next renewal may succeed; expiry is the fallback
-                logger.warning("renewing the lease on %s failed: %s", key, exc)
-
-    def release_soon(self, key: str, owner: str) -> None:
-        """Release a lease without waiting (safe inside a cancelled scope)."""
-        self.lease_done(key)
-        io_loop.submit(self.store.release(key, owner))
 
     def statistics(self) -> SpotStatistics:
         s = self.stats
@@ -210,15 +158,18 @@ class Engine:
         )
 
 
-def _shut_down(reader: Reader, writer: Writer, store: ResultStore) -> None:
-    if not io_loop.running:
-        return
+async def _close(reader: Reader, writer: Writer, leases: Leases, store: ResultStore) -> None:
+    # Order matters: lookups in flight may still grant leases; queued writes
+    # release their leases with their results; what is still held after
+    # that belongs to calls that will not store anything.
+    try:
+        await reader.stop()
+        await writer.stop()
+        await leases.stop()
+    finally:
+        await store.close_on_io_loop()
 
-    async def shut_down() -> None:
-        try:
-            await reader.stop()
-            await writer.stop()
-        finally:
-            await store.close_on_io_loop()
 
-    io_loop.submit(shut_down())
+def _shut_down(reader: Reader, writer: Writer, leases: Leases, store: ResultStore) -> None:
+    if io_loop.running:
+        io_loop.submit(_close(reader, writer, leases, store))

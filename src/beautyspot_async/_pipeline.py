@@ -247,7 +247,7 @@ class Pipeline:
                     yield Io(engine.open, (), False)
                 record, owner = yield from self._lookup(key, nowait)
                 if owner is not None:
-                    engine.hold_lease(key, owner)
+                    engine.leases.hold(key, owner)
             except BackendError as exc:
                 if engine.on_backend_error != "bypass":
                     raise
@@ -280,7 +280,7 @@ class Pipeline:
             else:  # cancelled or interrupted: a waiter takes over
                 flight.abandon()
             if owner is not None:
-                engine.release_soon(key, owner)
+                engine.leases.release_soon(key, owner)
             raise
 
         engine.stats.misses += 1
@@ -298,7 +298,7 @@ class Pipeline:
         """
         engine = self.engine
         store = engine.store
-        owner = engine.lease_owner()
+        owner = engine.leases.owner()
         if nowait is None:
             try:
                 record = store.db.get_nowait(key)
@@ -309,16 +309,17 @@ class Pipeline:
                     return record, None
         elif nowait and owner is None:
             return None, None
-        ttl = engine.lease_ttl or 0.0
-        while True:
-            found = yield Wait(engine.reader.submit, (key, owner, ttl))
-            if isinstance(found, TaskRecord):
-                return found, None
-            if found:
-                return None, owner
-            # Another process is executing this key: wait for its result.
+        ttl = engine.leases.ttl or 0.0
+        found = yield Wait(engine.reader.submit, (key, owner, ttl))
+        if found is False:
+            # Another process is executing this key: wait for its result, or
+            # for its lease to come free (released, lapsed, or its holder dead).
+            assert owner is not None
             engine.stats.lease_waits += 1
-            yield Io(store.wait_for, (key, ttl), store.loop_bound)
+            found = yield Wait(engine.leases.wait, (key, owner))
+        if isinstance(found, TaskRecord):
+            return found, None
+        return None, owner if found else None
 
     def _decode(self, record: TaskRecord, on_io: bool) -> Generator[Step, Any, tuple[Any, bytes]]:
         """Decode a stored record into ``(value, payload)``.
@@ -363,7 +364,7 @@ class Pipeline:
         except Exception as exc:
             engine.flights.land(flight)
             if owner is not None:
-                engine.release_soon(key, owner)
+                engine.leases.release_soon(key, owner)
             if base is not None:
                 yield from self._fire(
                     "on_save_error", SaveErrorContext(**base, result=result, error=exc)
@@ -379,7 +380,7 @@ class Pipeline:
         entry = MemoEntry(payload, expires, result if type(result) in IMMUTABLE_TYPES else NO_VALUE)
         if not store_it:
             if owner is not None:
-                engine.release_soon(key, owner)
+                engine.leases.release_soon(key, owner)
             self._settle_resolved(flight, entry)
         else:
             record = TaskRecord(
@@ -399,7 +400,7 @@ class Pipeline:
             if wait:
                 submission = Submission(
                     WriteItem(record, owner),
-                    on_complete=lambda _error: engine.lease_done(key),
+                    on_complete=lambda _error: engine.leases.done(key),
                     report=report,
                 )
                 try:
@@ -439,7 +440,7 @@ class Pipeline:
     # -- helpers ------------------------------------------------------------------------
 
     def _written_behind(self, key: str, entry: MemoEntry) -> None:
-        self.engine.lease_done(key)
+        self.engine.leases.done(key)
         self.engine.memo.unpin(key, entry)
 
     def _settle_resolved(self, flight: Flight, entry: MemoEntry, *, land: bool = True) -> None:

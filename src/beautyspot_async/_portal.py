@@ -80,6 +80,10 @@ class IOLoop:
         self._thread = thread
         self._pid = os.getpid()
 
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The I/O loop itself (started if needed), for ``call_soon_threadsafe``."""
+        return self._ensure_started()
+
     @property
     def running(self) -> bool:
         """Whether this process's I/O loop thread has been started and is alive."""

@@ -8,11 +8,12 @@ one ``lookup_or_lease`` (or ``get_many``) call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._drain import QueueDrain
-from ._portal import Outcome, Waiter, io_loop, settle_all
+from ._portal import Outcome, Waiter, settle_all
 from ._record import TaskRecord
 from ._store import ResultStore
 
@@ -34,17 +35,21 @@ class Lookup:
 class Reader(QueueDrain[Lookup]):
     """Batched ``lookup_or_lease`` on the I/O loop."""
 
-    def __init__(self, store: ResultStore, *, batch_size: int = 2000) -> None:
+    def __init__(
+        self,
+        store: ResultStore,
+        release: Callable[[str, str], None],
+        *,
+        batch_size: int = 2000,
+    ) -> None:
         super().__init__()
         self._store = store
+        self._release = release
         self._batch_size = batch_size
 
     def submit(self, key: str, owner: str | None, ttl: float, waiter: Waiter) -> None:
         """Queue a lookup of ``key``; callable from any thread, never waits."""
         self._enqueue(Lookup(key, owner, ttl, waiter))
-
-    def _release_abandoned(self, owner: str, key: str) -> None:
-        io_loop.submit(self._store.release(key, owner))
 
     def _answer(self, found: dict[str, TaskRecord | bool], key: str) -> LookupResult:
         # A key the backend left out needs no lease and is not stored.
@@ -81,6 +86,6 @@ class Reader(QueueDrain[Lookup]):
             # The caller was cancelled after its lease was granted: give the
             # lease back now instead of making other processes wait it out.
             if value is True:
-                self._release_abandoned(owner, key_of[id(waiter)])
+                self._release(key_of[id(waiter)], owner)
 
         return release

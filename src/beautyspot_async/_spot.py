@@ -60,8 +60,10 @@ class Spot:
     and must match ``[A-Za-z0-9_.-]+``. Nothing is opened until the first call,
     ``async with spot`` or ``with spot``.
 
-    Options beyond the design card: ``lease_ttl`` (seconds a dead process can
-    block a key it was executing; ``None`` disables cross-process leases),
+    More options: ``lease_ttl`` (seconds a holder on *another host* that died
+    can block a key it was executing -- a dead holder on this host is taken
+    over at once, and live holders renew; ``None`` disables cross-process
+    leases),
     ``on_backend_error`` (``"raise"`` or ``"bypass"``: run uncached with a
     warning when the backend is down), ``memory_cache_entries`` /
     ``memory_cache_bytes`` (bounds of the in-process front tier; 0 disables
@@ -80,7 +82,7 @@ class Spot:
         blob_threshold: int = 64 * 1024,
         default_wait: bool = True,
         hooks: Iterable[HookBase] = (),
-        lease_ttl: float | None = 60.0,
+        lease_ttl: float | None = 30.0,
         on_backend_error: Literal["raise", "bypass"] = "raise",
         memory_cache_entries: int = 10_000,
         memory_cache_bytes: int = 64 * 1024 * 1024,
@@ -433,7 +435,7 @@ def _flush_at_exit() -> None:
     """
     for spot in list(_live_spots):
         engine = spot._engine
-        if not engine.ready and not engine.writer.pending:
+        if not engine.ready and not engine.writer.pending and not engine.leases.held:
             continue
         try:
             io_loop.call(engine.aclose)

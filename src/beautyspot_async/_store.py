@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ._record import BLOB, TaskRecord
-from .db import TaskDB
+from .db import LeaseHolder, TaskDB
 from .exceptions import BackendError, BeautySpotError, CacheCorruptedError
 from .storage import BlobStorageBase
 
@@ -104,18 +104,31 @@ class ResultStore:
         except Exception as exc:
             raise _translate(exc, self.db.backend_name, "lookup") from exc
 
-    async def wait_for(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - see TaskDB.wait_for_result
-        """Wait until another process may have stored ``cache_key``."""
-        try:
-            await self.db.wait_for_result(cache_key, timeout)
-        except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "waiting for a result") from exc
+    async def release_many(self, owners: dict[str, list[str]]) -> None:
+        """Give up leases (owner -> keys), one batch per owner."""
+        for owner, keys in owners.items():
+            try:
+                await self.db.release_leases(keys, owner)
+            except Exception as exc:
+                raise _translate(exc, self.db.backend_name, "releasing leases") from exc
 
-    async def release(self, cache_key: str, owner: str) -> None:
+    async def renew(self, keys: list[str], owner: str, ttl: float) -> None:
         try:
-            await self.db.release_lease(cache_key, owner)
+            await self.db.renew_leases(keys, owner, ttl)
         except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "releasing a lease") from exc
+            raise _translate(exc, self.db.backend_name, "renewing leases") from exc
+
+    async def lease_holders(self, keys: list[str]) -> dict[str, LeaseHolder]:
+        try:
+            return await self.db.lease_holders(keys)
+        except Exception as exc:
+            raise _translate(exc, self.db.backend_name, "reading lease holders") from exc
+
+    async def take_over(self, stale: dict[str, str], owner: str, ttl: float) -> list[str]:
+        try:
+            return await self.db.take_over_leases(stale, owner, ttl)
+        except Exception as exc:
+            raise _translate(exc, self.db.backend_name, "taking over leases") from exc
 
     async def load_payload(self, record: TaskRecord) -> bytes:
         """Return the serialized payload of ``record`` wherever it lives.

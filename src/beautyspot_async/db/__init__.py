@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord
-from ._base import TaskDB
+from ._base import LeaseHolder, TaskDB
 from ._history import records_to_frame
 from ._memory import MemoryTaskDB
 from ._sqlite import SQLiteTaskDB
@@ -24,6 +24,7 @@ __all__ = [
     "BLOB",
     "HISTORY_COLUMNS",
     "INLINE",
+    "LeaseHolder",
     "MemoryTaskDB",
     "PostgresTaskDB",
     "RedisTaskDB",
@@ -33,7 +34,7 @@ __all__ = [
     "records_to_frame",
 ]
 
-for _cls in (TaskDB, MemoryTaskDB, SQLiteTaskDB, TaskRecord):
+for _cls in (LeaseHolder, TaskDB, MemoryTaskDB, SQLiteTaskDB, TaskRecord):
     _cls.__module__ = __name__
 del _cls
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import anyio
 
@@ -18,7 +18,16 @@ from .._record import TaskRecord
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TaskDB"]
+__all__ = ["LeaseHolder", "TaskDB"]
+
+
+class LeaseHolder(NamedTuple):
+    """An unexpired lease as :meth:`TaskDB.lease_holders` reports it."""
+
+    #: The owner string the holder passed to :meth:`TaskDB.acquire_lease`.
+    owner: str
+    #: Seconds until the lease expires unless renewed (on the backend's clock).
+    expires_in: float
 
 
 class TaskDB(ABC):
@@ -219,6 +228,33 @@ class TaskDB(ABC):
         """Give up ``owner``'s leases on all of ``cache_keys`` (one batch)."""
         for key in cache_keys:
             await self.release_lease(key, owner)
+
+    async def renew_leases(self, cache_keys: Sequence[str], owner: str, ttl: float) -> None:
+        """Extend ``owner``'s leases on ``cache_keys`` to ``ttl`` from now (one batch).
+
+        Keys whose lease ``owner`` no longer holds are left alone. The default
+        renews key by key through :meth:`acquire_lease`.
+        """
+        for key in cache_keys:
+            await self.acquire_lease(key, owner, ttl)
+
+    async def lease_holders(self, cache_keys: Sequence[str]) -> dict[str, LeaseHolder]:
+        """Who holds an unexpired lease on each of ``cache_keys`` (others omitted).
+
+        Lets a caller see that a holder on its own host has died and take its
+        lease over at once instead of waiting for it to expire. The default
+        knows nothing, so leases of dead holders simply expire.
+        """
+        return {}
+
+    async def take_over_leases(self, stale: Mapping[str, str], owner: str, ttl: float) -> list[str]:
+        """Hand the leases in ``stale`` (key -> dead owner) to ``owner``.
+
+        Atomic per key: a lease is taken only while the dead owner still
+        holds it, so two callers racing for one dead lease cannot both win.
+        Returns the keys taken. The default takes none.
+        """
+        return []
 
     async def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float

@@ -5,14 +5,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar
 
 import anyio.lowlevel
 
 from beautyspot_async._record import TaskRecord
-from beautyspot_async.db._base import TaskDB
+from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.db._history import records_to_frame
 
 if TYPE_CHECKING:
@@ -172,6 +172,28 @@ class MemoryTaskDB(TaskDB):
             held = self._leases.get(cache_key)
             if held is not None and held[0] == owner:
                 del self._leases[cache_key]
+
+    async def lease_holders(self, cache_keys: Sequence[str]) -> dict[str, LeaseHolder]:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            now = self._clock()
+            return {
+                key: LeaseHolder(held[0], held[1] - now)
+                for key in cache_keys
+                if (held := self._leases.get(key)) is not None and held[1] > now
+            }
+
+    async def take_over_leases(self, stale: Mapping[str, str], owner: str, ttl: float) -> list[str]:
+        await anyio.lowlevel.checkpoint()
+        taken = []
+        with self._lock:
+            now = self._clock()
+            for key, dead in stale.items():
+                held = self._leases.get(key)
+                if held is not None and held[0] == dead:
+                    self._leases[key] = (owner, now + ttl)
+                    taken.append(key)
+        return taken
 
 
 def _size(size_bytes: int | None, result_data: bytes | None) -> int:

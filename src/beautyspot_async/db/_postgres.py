@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import anyio
 
 from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
-from beautyspot_async.db._base import TaskDB
+from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
 try:
@@ -607,6 +607,54 @@ class PostgresTaskDB(TaskDB):
             await conn.execute(query, *args)
 
         await self._run(op, "release_lease")
+
+    async def renew_leases(self, cache_keys: Sequence[str], owner: str, ttl: float) -> None:
+        """Extend ``owner``'s leases on ``cache_keys`` in one statement (server clock)."""
+        if not cache_keys:
+            return
+        query = f"""
+            UPDATE {self._leases}
+            SET expires_at = extract(epoch FROM clock_timestamp()) + $3
+            WHERE cache_key = ANY($1::text[]) AND owner = $2"""
+        keys = list(cache_keys)
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(query, keys, owner, float(ttl))
+
+        await self._run(op, "renew_leases")
+
+    async def lease_holders(self, cache_keys: Sequence[str]) -> dict[str, LeaseHolder]:
+        """Owners of the unexpired leases among ``cache_keys``, with seconds left."""
+        query = f"""
+            SELECT cache_key, owner,
+                   expires_at - extract(epoch FROM clock_timestamp()) AS expires_in
+            FROM {self._leases}
+            WHERE cache_key = ANY($1::text[])
+              AND expires_at > extract(epoch FROM clock_timestamp())"""
+        keys = list(dict.fromkeys(cache_keys))
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(await conn.fetch(query, keys))
+
+        rows = await self._run(op, "lease_holders") if keys else []
+        return {row[0]: LeaseHolder(row[1], float(row[2])) for row in rows}
+
+    async def take_over_leases(self, stale: Mapping[str, str], owner: str, ttl: float) -> list[str]:
+        """Swap each dead owner's lease for ``owner``'s, only while the dead one holds it."""
+        if not stale:
+            return []
+        query = f"""
+            UPDATE {self._leases} AS l
+            SET owner = $3, expires_at = extract(epoch FROM clock_timestamp()) + $4
+            FROM unnest($1::text[], $2::text[]) AS s(cache_key, dead)
+            WHERE l.cache_key = s.cache_key AND l.owner = s.dead
+            RETURNING l.cache_key"""
+        keys, dead = list(stale), list(stale.values())
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(await conn.fetch(query, keys, dead, owner, float(ttl)))
+
+        return [row[0] for row in await self._run(op, "take_over_leases")]
 
     async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the TaskDB signature
         """Return on a NOTIFY for ``cache_key`` (a save or a released lease).

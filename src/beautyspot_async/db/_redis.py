@@ -18,13 +18,13 @@ with replicas); the keys of one prefix are not co-located for Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import anyio
 
 from beautyspot_async._record import TaskRecord
-from beautyspot_async.db._base import TaskDB
+from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
 try:
@@ -125,6 +125,24 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
     redis.call('PUBLISH', ARGV[2], ARGV[3])
+    return 1
+end
+return 0
+"""
+
+# KEYS: lease key. ARGV: owner, ttl in ms. Extend our own lease only.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS: lease key. ARGV: dead owner, new owner, ttl in ms. Swap only while the dead one holds it.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
     return 1
 end
 return 0
@@ -235,6 +253,8 @@ class RedisTaskDB(TaskDB):
                     ("expire", _DELETE_EXPIRED),
                     ("acquire", _ACQUIRE),
                     ("release", _RELEASE),
+                    ("renew", _RENEW),
+                    ("take_over", _TAKE_OVER),
                 )
             }
         return self._client
@@ -482,6 +502,41 @@ class RedisTaskDB(TaskDB):
         await self._scripted_many(
             "release", cache_keys, lambda key: [owner, self.channel, key], "release_leases"
         )
+
+    async def renew_leases(self, cache_keys: Sequence[str], owner: str, ttl: float) -> None:
+        """Extend ``owner``'s leases on ``cache_keys`` in one round trip."""
+        ttl_ms = max(1, round(ttl * 1000))
+        await self._scripted_many("renew", cache_keys, lambda _key: [owner, ttl_ms], "renew_leases")
+
+    async def lease_holders(self, cache_keys: Sequence[str]) -> dict[str, LeaseHolder]:
+        """Owners of the live leases among ``cache_keys`` and their remaining PTTL."""
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return {}
+
+        async def op(r: aioredis.Redis) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(self._lease + key.encode())
+                    pipe.pttl(self._lease + key.encode())
+                return await pipe.execute()
+
+        replies = await self._call(op, "lease_holders")
+        found: dict[str, LeaseHolder] = {}
+        for i, key in enumerate(keys):
+            holder, pttl = replies[2 * i], replies[2 * i + 1]
+            if holder is not None and isinstance(pttl, int) and pttl > 0:
+                found[key] = LeaseHolder(holder.decode("utf-8", "replace"), pttl / 1000)
+        return found
+
+    async def take_over_leases(self, stale: Mapping[str, str], owner: str, ttl: float) -> list[str]:
+        """Swap each dead owner's lease for ``owner``'s, atomically per key."""
+        keys = list(stale)
+        ttl_ms = max(1, round(ttl * 1000))
+        taken = await self._scripted_many(
+            "take_over", keys, lambda key: [stale[key], owner, ttl_ms], "take_over_leases"
+        )
+        return [key for key, ok in zip(keys, taken, strict=True) if ok]
 
     async def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float

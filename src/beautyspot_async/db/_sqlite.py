@@ -32,7 +32,7 @@ import anyio
 import anyio.to_thread
 
 from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
-from beautyspot_async.db._base import TaskDB
+from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.db._history import records_to_frame
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
@@ -118,6 +118,10 @@ _ACQUIRE_LEASE: Final = """
 """
 
 _RELEASE_LEASE: Final = "DELETE FROM leases WHERE cache_key = ? AND owner = ?"
+_RENEW_LEASE: Final = "UPDATE leases SET expires_at = ? WHERE cache_key = ? AND owner = ?"
+_TAKE_OVER_LEASE: Final = (
+    "UPDATE leases SET owner = ?, expires_at = ? WHERE cache_key = ? AND owner = ?"
+)
 
 # SQLite builds before 3.32 allow 999 host parameters per statement.
 _IN_CHUNK: Final = 900
@@ -473,6 +477,42 @@ class SQLiteTaskDB(TaskDB):
             await self._transaction(
                 "release_leases", lambda raw: raw.executemany(_RELEASE_LEASE, params)
             )
+
+    async def renew_leases(self, cache_keys: Sequence[str], owner: str, ttl: float) -> None:
+        now = self._clock()
+        params = [(now + ttl, key, owner) for key in cache_keys]
+        if params:
+            await self._transaction(
+                "renew_leases", lambda raw: raw.executemany(_RENEW_LEASE, params)
+            )
+
+    async def lease_holders(self, cache_keys: Sequence[str]) -> dict[str, LeaseHolder]:
+        keys = list(dict.fromkeys(cache_keys))
+        now = self._clock()
+        found: dict[str, LeaseHolder] = {}
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            rows = await self._read(
+                f"SELECT cache_key, owner, expires_at FROM leases "
+                f"WHERE cache_key IN ({','.join('?' * len(chunk))}) AND expires_at > ?",
+                (*chunk, now),
+            )
+            for key, holder, expires_at in rows:
+                found[key] = LeaseHolder(str(holder), float(expires_at) - now)
+        return found
+
+    async def take_over_leases(self, stale: Mapping[str, str], owner: str, ttl: float) -> list[str]:
+        now = self._clock()
+        items = list(stale.items())
+
+        def work(raw: sqlite3.Connection) -> list[str]:
+            return [
+                key
+                for key, dead in items
+                if raw.execute(_TAKE_OVER_LEASE, (owner, now + ttl, key, dead)).rowcount > 0
+            ]
+
+        return await self._transaction("take_over_leases", work) if items else []
 
     async def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float
