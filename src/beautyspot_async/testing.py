@@ -401,6 +401,43 @@ async def _check_leases(db: TaskDB, clock: FakeClock | None) -> None:
         await db.wait_for_result(key, timeout=0.01)
 
 
+async def _check_lease_holders_and_take_over(db: TaskDB, clock: FakeClock | None) -> None:
+    if not db.supports_leases:
+        return
+    key, free = _key("holder"), _key("free")
+    ttl = 30.0
+    assert await db.acquire_lease(key, "owner-a", ttl) is True
+    holders = await db.lease_holders([key, free])
+    if type(db).lease_holders is not TaskDB.lease_holders:
+        assert set(holders) == {key}, "lease_holders reports exactly the held keys"
+        assert holders[key].owner == "owner-a"
+        assert 0 < holders[key].expires_in <= ttl + 1, "expires_in is the seconds left"
+    if type(db).take_over_leases is not TaskDB.take_over_leases:
+        taken = await db.take_over_leases({key: "owner-x", free: "owner-a"}, "owner-b", ttl)
+        assert taken == [], "a lease is taken over only from the owner named as dead"
+        assert await db.take_over_leases({key: "owner-a"}, "owner-b", ttl) == [key]
+        assert await db.acquire_lease(key, "owner-a", ttl) is False, "the dead owner lost it"
+        assert await db.acquire_lease(key, "owner-b", ttl) is True, "the new owner holds it"
+        owner = "owner-b"
+    else:
+        owner = "owner-a"
+    await db.renew_leases([key, free], owner, ttl)
+    if type(db).renew_leases is not TaskDB.renew_leases:
+        assert await db.acquire_lease(free, "owner-c", ttl) is True, "renewing takes no lease"
+    else:  # the default renews through acquire_lease, which may take a free one
+        await db.release_lease(free, owner)
+        assert await db.acquire_lease(free, "owner-c", ttl) is True
+    if clock is not None:
+        clock.advance(ttl - 1)
+        await db.renew_leases([key], owner, ttl)
+        clock.advance(2)
+        assert await db.acquire_lease(key, "owner-d", ttl) is False, "renewal extends a lease"
+    await db.release_leases([key], owner)
+    await db.release_leases([free], "owner-c")
+    assert await db.acquire_lease(key, "owner-d", ttl) is True
+    await db.release_lease(key, "owner-d")
+
+
 async def _check_concurrent_saves(db: TaskDB, clock: FakeClock | None) -> None:
     keys = [_key(f"conc{i}") for i in range(40)]
 
@@ -429,6 +466,7 @@ _TASKDB_CHECKS: tuple[_Check, ...] = (
     _check_history_empty_shape,
     _check_aclose_reopen,
     _check_leases,
+    _check_lease_holders_and_take_over,
     _check_concurrent_saves,
 )
 

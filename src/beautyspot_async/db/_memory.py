@@ -173,6 +173,15 @@ class MemoryTaskDB(TaskDB):
             if held is not None and held[0] == owner:
                 del self._leases[cache_key]
 
+    async def renew_leases(self, cache_keys: Sequence[str], owner: str, ttl: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            now = self._clock()
+            for key in cache_keys:
+                held = self._leases.get(key)
+                if held is not None and held[0] == owner:
+                    self._leases[key] = (owner, now + ttl)
+
     async def lease_holders(self, cache_keys: Sequence[str]) -> dict[str, LeaseHolder]:
         await anyio.lowlevel.checkpoint()
         with self._lock:
