@@ -45,9 +45,18 @@ class TestHolderIdentity:
         assert new_owner() != new_owner(), "two Spots of one process are two holders"
 
     def test_foreign_formats_are_not_parsed(self) -> None:
-        assert parse_owner("host:123:abc") is None
         assert parse_owner("a|b|c|d") is None
-        assert not holder_is_gone("host:123:abc")
+        assert parse_owner("something else") is None
+        assert not holder_is_gone("something else")
+
+    def test_owners_of_older_releases_are_understood(self) -> None:
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        import socket
+
+        assert holder_is_gone(f"{socket.gethostname()}:{proc.pid}:abcdef")
+        assert not holder_is_gone(f"{socket.gethostname()}:{os.getpid()}:abcdef")
+        assert not holder_is_gone(f"elsewhere:{proc.pid}:abcdef")
 
     def test_this_process_is_alive(self) -> None:
         assert not holder_is_gone(new_owner())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["QueueDrain"]
@@ -42,6 +43,11 @@ class QueueDrain(Generic[E]):
             self._idle = False
             self._task = self._loop.create_task(self._drain_forever())
 
+    #: Called (from any thread) when an entry arrives while no drain task
+    #: runs -- the Spot was closed under a call still in flight -- so that
+    #: the owner reopens and the entry is not stranded.
+    revive: Callable[[], object] | None = None
+
     def _enqueue(self, entry: E) -> None:
         """Queue ``entry``; callable from any thread, never waits."""
         self._queue.append(entry)
@@ -49,7 +55,10 @@ class QueueDrain(Generic[E]):
         # read _idle after appending, so a wake-up can never be lost; at
         # worst it is sent twice.
         loop = self._loop
-        if self._idle and loop is not None:
+        if loop is None:
+            if self.revive is not None:
+                self.revive()
+        elif self._idle:
             self._idle = False
             loop.call_soon_threadsafe(self._set_wake)
 
@@ -77,6 +86,8 @@ class QueueDrain(Generic[E]):
         self._stopping = False
         self._idle = True
         self._loop = None
+        if self._queue and self.revive is not None:
+            self.revive()  # arrived after the task's last look
 
     async def _drain_forever(self) -> None:
         assert self._wake is not None

@@ -100,6 +100,8 @@ class Engine:
         self.on_backend_error = on_backend_error
         self.clock = clock
         self.ready = False
+        for drain in (self.writer, self.reader, self.leases.releaser):
+            drain.revive = self._revive
         # A Spot dropped without aclose() still flushes its queued writes,
         # gives back its leases and closes its connections, instead of
         # leaving its drain tasks to be garbage-collected while pending.
@@ -112,7 +114,14 @@ class Engine:
         if not self.ready:
             await io_loop.run(self._open_on_io_loop)
 
+    def _revive(self) -> None:
+        # A call that was in flight when the Spot closed reopens it to store
+        # its result, as any new call would.
+        io_loop.submit(self.open())
+
     async def _open_on_io_loop(self) -> None:
+        if self.ready:
+            return
         await self.store.open_on_io_loop()
         self.writer.start()
         self.reader.start()

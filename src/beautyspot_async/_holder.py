@@ -74,11 +74,18 @@ def new_owner() -> str:
 
 
 def parse_owner(owner: str) -> Holder | None:
-    """Split an owner string; None for owners written by other software or versions."""
+    """Split an owner string; None for owners written by other software.
+
+    Owners of releases before 0.2 (``host:pid:token``, no start time) parse
+    too, so leases left behind by an older version are recognised as well.
+    """
     parts = owner.split(_SEP)
-    if len(parts) != 4 or not parts[1].isdigit():
-        return None
-    return Holder(parts[0], int(parts[1]), parts[2], parts[3])
+    if len(parts) == 4 and parts[1].isdigit():
+        return Holder(parts[0], int(parts[1]), parts[2], parts[3])
+    parts = owner.split(":")
+    if len(parts) == 3 and parts[1].isdigit():
+        return Holder(parts[0], int(parts[1]), "", parts[2])
+    return None
 
 
 def holder_is_gone(owner: str) -> bool:
@@ -88,7 +95,10 @@ def holder_is_gone(owner: str) -> bool:
     string of another format): such a lease is left to expire.
     """
     holder = parse_owner(owner)
-    if holder is None or holder.host != this_host():
+    if holder is None:
+        return False
+    legacy = _SEP not in owner
+    if holder.host != (socket.gethostname() if legacy else this_host()):
         return False
     if holder.pid == os.getpid():
         return False  # our own process: alive by definition

@@ -96,7 +96,7 @@ class Leases:
         #: Leases held and renewed, key -> owner. Touched from any thread;
         #: single dict operations are atomic, and the renewer copies it.
         self._held: dict[str, str] = {}
-        self._releaser = _Releaser(store)
+        self.releaser = _Releaser(store)
         self._renewer: asyncio.Task[None] | None = None
         self._waiting: dict[str, list[_Waiting]] = {}
         self._wait_task: asyncio.Task[None] | None = None
@@ -133,7 +133,7 @@ class Leases:
     def release_soon(self, key: str, owner: str) -> None:
         """Give the lease on ``key`` back without waiting (safe in a cancelled scope)."""
         self._held.pop(key, None)
-        self._releaser.submit(key, owner)
+        self.releaser.submit(key, owner)
 
     def wait(self, key: str, owner: str, waiter: Waiter) -> None:
         """Settle ``waiter`` once ``key`` is stored (its record) or leased to us (True).
@@ -148,7 +148,7 @@ class Leases:
 
     def start(self) -> None:
         """Start releasing and renewing; call on the I/O loop when the Spot opens."""
-        self._releaser.start()
+        self.releaser.start()
         if self.ttl is not None and (self._renewer is None or self._renewer.done()):
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever(self.ttl))
 
@@ -165,8 +165,8 @@ class Leases:
                 await renewer
         held, self._held = self._held, {}
         for key, owner in held.items():
-            self._releaser.submit(key, owner)
-        await self._releaser.stop()
+            self.releaser.submit(key, owner)
+        await self.releaser.stop()
         task, self._wait_task = self._wait_task, None
         if task is not None:
             task.cancel()
