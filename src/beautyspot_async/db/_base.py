@@ -6,19 +6,38 @@ metadata of every cached call and, for small results, the serialized payload.
 
 from __future__ import annotations
 
+import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 
-from .._record import TaskRecord
+from .._record import TaskRecord, as_record
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["TaskDB"]
+
+#: Keywords of :meth:`TaskDB.save` beyond the ones section 5 of the contract
+#: fixes; they are passed only to a ``save()`` that accepts them.
+OPTIONAL_SAVE_KEYWORDS: Final = frozenset({"size_bytes"})
+_accepted_optional: dict[type, frozenset[str]] = {}
+
+
+def _optional_keywords(cls: type[TaskDB]) -> frozenset[str]:
+    """The optional ``save()`` keywords ``cls`` accepts (inspected once per class)."""
+    accepted = _accepted_optional.get(cls)
+    if accepted is None:
+        parameters = inspect.signature(cls.save).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            accepted = OPTIONAL_SAVE_KEYWORDS
+        else:
+            accepted = OPTIONAL_SAVE_KEYWORDS & {p.name for p in parameters}
+        _accepted_optional[cls] = accepted
+    return accepted
 
 
 class TaskDB(ABC):
@@ -39,7 +58,12 @@ class TaskDB(ABC):
       does not lose it.
     * :meth:`get` returns the record as saved or ``None``. It does not filter
       expired rows (the pipeline decides expiry), and must not raise for a
-      missing key.
+      missing key. A mapping keyed by :class:`TaskRecord`'s field names is
+      accepted in place of a record (``cache_key``, ``size_bytes`` and the
+      timestamps may be left out); anything else is a BackendError.
+    * :meth:`save` receives the keywords listed on it. ``size_bytes`` is
+      optional: it is passed only when ``save()`` names it or takes
+      ``**kwargs``, so a ``save()`` written without it works.
     * Driver errors are raised as :class:`~beautyspot_async.BackendError` with
       the driver's exception chained as ``__cause__``.
     * :meth:`aclose` is idempotent, and a closed database reopens on its next
@@ -67,8 +91,8 @@ class TaskDB(ABC):
         """Create tables, indexes or key spaces if they are missing."""
 
     @abstractmethod
-    async def get(self, cache_key: str) -> TaskRecord | None:
-        """Return the record stored under ``cache_key``, or ``None``."""
+    async def get(self, cache_key: str) -> TaskRecord | Mapping[str, Any] | None:
+        """Return the record stored under ``cache_key`` (or a mapping of it), or ``None``."""
 
     @abstractmethod
     async def save(
@@ -104,7 +128,7 @@ class TaskDB(ABC):
         """Return the records found among ``cache_keys`` (absent keys omitted)."""
         found: dict[str, TaskRecord] = {}
         for key in cache_keys:
-            record = await self.get(key)
+            record = as_record(await self.get(key), key, backend=self.backend_name)
             if record is not None:
                 found[key] = record
         return found
@@ -115,7 +139,9 @@ class TaskDB(ABC):
         Timestamps on the incoming records are ignored, as in :meth:`save`.
         Backends with transactions should write the batch in one.
         """
+        optional = _optional_keywords(type(self))
         for r in records:
+            extra: dict[str, Any] = {"size_bytes": r.size_bytes} if "size_bytes" in optional else {}
             await self.save(
                 cache_key=r.cache_key,
                 func_name=r.func_name,
@@ -126,7 +152,7 @@ class TaskDB(ABC):
                 result_value=r.result_value,
                 result_data=r.result_data,
                 expires_at=r.expires_at,
-                size_bytes=r.size_bytes,
+                **extra,
             )
 
     async def save_and_release(
