@@ -323,9 +323,7 @@ class TestKeys:
         assert calls == [(3, 2), (3, 3)]
         await spot.aclose()
 
-    async def test_partials_of_different_closures_are_still_refused(
-        self, tmp_path: Path
-    ) -> None:
+    async def test_partials_of_different_closures_are_still_refused(self, tmp_path: Path) -> None:
         """Partials do not hide two closures that share a qualname."""
         spot = make_spot("memory", tmp_path)
 

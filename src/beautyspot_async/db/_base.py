@@ -7,6 +7,7 @@ metadata of every cached call and, for small results, the serialized payload.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["TaskDB"]
+
+logger = logging.getLogger("beautyspot_async")
 
 #: Keywords of :meth:`TaskDB.save` beyond the ones section 5 of the contract
 #: fixes; they are passed only to a ``save()`` that accepts them.
@@ -162,11 +165,24 @@ class TaskDB(ABC):
 
         The pipeline's writer calls this once per batch. Backends with
         transactions should do both in one, saving a round trip per batch.
-        Leases are released by the caller if this raises.
+        Leases are released by the caller if this raises. Once the records
+        are saved it does not raise: the rows are durable, so a lease that
+        cannot be given up is logged and left to expire (it only delays
+        other processes by at most its ttl).
         """
         await self.save_many(records)
         for owner, keys in leases.items():
-            await self.release_leases(keys, owner)
+            try:
+                await self.release_leases(keys, owner)
+            except Exception as exc:
+                logger.warning(
+                    "%s: saved %d result(s) but could not release their leases (%s: %s); "
+                    "they expire on their own",
+                    self.backend_name,
+                    len(keys),
+                    type(exc).__name__,
+                    exc,
+                )
 
     async def delete(self, cache_key: str) -> bool:
         """Remove ``cache_key``; return whether a row existed. Idempotent."""
