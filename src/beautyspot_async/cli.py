@@ -383,6 +383,14 @@ def ui_command(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Also answer requests for this Host name (repeatable); "
+            "by default only localhost, 127.0.0.1 and [::1].",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web dashboard on loopback (needs the "dashboard" extra)."""
     try:
@@ -398,7 +406,7 @@ def ui_command(
         _fail(str(exc))
     typer.echo(f"beautyspot-async dashboard on http://{host}:{port}/ (Ctrl+C to stop)")
     try:
-        serve(spot, host=host, port=port)
+        serve(spot, host=host, port=port, allowed_hosts=list(allow_host or ()))
     except BeautySpotError as exc:
         _fail(str(exc))
 
