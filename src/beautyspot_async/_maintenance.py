@@ -25,6 +25,7 @@ import enum
 import json
 import math
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -388,6 +389,32 @@ async def _on_io_loop(spot: Spot, fn: Callable[..., Coroutine[Any, Any, T]], *ar
     return await io_loop.run(fn, *args)
 
 
+#: Spots whose store is known to exist, so the dashboard asks only once.
+_initialised: weakref.WeakSet[Spot] = weakref.WeakSet()
+
+
+async def _store_exists(db: TaskDB) -> bool:
+    if await db.schema_exists():
+        return True
+    await db.aclose()  # opened only to ask; the Spot will not close it
+    return False
+
+
+async def _readable(spot: Spot) -> bool:
+    """Open ``spot`` for a read-only look, unless its store was never created.
+
+    Read-only commands must not create a schema, tables or keys just by
+    looking (``init_schema`` would): a store that does not exist yet simply
+    has nothing to show.
+    """
+    if spot not in _initialised:
+        if not await io_loop.run(_store_exists, spot.db):
+            return False
+        _initialised.add(spot)
+    await spot.open()
+    return True
+
+
 async def _get(spot: Spot, cache_key: str) -> TaskRecord | None:
     found = await _on_io_loop(spot, spot.db.get, cache_key)
     return as_record(found, cache_key, backend=spot.db.backend_name)
@@ -411,6 +438,8 @@ async def summary(spot: Spot, *, now: float | None = None) -> list[FuncSummary]:
     the current time). Walks every record with ``TaskDB.iter_records``.
     """
     await spot.flush()
+    if not await _readable(spot):
+        return []
     return await _on_io_loop(spot, _summarize, spot.db, time.time() if now is None else now)
 
 
@@ -419,7 +448,12 @@ async def history(spot: Spot, *, limit: int = 1000, func_name: str | None = None
 
     With ``func_name`` the newest ``limit`` rows *of that function* are
     returned (the whole history is read, without payloads, and filtered).
+    A store that was never created has an empty history.
     """
+    if not await _readable(spot):
+        from .db._history import records_to_frame
+
+        return records_to_frame([])
     if func_name is None:
         return await spot.history(limit=limit)
     frame = await spot.history(limit=2**62)
@@ -454,6 +488,8 @@ async def resolve_key(spot: Spot, key_or_prefix: str) -> list[str]:
     characters) walks every record. Returns all matches, sorted, so callers
     can report ambiguity.
     """
+    if not await _readable(spot):
+        return []
     record = await _get(spot, key_or_prefix)
     if record is not None:
         return [record.cache_key]
@@ -472,6 +508,8 @@ async def show(spot: Spot, cache_key: str) -> Entry | None:
     down) do raise, as :class:`~beautyspot_async.BackendError`.
     """
     await spot.flush()
+    if not await _readable(spot):
+        return None
     record = await _get(spot, cache_key)
     if record is None:
         return None

@@ -184,6 +184,16 @@ class TaskDB(ABC):
                     exc,
                 )
 
+    async def schema_exists(self) -> bool:
+        """Whether :meth:`init_schema` has run on this store, checked read-only.
+
+        Read-only tools (``history``, ``stats``, ``show``) ask first, so that
+        looking at a store that was never written creates nothing in it. It
+        must not create anything itself. The default answers ``True`` (it
+        cannot tell), and such tools then open the database as usual.
+        """
+        return True
+
     async def delete(self, cache_key: str) -> bool:
         """Remove ``cache_key``; return whether a row existed. Idempotent."""
         raise NotImplementedError(f"{type(self).__name__} does not support delete()")
