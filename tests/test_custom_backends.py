@@ -1,6 +1,6 @@
 """Custom backends written from the guide (and from the seed's guide) work.
 
-``SeedMemoryTaskDB`` is the seed's ``MemoryTaskDB`` example ported to the
+``MemoryTaskDB`` is the seed's ``MemoryTaskDB`` example ported to the
 async protocol the way a user would: ``async`` added and the keyword
 arguments of ``save`` taken from the contract. Its ``save()`` knows nothing
 of ``size_bytes`` and its ``get()`` returns the stored dict.
@@ -20,7 +20,7 @@ from beautyspot_async.db import TaskDB, TaskRecord
 from beautyspot_async.storage import BlobStorageBase
 
 
-class SeedMemoryTaskDB(TaskDB):
+class MemoryTaskDB(TaskDB):
     """The seed guide's in-memory backend, ported to async."""
 
     def __init__(self) -> None:
@@ -29,10 +29,10 @@ class SeedMemoryTaskDB(TaskDB):
     async def init_schema(self) -> None:
         pass  # a dict needs no schema
 
-    async def get(self, cache_key: str) -> dict[str, Any] | None:  # type: ignore[override]
+    async def get(self, cache_key: str) -> dict[str, Any] | None:
         return self._storage.get(cache_key)
 
-    async def save(  # type: ignore[override]
+    async def save(
         self,
         *,
         cache_key: str,
@@ -82,13 +82,13 @@ class TwoMethodStorage(BlobStorageBase):
             raise bs.CacheCorruptedError(f"no blob {location!r}") from None
 
 
-class TestSeedMemoryTaskDB:
+class TestMemoryTaskDB:
     """The seed's ported example caches results like a built-in backend."""
 
     @pytest.mark.anyio
     async def test_results_are_written_and_hit(self, tmp_path: Path) -> None:
         """Every write succeeds, and a new Spot on the same database hits it."""
-        db = SeedMemoryTaskDB()
+        db = MemoryTaskDB()
         calls: list[int] = []
 
         def build(spot: bs.Spot) -> Any:
@@ -111,7 +111,7 @@ class TestSeedMemoryTaskDB:
     @pytest.mark.anyio
     async def test_blob_results_round_trip(self, tmp_path: Path) -> None:
         """A result over the blob threshold goes to storage and comes back."""
-        db = SeedMemoryTaskDB()
+        db = MemoryTaskDB()
         calls: list[int] = []
         for _ in range(2):
             async with bs.Spot(
@@ -129,7 +129,7 @@ class TestSeedMemoryTaskDB:
     @pytest.mark.anyio
     async def test_history_is_the_backends_frame(self, tmp_path: Path) -> None:
         """history() hands back what the backend's get_history builds."""
-        async with bs.Spot("memory_app", db=SeedMemoryTaskDB(), storage=tmp_path / "b") as spot:
+        async with bs.Spot("memory_app", db=MemoryTaskDB(), storage=tmp_path / "b") as spot:
 
             @spot.mark
             async def calc(x: int) -> int:
@@ -141,12 +141,12 @@ class TestSeedMemoryTaskDB:
             assert frame["func_name"][0].endswith("calc")
 
 
-class BadGetDB(SeedMemoryTaskDB):
+class BadGetDB(MemoryTaskDB):
     async def get(self, cache_key: str) -> Any:  # type: ignore[override]
         return ("not", "a", "record") if cache_key in self._storage else None
 
 
-class KwargsDB(SeedMemoryTaskDB):
+class KwargsDB(MemoryTaskDB):
     """A save() taking **kwargs receives every optional keyword."""
 
     def __init__(self) -> None:
@@ -164,7 +164,7 @@ class TestRecordsFromCustomBackends:
     @pytest.mark.anyio
     async def test_mapping_becomes_a_record(self) -> None:
         """A dict with TaskRecord's field names is a record; the key is filled in."""
-        db = SeedMemoryTaskDB()
+        db = MemoryTaskDB()
         await db.save_many(
             [
                 TaskRecord(
@@ -226,7 +226,7 @@ class TestRecordsFromCustomBackends:
     async def test_missing_field_is_a_clear_error(self) -> None:
         """A mapping without a required field names the field."""
 
-        class Partial(SeedMemoryTaskDB):
+        class Partial(MemoryTaskDB):
             async def get(self, cache_key: str) -> Any:  # type: ignore[override]
                 return {"func_name": "f"}
 

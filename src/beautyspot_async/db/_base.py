@@ -110,11 +110,14 @@ class TaskDB(ABC):
         result_value: str | None = None,
         result_data: bytes | None = None,
         expires_at: float | None = None,
-        size_bytes: int | None = None,
     ) -> None:
         """Insert or replace the record for ``cache_key``; durable on return.
 
-        ``size_bytes`` defaults to ``len(result_data)`` (0 when it is None).
+        Optional keywords beyond these are passed only to a ``save()`` that
+        declares them (or takes ``**kwargs``). Today there is one:
+        ``size_bytes: int | None = None``, the payload's size wherever it
+        lives; a backend that stores it defaults it to ``len(result_data)``
+        (0 when that is None).
         """
 
     @abstractmethod
