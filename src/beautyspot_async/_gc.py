@@ -61,6 +61,7 @@ async def _all_locations(storage: BlobStorageBase) -> list[str]:
 async def _referenced(db: TaskDB) -> set[str]:
     found: set[str] = set()
     async for row in db.iter_records():
+        # A custom backend may yield mappings of TaskRecord's fields.
         key = row.get("cache_key", "") if isinstance(row, Mapping) else ""
         record = as_record(row, key, backend=db.backend_name)
         if record is not None and record.result_type == BLOB and record.result_value:

@@ -26,7 +26,7 @@ import json
 import math
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import PurePath
@@ -420,15 +420,24 @@ async def _get(spot: Spot, cache_key: str) -> TaskRecord | None:
     return as_record(found, cache_key, backend=spot.db.backend_name)
 
 
+async def _records(db: TaskDB) -> AsyncIterator[TaskRecord]:
+    """``db.iter_records()``, mappings from a custom backend made records."""
+    async for row in db.iter_records():
+        key = row.get("cache_key", "") if isinstance(row, Mapping) else ""
+        record = as_record(row, key, backend=db.backend_name)
+        if record is not None:
+            yield record
+
+
 async def _summarize(db: TaskDB, now: float) -> list[FuncSummary]:
     tally = Summarizer(now)
-    async for record in db.iter_records():
+    async for record in _records(db):
         tally.add(record)
     return tally.result()
 
 
 async def _all_keys(db: TaskDB) -> list[str]:
-    return [r.cache_key async for r in db.iter_records()]
+    return [r.cache_key async for r in _records(db)]
 
 
 async def summary(spot: Spot, *, now: float | None = None) -> list[FuncSummary]:
