@@ -98,7 +98,13 @@ def as_record(found: Any, cache_key: str, *, backend: str = "custom") -> TaskRec
     fields.setdefault("cache_key", cache_key)
     for name in _TIMES:
         if name in fields:
-            fields[name] = _seconds(fields[name])
+            try:
+                fields[name] = _seconds(fields[name])
+            except (ValueError, OverflowError, OSError) as exc:  # NaT, out of range
+                raise BackendError(
+                    f"get({cache_key!r}) returned an unreadable {name} {fields[name]!r}: {exc}",
+                    backend=backend,
+                ) from exc
     for name in ("created_at", "updated_at"):
         if fields.get(name) is None:
             fields[name] = 0.0

@@ -74,7 +74,7 @@ class HostCheck:
         self.allowed = frozenset(_normalize_host(h) for h in allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] == "http":  # the app has no websocket routes
             header = ""
             for name, value in scope.get("headers", ()):
                 if name == b"host":
