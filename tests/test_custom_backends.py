@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import beautyspot_async as bs
-from beautyspot_async._maintenance import collect_garbage
+from beautyspot_async import _maintenance
 from beautyspot_async.db import TaskDB, TaskRecord
 from beautyspot_async.storage import BlobStorageBase
 
@@ -262,6 +262,6 @@ class TestTwoMethodStorage:
         spot = bs.Spot("two", db=tmp_path / "two.db", storage=TwoMethodStorage())
         try:
             with pytest.raises(bs.ConfigurationError, match="cannot list its blobs"):
-                await collect_garbage(spot)
+                await _maintenance.collect_garbage(spot)
         finally:
             await spot.aclose()
