@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -345,6 +347,45 @@ class TestGc:
     def test_nothing_to_collect(self, built: Built) -> None:
         result = invoke("gc", built.db, "-s", built.blobs, "--yes")
         assert "deleted 0 orphaned blobs" in result.stdout
+
+    def temp_file(self, built: Built, name: str, age: float) -> Path:
+        path = built.blobs / "ab" / "cd" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a blob")
+        when = time.time() - age
+        os.utime(path, (when, when))
+        return path
+
+    def test_stale_temp_files_are_removed_after_a_grace_period(self, built: Built) -> None:
+        """Temp files of writes killed long ago go; a write in progress is left alone."""
+        stale = self.temp_file(built, ".tmp-dead1234.part", age=2 * 3600)
+        fresh = self.temp_file(built, ".tmp-live5678.part", age=5)
+        result = invoke("gc", built.db, "-s", built.blobs)
+        assert result.exit_code == 0, result.output
+        assert "ab/cd/.tmp-dead1234.part" in result.stdout
+        assert "1 stale temp file (dry run" in result.stdout
+        assert stale.exists()
+        result = invoke("gc", built.db, "-s", built.blobs, "--yes")
+        assert result.exit_code == 0, result.output
+        assert "deleted 1 stale temp file" in result.stdout
+        assert not stale.exists()
+        assert fresh.exists()
+        result = invoke("gc", built.db, "-s", built.blobs, "--yes", "--temp-grace", "1")
+        assert not fresh.exists()
+
+    def test_a_refused_entry_does_not_stop_gc(self, built: Built) -> None:
+        """gc deletes every other orphan, then reports the one the storage refused."""
+        refused = built.blobs / "ab" / "cd" / "NOT-A-KEY.bin"
+        refused.parent.mkdir(parents=True, exist_ok=True)
+        refused.write_bytes(b"stranger")
+        location = self.orphan(built)  # sorts after ab/cd/NOT-A-KEY.bin
+        result = invoke("gc", built.db, "-s", built.blobs, "--yes")
+        assert not (built.blobs / location).exists()
+        assert refused.exists()
+        assert result.exit_code == 1, result.output
+        assert "deleted 1 orphaned blob" in result.stdout
+        assert "ab/cd/NOT-A-KEY.bin" in flat(result.stderr)
+        assert "refused" in flat(result.stderr)
 
 
 class TestDelete:

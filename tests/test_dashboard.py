@@ -34,7 +34,8 @@ def built(tmp_path: Path) -> Built:
 @pytest.fixture
 def client(built: Built) -> Iterator[TestClient]:
     spot = bs.Spot("exp", db=built.db, storage=built.blobs)
-    with spot, TestClient(create_app(spot, preview_chars=100)) as test_client:
+    app = create_app(spot, preview_chars=100)
+    with spot, TestClient(app, base_url="http://localhost") as test_client:
         yield test_client
 
 
@@ -112,6 +113,72 @@ class TestJsonEndpoints:
         stats = {s["func_name"]: s for s in client.get("/api/stats").json()}
         assert stats["small"]["entries"] == 3
         assert stats["stale"]["expired"] == 1
+
+
+class TestHostCheck:
+    """Only loopback Host names are answered unless others are allowed (no DNS rebinding)."""
+
+    @pytest.mark.parametrize(
+        "host", ["localhost", "localhost:8000", "127.0.0.1", "127.0.0.1:9", "[::1]", "[::1]:8000"]
+    )
+    def test_loopback_names_are_answered(self, client: TestClient, host: str) -> None:
+        assert client.get("/", headers={"host": host}).status_code == 200
+        assert client.get("/api/history", headers={"host": host}).status_code == 200
+
+    @pytest.mark.parametrize(
+        "host", ["testserver", "evil.example", "localhost.evil.example", "127.0.0.1.nip.io:80", ""]
+    )
+    def test_other_names_are_refused(self, client: TestClient, host: str) -> None:
+        for path in ("/", "/api/history", "/api/stats"):
+            response = client.get(path, headers={"host": host})
+            assert response.status_code == 400, (path, host)
+
+    def test_allowed_hosts_extend_the_list(self, built: Built) -> None:
+        spot = bs.Spot("exp", db=built.db, storage=built.blobs)
+        app = create_app(spot, allowed_hosts=["dash.internal"])
+        with spot, TestClient(app, base_url="http://dash.internal:8080") as test_client:
+            assert test_client.get("/").status_code == 200
+            assert test_client.get("/", headers={"host": "localhost"}).status_code == 200
+            assert test_client.get("/", headers={"host": "evil.example"}).status_code == 400
+
+    def test_ui_command_passes_allow_host(
+        self, built: Built, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import beautyspot_async.dashboard as dashboard
+
+        seen: dict[str, Any] = {}
+
+        def fake_serve(spot: bs.Spot, **options: Any) -> None:
+            seen.update(options)
+
+        monkeypatch.setattr(dashboard, "serve", fake_serve)
+        result = runner.invoke(
+            cli_app, ["ui", str(built.db), "--allow-host", "a.example", "--allow-host", "b"]
+        )
+        assert result.exit_code == 0, result.output
+        assert seen["allowed_hosts"] == ["a.example", "b"]
+
+
+class TestMalformedRows:
+    """One damaged row does not take the history page down."""
+
+    def test_index_survives_a_row_with_a_bad_timestamp(self, built: Built) -> None:
+        import sqlite3
+
+        with sqlite3.connect(built.db) as connection:
+            connection.execute(
+                "UPDATE tasks SET updated_at = 'garbage', size_bytes = 'lots' WHERE cache_key = ?",
+                (built.keys["big"],),
+            )
+        connection.close()
+        spot = bs.Spot("exp", db=built.db, storage=built.blobs)
+        with spot, TestClient(create_app(spot), base_url="http://localhost") as test_client:
+            response = test_client.get("/")
+            assert response.status_code == 200, response.text
+            assert "6 entries" in response.text
+            assert built.keys["small"] in response.text
+            rows = test_client.get("/api/history").json()
+            assert len(rows) == 6
 
 
 class TestUiCommand:

@@ -286,3 +286,38 @@ class TestConnectionLoss:
         assert info.value.backend == "redis"
         assert info.value.__cause__ is not None
         await db.aclose()
+
+
+class TestReleaseFailure:
+    """A save that succeeded counts as written even when releasing its lease fails."""
+
+    async def test_stored_row_is_not_a_failed_write(
+        self, make_db: Factory, tmp_path: object, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        import beautyspot_async as bs
+
+        db = make_db()
+
+        async def broken_release(cache_keys: object, owner: str) -> None:
+            raise BackendError("release failed", backend="redis")
+
+        db.release_leases = broken_release  # type: ignore[method-assign]
+        calls: list[int] = []
+        async with bs.Spot("rel", db=db, storage=f"{tmp_path}/blobs") as spot:
+
+            @spot.mark
+            async def double(x: int) -> int:
+                calls.append(x)
+                return 2 * x
+
+            assert await double(4) == 8
+            stats = spot.statistics()
+            assert stats.written == 1
+            assert stats.write_failures == 0
+        assert await db.get_many([k async for k in _keys(db)]) != {}
+        assert "release" in caplog.text
+
+
+async def _keys(db: RedisTaskDB) -> AsyncIterator[str]:
+    async for record in db.iter_records():
+        yield record.cache_key

@@ -305,6 +305,40 @@ class TestKeys:
         assert calls == [(3, 2), (3, 3)]
         await spot.aclose()
 
+    async def test_partials_of_one_function_need_no_name(self, tmp_path: Path) -> None:
+        """Partials of one function with different bound arguments key on them."""
+        spot = make_spot("memory", tmp_path)
+        calls = []
+
+        async def power(base: int, exp: int) -> int:  # a closure: it uses `calls`
+            calls.append((base, exp))
+            return int(base**exp)
+
+        square = spot.mark(functools.partial(power, exp=2))
+        cube = spot.mark(functools.partial(power, exp=3))
+        assert await square(3) == 9
+        assert await cube(3) == 27
+        assert await square(3) == 9
+        assert await cube(3) == 27
+        assert calls == [(3, 2), (3, 3)]
+        await spot.aclose()
+
+    async def test_partials_of_different_closures_are_still_refused(self, tmp_path: Path) -> None:
+        """Partials do not hide two closures that share a qualname."""
+        spot = make_spot("memory", tmp_path)
+
+        def make(offset: int) -> Any:
+            async def shifted(x: int, y: int) -> int:
+                return x + y + offset
+
+            return shifted
+
+        first = spot.mark(functools.partial(make(1), y=1))
+        with pytest.raises(bs.ConfigurationError, match="share the identity"):
+            spot.mark(functools.partial(make(2), y=1))
+        assert await first(1) == 3
+        await spot.aclose()
+
     async def test_unkeyable_argument_names_it(self, tmp_path: Path) -> None:
         spot = make_spot("memory", tmp_path)
 

@@ -32,6 +32,7 @@ class TestURLs:
 
     def test_sqlite_relative_and_absolute(self, tmp_path: Path, monkeypatch: Any) -> None:
         monkeypatch.chdir(tmp_path)
+        (tmp_path / "sub").mkdir()
         relative = bs.Spot("r", db="sqlite:///sub/rel.db").db
         assert isinstance(relative, SQLiteTaskDB)
         assert Path(relative.path).resolve() == (tmp_path / "sub" / "rel.db").resolve()
@@ -39,6 +40,55 @@ class TestURLs:
         assert isinstance(absolute, SQLiteTaskDB)
         assert str(tmp_path).startswith("/")  # so the URL above has four slashes
         assert Path(absolute.path) == tmp_path / "abs.db"
+
+    @pytest.mark.parametrize("form", ["url", "path", "pathlike", "env"])
+    def test_missing_directory_is_a_configuration_error(
+        self, tmp_path: Path, monkeypatch: Any, form: str
+    ) -> None:
+        """An explicit database path in a directory that does not exist is refused."""
+        target = tmp_path / "no" / "such" / "x.db"
+        spec: Any = {
+            "url": f"sqlite:///{target}",
+            "path": str(target),
+            "pathlike": target,
+            "env": None,
+        }[form]
+        if form == "env":
+            monkeypatch.setenv("BEAUTYSPOT_DB", str(target))
+        with pytest.raises(bs.ConfigurationError, match="does not exist"):
+            bs.Spot("x", db=spec, storage=tmp_path / "blobs")
+        assert not (tmp_path / "no").exists()
+
+    @pytest.mark.anyio
+    async def test_relative_paths_are_fixed_at_creation(
+        self, tmp_path: Path, monkeypatch: Any
+    ) -> None:
+        """Spot("x") then chdir: the files stay in the directory the Spot was made in."""
+        monkeypatch.delenv("BEAUTYSPOT_DB", raising=False)
+        monkeypatch.delenv("BEAUTYSPOT_STORAGE", raising=False)
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.mkdir()
+        second.mkdir()
+        monkeypatch.chdir(first)
+        spot = bs.Spot("x", blob_threshold=16)
+        relative = bs.Spot("y", db="sqlite:///y.db", storage="y_blobs")
+        monkeypatch.chdir(second)
+
+        @spot.mark
+        async def big(n: int) -> bytes:
+            return b"z" * n
+
+        @relative.mark
+        async def small(n: int) -> int:
+            return n
+
+        async with spot, relative:
+            await big(100)
+            await small(1)
+        assert (first / "x.db").is_file()
+        assert (first / "y.db").is_file()
+        assert any((first / "x_blobs").rglob("*.bin"))
+        assert list(second.iterdir()) == []
 
     def test_memory_url(self) -> None:
         assert isinstance(bs.Spot("m", db="memory://").db, MemoryTaskDB)

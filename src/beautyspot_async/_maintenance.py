@@ -25,7 +25,8 @@ import enum
 import json
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import PurePath
@@ -34,8 +35,9 @@ from uuid import UUID
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
+from ._gc import GcReport, collect_garbage, orphan_blobs
 from ._portal import io_loop
-from ._record import BLOB, TaskRecord
+from ._record import BLOB, TaskRecord, as_record
 from .exceptions import CacheCorruptedError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -44,13 +46,14 @@ if TYPE_CHECKING:
     from ._spot import Spot
     from .db import TaskDB
     from .serializer import Serializer
-    from .storage import BlobStorageBase
 
 __all__ = [
     "Entry",
     "FuncSummary",
+    "GcReport",
     "Summarizer",
     "UnknownExt",
+    "collect_garbage",
     "decode_lenient",
     "delete",
     "entry_json",
@@ -386,25 +389,55 @@ async def _on_io_loop(spot: Spot, fn: Callable[..., Coroutine[Any, Any, T]], *ar
     return await io_loop.run(fn, *args)
 
 
+#: Spots whose store is known to exist, so the dashboard asks only once.
+_initialised: weakref.WeakSet[Spot] = weakref.WeakSet()
+
+
+async def _store_exists(db: TaskDB) -> bool:
+    if await db.schema_exists():
+        return True
+    await db.aclose()  # opened only to ask; the Spot will not close it
+    return False
+
+
+async def _readable(spot: Spot) -> bool:
+    """Open ``spot`` for a read-only look, unless its store was never created.
+
+    Read-only commands must not create a schema, tables or keys just by
+    looking (``init_schema`` would): a store that does not exist yet simply
+    has nothing to show.
+    """
+    if spot not in _initialised:
+        if not await io_loop.run(_store_exists, spot.db):
+            return False
+        _initialised.add(spot)
+    await spot.open()
+    return True
+
+
+async def _get(spot: Spot, cache_key: str) -> TaskRecord | None:
+    found = await _on_io_loop(spot, spot.db.get, cache_key)
+    return as_record(found, cache_key, backend=spot.db.backend_name)
+
+
+async def _records(db: TaskDB) -> AsyncIterator[TaskRecord]:
+    """``db.iter_records()``, mappings from a custom backend made records."""
+    async for row in db.iter_records():
+        key = row.get("cache_key", "") if isinstance(row, Mapping) else ""
+        record = as_record(row, key, backend=db.backend_name)
+        if record is not None:
+            yield record
+
+
 async def _summarize(db: TaskDB, now: float) -> list[FuncSummary]:
     tally = Summarizer(now)
-    async for record in db.iter_records():
+    async for record in _records(db):
         tally.add(record)
     return tally.result()
 
 
-async def _referenced_locations(db: TaskDB) -> set[str]:
-    return {
-        r.result_value async for r in db.iter_records() if r.result_type == BLOB and r.result_value
-    }
-
-
-async def _all_locations(storage: BlobStorageBase) -> list[str]:
-    return [loc async for loc in storage.list_locations()]
-
-
 async def _all_keys(db: TaskDB) -> list[str]:
-    return [r.cache_key async for r in db.iter_records()]
+    return [r.cache_key async for r in _records(db)]
 
 
 async def summary(spot: Spot, *, now: float | None = None) -> list[FuncSummary]:
@@ -414,6 +447,8 @@ async def summary(spot: Spot, *, now: float | None = None) -> list[FuncSummary]:
     the current time). Walks every record with ``TaskDB.iter_records``.
     """
     await spot.flush()
+    if not await _readable(spot):
+        return []
     return await _on_io_loop(spot, _summarize, spot.db, time.time() if now is None else now)
 
 
@@ -422,7 +457,12 @@ async def history(spot: Spot, *, limit: int = 1000, func_name: str | None = None
 
     With ``func_name`` the newest ``limit`` rows *of that function* are
     returned (the whole history is read, without payloads, and filtered).
+    A store that was never created has an empty history.
     """
+    if not await _readable(spot):
+        from .db._history import records_to_frame
+
+        return records_to_frame([])
     if func_name is None:
         return await spot.history(limit=limit)
     frame = await spot.history(limit=2**62)
@@ -440,36 +480,14 @@ async def purge_expired(spot: Spot, now: float | None = None) -> int:
     return removed
 
 
-async def orphan_blobs(spot: Spot) -> list[str]:
-    """Locations in the Spot's blob storage that no record points at, sorted.
-
-    Blobs are listed before records are read: a result being written right
-    now stores its blob before its row, so its blob is either not listed yet
-    or its row is already readable -- unless the write straddles both scans.
-    """
-    await spot.flush()
-    locations = await _on_io_loop(spot, _all_locations, spot.storage)
-    referenced = await io_loop.run(_referenced_locations, spot.db)
-    return find_orphans(locations, referenced)
-
-
 async def gc_blobs(spot: Spot, *, dry_run: bool = True) -> list[str]:
     """Delete the blobs no record points at; return their locations.
 
-    With ``dry_run`` (the default) nothing is deleted. Before deleting, the
-    records are read a second time and any blob referenced by then is
-    spared, which narrows the window in which a concurrent writer's fresh
-    blob could be taken. Should it happen anyway, the cost is bounded: the
-    pipeline treats a missing blob as a miss and rewrites the entry.
+    :func:`collect_garbage` without the temp files: orphans the storage
+    refuses to delete are logged and left out of the result.
     """
-    orphans = await orphan_blobs(spot)
-    if dry_run or not orphans:
-        return orphans
-    referenced = await io_loop.run(_referenced_locations, spot.db)
-    doomed = [loc for loc in orphans if loc not in referenced]
-    for location in doomed:
-        await io_loop.run(spot.storage.delete, location)
-    return doomed
+    report = await collect_garbage(spot, dry_run=dry_run, temp_grace=math.inf)
+    return report.orphans
 
 
 async def resolve_key(spot: Spot, key_or_prefix: str) -> list[str]:
@@ -479,7 +497,9 @@ async def resolve_key(spot: Spot, key_or_prefix: str) -> list[str]:
     characters) walks every record. Returns all matches, sorted, so callers
     can report ambiguity.
     """
-    record = await _on_io_loop(spot, spot.db.get, key_or_prefix)
+    if not await _readable(spot):
+        return []
+    record = await _get(spot, key_or_prefix)
     if record is not None:
         return [record.cache_key]
     if len(key_or_prefix) < MIN_PREFIX:
@@ -497,7 +517,9 @@ async def show(spot: Spot, cache_key: str) -> Entry | None:
     down) do raise, as :class:`~beautyspot_async.BackendError`.
     """
     await spot.flush()
-    record = await _on_io_loop(spot, spot.db.get, cache_key)
+    if not await _readable(spot):
+        return None
+    record = await _get(spot, cache_key)
     if record is None:
         return None
     try:
@@ -526,7 +548,7 @@ async def delete(spot: Spot, cache_key: str) -> bool:
     behind by a crash in between is an orphan for :func:`gc_blobs`.
     """
     await spot.flush()
-    record = await _on_io_loop(spot, spot.db.get, cache_key)
+    record = await _get(spot, cache_key)
     existed: bool = await io_loop.run(spot.db.delete, cache_key)
     _forget_in_memory(spot, cache_key)
     if record is not None and record.result_type == BLOB and record.result_value:

@@ -20,7 +20,7 @@ from ._marked import SyncMarked, check_markable, wrap
 from ._pipeline import Pipeline, TaskConfig
 from ._portal import io_loop
 from ._urls import resolve_db, resolve_storage
-from .cachekey import ArgumentKeyer, function_identity
+from .cachekey import ArgumentKeyer, function_identity, underlying_function
 from .db import TaskDB
 from .exceptions import ConfigurationError
 from .hooks import HookBase, HookSet
@@ -249,19 +249,23 @@ class Spot:
         cell) is allowed; two lambdas, or closures made in a loop, are not:
         they would silently share results.
         """
-        code = getattr(getattr(fn, "func", fn), "__code__", None)
+        # A partial or bound method is judged by the function behind it: its
+        # bound arguments are part of every key, so partials of one function
+        # never share results and need no name of their own.
+        target = underlying_function(fn)
+        code = getattr(target, "__code__", None)
         with self._identity_lock:
             previous_ref = self._identities.get(identity)
             previous = previous_ref() if previous_ref is not None else None
-            if previous is not None and previous is not fn and not explicit:
-                prev_code = getattr(getattr(previous, "func", previous), "__code__", None)
+            if previous is not None and previous is not target and not explicit:
+                prev_code = getattr(previous, "__code__", None)
                 same_definition = (
                     code is not None
                     and prev_code is not None
                     and (code.co_filename, code.co_firstlineno)
                     == (prev_code.co_filename, prev_code.co_firstlineno)
                     and not code.co_freevars
-                    and _same_defaults(fn, previous)
+                    and _same_defaults(target, previous)
                 )
                 if not same_definition or "<lambda>" in identity:
                     raise ConfigurationError(
@@ -270,9 +274,9 @@ class Spot:
                         "@spot.mark(name='...')"
                     )
             try:
-                self._identities[identity] = weakref.ref(fn)
+                self._identities[identity] = weakref.ref(target)
             except TypeError:  # some callables cannot be weakly referenced
-                self._identities[identity] = lambda: fn
+                self._identities[identity] = lambda: target
 
     # -- serialization -------------------------------------------------------------------
 

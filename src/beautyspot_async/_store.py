@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ._record import BLOB, TaskRecord
+from ._record import BLOB, TaskRecord, as_record
 from .db import LeaseHolder, TaskDB
 from .exceptions import BackendError, BeautySpotError, CacheCorruptedError
 from .storage import BlobStorageBase
@@ -85,9 +85,10 @@ class ResultStore:
 
     async def get(self, cache_key: str) -> TaskRecord | None:
         try:
-            return await self.db.get(cache_key)
+            found = await self.db.get(cache_key)
         except Exception as exc:
             raise _translate(exc, self.db.backend_name, "lookup") from exc
+        return as_record(found, cache_key, backend=self.db.backend_name)
 
     async def lookup_many(
         self, cache_keys: list[str], owner: str | None, ttl: float
@@ -99,10 +100,19 @@ class ResultStore:
         """
         try:
             if owner is None:
-                return dict(await self.db.get_many(cache_keys))
-            return await self.db.lookup_or_lease(cache_keys, owner, ttl)
+                found: dict[str, Any] = dict(await self.db.get_many(cache_keys))
+            else:
+                found = dict(await self.db.lookup_or_lease(cache_keys, owner, ttl))
         except Exception as exc:
             raise _translate(exc, self.db.backend_name, "lookup") from exc
+        # A custom backend's get_many may hand back mappings instead of records.
+        checked: dict[str, TaskRecord | bool] = {}
+        backend = self.db.backend_name
+        for key, value in found.items():
+            record = value if isinstance(value, bool) else as_record(value, key, backend=backend)
+            if record is not None:
+                checked[key] = record
+        return checked
 
     async def release_many(self, owners: dict[str, list[str]]) -> None:
         """Give up leases (owner -> keys), one batch per owner."""

@@ -42,23 +42,44 @@ def _sqlite_path(url: str) -> str:
     return path
 
 
+def _sqlite_file(path: str | os.PathLike[str], spec: Any) -> SQLiteTaskDB:
+    # Made absolute now, so a later os.chdir() cannot move the database; and
+    # an explicit path must be in a directory that exists: creating one from
+    # a typo would hide the results somewhere nobody looks.
+    if os.fspath(path) == ":memory:":
+        return SQLiteTaskDB(":memory:")
+    absolute = Path(os.fspath(path)).absolute()
+    if not absolute.parent.is_dir():
+        raise ConfigurationError(
+            f"the directory of the database {os.fspath(path)!r} (from db={spec!r}) "
+            f"does not exist: {absolute.parent}; create it first"
+        )
+    return SQLiteTaskDB(absolute)
+
+
 def resolve_db(spec: Any, name: str, *, clock: Any = None) -> TaskDB:
-    """Return the task database an explicit ``db=`` (or the environment) names."""
+    """Return the task database an explicit ``db=`` (or the environment) names.
+
+    Relative paths are resolved against the working directory now, when the
+    Spot is created, not when the database is first opened.
+    """
     if spec is None:
-        spec = os.environ.get(DB_ENV) or f"{name}.db"
+        spec = os.environ.get(DB_ENV)
+        if not spec:  # the default file in the working directory
+            return SQLiteTaskDB(Path(f"{name}.db").absolute())
     if isinstance(spec, TaskDB):
         return spec
     if isinstance(spec, os.PathLike):
-        return SQLiteTaskDB(os.fspath(spec))
+        return _sqlite_file(spec, spec)
     if not isinstance(spec, str):
         raise ConfigurationError(
             f"db must be a TaskDB instance, a path or a URL, got {type(spec).__qualname__}"
         )
     if "://" not in spec:
-        return SQLiteTaskDB(spec)
+        return _sqlite_file(spec, spec)
     scheme = spec.split("://", 1)[0].lower()
     if scheme == "sqlite":
-        return SQLiteTaskDB(_sqlite_path(spec))
+        return _sqlite_file(_sqlite_path(spec), spec)
     if scheme == "memory":
         return MemoryTaskDB()
     if scheme in ("postgresql", "postgres"):

@@ -619,6 +619,11 @@ def _unwrap(fn: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
             return fn, args, kwargs
 
 
+def underlying_function(fn: Any) -> Any:
+    """The function behind ``fn``'s partials, bound methods and static/class methods."""
+    return _unwrap(fn)[0]
+
+
 def function_identity(fn: Callable[..., Any], name: str | None = None) -> str:
     """Return the identity a function's cache keys are scoped by.
 

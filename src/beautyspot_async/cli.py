@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import _maintenance as maint
+from ._gc import DEFAULT_TEMP_GRACE
 from ._spot import Spot
 from ._version import __version__
 from .exceptions import BeautySpotError, ConfigurationError
@@ -340,16 +341,40 @@ def gc_command(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Delete; without it, only list (dry run).")
     ] = False,
+    temp_grace: Annotated[
+        float,
+        typer.Option(
+            "--temp-grace",
+            help="Seconds a temp file of an unfinished write must sit untouched to be removed.",
+        ),
+    ] = DEFAULT_TEMP_GRACE,
 ) -> None:
-    """Find (and with --yes delete) blobs that no stored result points at."""
-    removed = _run(db, storage, lambda spot: maint.gc_blobs(spot, dry_run=not yes))
-    for location in removed:
+    """Find (and with --yes delete) orphaned blobs and stale temp files of killed writes."""
+    report = _run(
+        db,
+        storage,
+        lambda spot: maint.collect_garbage(spot, dry_run=not yes, temp_grace=temp_grace),
+    )
+    for location in report.orphans:
         typer.echo(location)
-    noun = "blob" if len(removed) == 1 else "blobs"
+    for name in report.temp_files:
+        typer.echo(name)
+    blobs = f"{len(report.orphans)} orphaned {'blob' if len(report.orphans) == 1 else 'blobs'}"
+    temps = len(report.temp_files)
+    temp_text = f"{temps} stale temp {'file' if temps == 1 else 'files'}"
     if yes:
-        typer.echo(f"deleted {len(removed)} orphaned {noun}")
+        typer.echo(f"deleted {blobs}")
+        if temps:
+            typer.echo(f"deleted {temp_text}")
     else:
-        typer.echo(f"{len(removed)} orphaned {noun} (dry run; pass --yes to delete)")
+        typer.echo(f"{blobs} (dry run; pass --yes to delete)")
+        if temps:
+            typer.echo(f"{temp_text} (dry run; pass --yes to delete)")
+    if report.refused:
+        console = Console(stderr=True)
+        for location, reason in report.refused:
+            console.print(f"refused: {escape(location)}: {escape(reason)}", highlight=False)
+        _fail(f"the storage refused to delete {len(report.refused)} of the orphans", code=1)
 
 
 @app.command("ui")
@@ -358,6 +383,14 @@ def ui_command(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Also answer requests for this Host name (repeatable); "
+            "by default only localhost, 127.0.0.1 and [::1].",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web dashboard on loopback (needs the "dashboard" extra)."""
     try:
@@ -373,7 +406,7 @@ def ui_command(
         _fail(str(exc))
     typer.echo(f"beautyspot-async dashboard on http://{host}:{port}/ (Ctrl+C to stop)")
     try:
-        serve(spot, host=host, port=port)
+        serve(spot, host=host, port=port, allowed_hosts=list(allow_host or ()))
     except BeautySpotError as exc:
         _fail(str(exc))
 

@@ -33,7 +33,7 @@ from typing import Any, TypeAlias, TypeVar
 import anyio
 import anyio.lowlevel
 
-from beautyspot_async._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord
+from beautyspot_async._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord, as_record
 from beautyspot_async.db._base import TaskDB
 from beautyspot_async.exceptions import CacheCorruptedError, ConfigurationError
 from beautyspot_async.storage._base import BlobStorageBase
@@ -129,7 +129,7 @@ def _overrides(db: TaskDB, name: str) -> bool:
 
 
 async def _get(db: TaskDB, key: str) -> TaskRecord:
-    record = await db.get(key)
+    record = as_record(await db.get(key), key, backend=db.backend_name)
     assert record is not None, f"get({key!r}) returned None right after save"
     return record
 

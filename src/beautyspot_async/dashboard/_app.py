@@ -12,19 +12,26 @@ Routes (all read-only):
 
 Every read goes through the maintenance layer, which runs the Spot's backends
 on its own I/O loop, so the app can be served by any ASGI server on any loop.
+
+Requests whose ``Host`` header is not a loopback name (``localhost``,
+``127.0.0.1``, ``[::1]``, any port) or one of ``allowed_hosts`` get a 400: a
+page on another site could otherwise point a DNS name at 127.0.0.1 (DNS
+rebinding) and read the stored results through the visitor's browser.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import _maintenance as maint
 from ..exceptions import BeautySpotError
@@ -32,18 +39,71 @@ from ..exceptions import BeautySpotError
 if TYPE_CHECKING:
     from .._spot import Spot
 
-__all__ = ["create_app", "render_index", "serve"]
+__all__ = ["LOOPBACK_HOSTS", "create_app", "host_name", "render_index", "serve"]
 
 #: Most rows one request may ask for.
 MAX_LIMIT = 10_000
 
+#: Host names the dashboard answers by default.
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
-def create_app(spot: Spot, *, limit: int = 200, preview_chars: int = 4000) -> Starlette:
+_HOST_RE: Final = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::[0-9]{1,5})?")
+
+
+def host_name(header: str) -> str | None:
+    """The name part of a ``Host`` header, lowercased; None when malformed.
+
+    ``"LocalHost:8000"`` -> ``"localhost"``, ``"[::1]:80"`` -> ``"[::1]"``.
+    """
+    match = _HOST_RE.fullmatch(header.strip().lower())
+    return match[1] if match else None
+
+
+def _normalize_host(name: str) -> str:
+    name = name.strip().lower()
+    if ":" in name and not name.startswith("["):  # a bare IPv6 address
+        return f"[{name}]"
+    return name
+
+
+class HostCheck:
+    """ASGI middleware: answer only requests addressed to an allowed host name."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(_normalize_host(h) for h in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # the app has no websocket routes
+            header = ""
+            for name, value in scope.get("headers", ()):
+                if name == b"host":
+                    header = value.decode("latin-1")
+                    break
+            if host_name(header) not in self.allowed:
+                response = JSONResponse(
+                    {"error": f"host {header!r} is not allowed; see --allow-host"},
+                    status_code=400,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    spot: Spot,
+    *,
+    limit: int = 200,
+    preview_chars: int = 4000,
+    allowed_hosts: Iterable[str] = (),
+) -> Starlette:
     """A Starlette app showing ``spot``'s stored results.
 
     ``limit`` is the default number of history rows; ``preview_chars`` cuts
-    each entry's text preview. The app does not own ``spot``: whoever
-    created it closes it (:func:`serve` does).
+    each entry's text preview. Requests are answered only when their
+    ``Host`` is a loopback name or one of ``allowed_hosts`` (names without
+    port; any port is accepted), and get a 400 otherwise. The app does not
+    own ``spot``: whoever created it closes it (:func:`serve` does).
     """
 
     def row_limit(request: Request) -> int:
@@ -85,7 +145,7 @@ def create_app(spot: Spot, *, limit: int = 200, preview_chars: int = 4000) -> St
     async def backend_failed(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=503)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", index),
             Route("/api/history", api_history),
@@ -94,6 +154,8 @@ def create_app(spot: Spot, *, limit: int = 200, preview_chars: int = 4000) -> St
         ],
         exception_handlers={BeautySpotError: backend_failed},
     )
+    app.add_middleware(HostCheck, allowed=LOOPBACK_HOSTS | set(allowed_hosts))
+    return app
 
 
 _STYLE = """
@@ -193,14 +255,21 @@ def render_index(
 
 
 def serve(
-    spot: Spot, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+    spot: Spot,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Serve the dashboard with uvicorn until interrupted, then close ``spot``.
 
     The Spot is opened first, so an unreachable database fails here, before
-    the server starts listening.
+    the server starts listening. ``allowed_hosts`` are the ``Host`` names
+    answered besides loopback (see :func:`create_app`).
     """
     import uvicorn
 
     with spot:
-        uvicorn.run(create_app(spot), host=host, port=port, log_level=log_level)
+        app = create_app(spot, allowed_hosts=allowed_hosts)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -6,14 +6,16 @@ metadata of every cached call and, for small results, the serialized payload.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 import anyio
 
-from .._record import TaskRecord
+from .._record import TaskRecord, as_record
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,6 +30,27 @@ class LeaseHolder(NamedTuple):
     owner: str
     #: Seconds until the lease expires unless renewed (on the backend's clock).
     expires_in: float
+
+
+logger = logging.getLogger("beautyspot_async")
+
+#: Keywords of :meth:`TaskDB.save` beyond the ones section 5 of the contract
+#: fixes; they are passed only to a ``save()`` that accepts them.
+OPTIONAL_SAVE_KEYWORDS: Final = frozenset({"size_bytes"})
+_accepted_optional: dict[type, frozenset[str]] = {}
+
+
+def _optional_keywords(cls: type[TaskDB]) -> frozenset[str]:
+    """The optional ``save()`` keywords ``cls`` accepts (inspected once per class)."""
+    accepted = _accepted_optional.get(cls)
+    if accepted is None:
+        parameters = inspect.signature(cls.save).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            accepted = OPTIONAL_SAVE_KEYWORDS
+        else:
+            accepted = OPTIONAL_SAVE_KEYWORDS & {p.name for p in parameters}
+        _accepted_optional[cls] = accepted
+    return accepted
 
 
 class TaskDB(ABC):
@@ -48,7 +71,12 @@ class TaskDB(ABC):
       does not lose it.
     * :meth:`get` returns the record as saved or ``None``. It does not filter
       expired rows (the pipeline decides expiry), and must not raise for a
-      missing key.
+      missing key. A mapping keyed by :class:`TaskRecord`'s field names is
+      accepted in place of a record (``cache_key``, ``size_bytes`` and the
+      timestamps may be left out); anything else is a BackendError.
+    * :meth:`save` receives the keywords listed on it. ``size_bytes`` is
+      optional: it is passed only when ``save()`` names it or takes
+      ``**kwargs``, so a ``save()`` written without it works.
     * Driver errors are raised as :class:`~beautyspot_async.BackendError` with
       the driver's exception chained as ``__cause__``.
     * :meth:`aclose` is idempotent, and a closed database reopens on its next
@@ -76,8 +104,8 @@ class TaskDB(ABC):
         """Create tables, indexes or key spaces if they are missing."""
 
     @abstractmethod
-    async def get(self, cache_key: str) -> TaskRecord | None:
-        """Return the record stored under ``cache_key``, or ``None``."""
+    async def get(self, cache_key: str) -> TaskRecord | Mapping[str, Any] | None:
+        """Return the record stored under ``cache_key`` (or a mapping of it), or ``None``."""
 
     @abstractmethod
     async def save(
@@ -92,11 +120,14 @@ class TaskDB(ABC):
         result_value: str | None = None,
         result_data: bytes | None = None,
         expires_at: float | None = None,
-        size_bytes: int | None = None,
     ) -> None:
         """Insert or replace the record for ``cache_key``; durable on return.
 
-        ``size_bytes`` defaults to ``len(result_data)`` (0 when it is None).
+        Optional keywords beyond these are passed only to a ``save()`` that
+        declares them (or takes ``**kwargs``). Today there is one:
+        ``size_bytes: int | None = None``, the payload's size wherever it
+        lives; a backend that stores it defaults it to ``len(result_data)``
+        (0 when that is None).
         """
 
     @abstractmethod
@@ -113,7 +144,7 @@ class TaskDB(ABC):
         """Return the records found among ``cache_keys`` (absent keys omitted)."""
         found: dict[str, TaskRecord] = {}
         for key in cache_keys:
-            record = await self.get(key)
+            record = as_record(await self.get(key), key, backend=self.backend_name)
             if record is not None:
                 found[key] = record
         return found
@@ -124,7 +155,9 @@ class TaskDB(ABC):
         Timestamps on the incoming records are ignored, as in :meth:`save`.
         Backends with transactions should write the batch in one.
         """
+        optional = _optional_keywords(type(self))
         for r in records:
+            extra: dict[str, Any] = {"size_bytes": r.size_bytes} if "size_bytes" in optional else {}
             await self.save(
                 cache_key=r.cache_key,
                 func_name=r.func_name,
@@ -135,7 +168,7 @@ class TaskDB(ABC):
                 result_value=r.result_value,
                 result_data=r.result_data,
                 expires_at=r.expires_at,
-                size_bytes=r.size_bytes,
+                **extra,
             )
 
     async def save_and_release(
@@ -145,11 +178,34 @@ class TaskDB(ABC):
 
         The pipeline's writer calls this once per batch. Backends with
         transactions should do both in one, saving a round trip per batch.
-        Leases are released by the caller if this raises.
+        Leases are released by the caller if this raises. Once the records
+        are saved it does not raise: the rows are durable, so a lease that
+        cannot be given up is logged and left to expire (it only delays
+        other processes by at most its ttl).
         """
         await self.save_many(records)
         for owner, keys in leases.items():
-            await self.release_leases(keys, owner)
+            try:
+                await self.release_leases(keys, owner)
+            except Exception as exc:
+                logger.warning(
+                    "%s: saved %d result(s) but could not release their leases (%s: %s); "
+                    "they expire on their own",
+                    self.backend_name,
+                    len(keys),
+                    type(exc).__name__,
+                    exc,
+                )
+
+    async def schema_exists(self) -> bool:
+        """Whether :meth:`init_schema` has run on this store, checked read-only.
+
+        Read-only tools (``history``, ``stats``, ``show``) ask first, so that
+        looking at a store that was never written creates nothing in it. It
+        must not create anything itself. The default answers ``True`` (it
+        cannot tell), and such tools then open the database as usual.
+        """
+        return True
 
     async def delete(self, cache_key: str) -> bool:
         """Remove ``cache_key``; return whether a row existed. Idempotent."""

@@ -8,6 +8,7 @@ timestamps as ``datetime64[ns, UTC]`` with ``NaT`` for "never expires".
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["TIMESTAMP_COLUMNS", "records_to_frame"]
+
+logger = logging.getLogger("beautyspot_async")
 
 #: History columns holding POSIX seconds that become aware UTC datetimes.
 TIMESTAMP_COLUMNS: Final = ("created_at", "updated_at", "expires_at")
@@ -49,7 +52,22 @@ def _to_ns(seconds: float | None) -> int:
     # can actually carry; going straight to ns shows float noise (...123456001).
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
         return _NAT
-    return round(float(seconds) * 1_000_000) * 1_000
+    try:
+        ns: int | None = round(float(seconds) * 1_000_000) * 1_000
+    except (TypeError, ValueError, OverflowError):
+        ns = None
+    if ns is None or not _NAT < ns < 2**63:
+        logger.warning("history: unreadable timestamp %r shown as unknown", seconds)
+        return _NAT
+    return ns
+
+
+def _to_size(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        logger.warning("history: unreadable size_bytes %r shown as 0", value)
+        return 0
 
 
 def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
@@ -59,7 +77,9 @@ def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
     name, or sequences in :data:`HISTORY_COLUMNS` order (what a SQL driver
     returns for ``SELECT <HISTORY_COLUMNS> ...``); timestamps are POSIX
     seconds or ``None``. Row order is kept. Payload fields of records are
-    ignored, so callers should not fetch them in the first place.
+    ignored, so callers should not fetch them in the first place. A value
+    that cannot be read (a damaged row) becomes ``NaT`` or 0 with a warning,
+    so one bad row never hides the others.
     """
     import numpy as np
     import pandas as pd
@@ -72,7 +92,7 @@ def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
             ns = np.array([_to_ns(v) for v in values], dtype=np.int64)
             columns[name] = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")
         elif name == "size_bytes":
-            columns[name] = pd.Series([int(v or 0) for v in values], dtype="int64")
+            columns[name] = pd.Series([_to_size(v) for v in values], dtype="int64")
         else:
             columns[name] = pd.Series(values, dtype=object)
     return pd.DataFrame(columns, columns=list(HISTORY_COLUMNS))

@@ -327,6 +327,14 @@ class PostgresTaskDB(TaskDB):
 
         await self._run(op, "init_schema")
 
+    async def schema_exists(self) -> bool:
+        """Whether the tasks table exists; creates nothing (not even the schema)."""
+
+        async def op(conn: asyncpg.Connection) -> bool:
+            return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self._tasks))
+
+        return await self._run(op, "schema_exists")
+
     # -- records --------------------------------------------------------------
 
     async def get(self, cache_key: str) -> TaskRecord | None:

@@ -292,6 +292,14 @@ class RedisTaskDB(TaskDB):
                 f"{SCHEMA_VERSION} which this beautyspot-async understands; upgrade it"
             )
 
+    async def schema_exists(self) -> bool:
+        """Whether the prefix's layout-version key exists; writes nothing."""
+
+        async def op(r: aioredis.Redis) -> int:
+            return int(await r.exists(self._schema))
+
+        return bool(await self._call(op, "schema_exists"))
+
     # -- records --------------------------------------------------------------
 
     async def get(self, cache_key: str) -> TaskRecord | None:

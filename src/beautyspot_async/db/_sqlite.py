@@ -162,8 +162,12 @@ class SQLiteTaskDB(TaskDB):
         nowait_max_bytes: int = 256 * 1024,
         poll_interval: float = 0.02,
     ) -> None:
-        self._path = Path(os.fspath(path))
         self._in_memory = os.fspath(path) == ":memory:"
+        # Absolute from the start: an os.chdir() before the first open (or a
+        # reopen at interpreter exit) must not move the database.
+        self._path = Path(os.fspath(path))
+        if not self._in_memory:
+            self._path = self._path.absolute()
         self._clock = clock
         self._busy_timeout = busy_timeout
         self._nowait_max_bytes = nowait_max_bytes

@@ -24,9 +24,14 @@ class BlobStorageBase(ABC):
     * :meth:`load` returns exactly the bytes saved, or raises
       :class:`~beautyspot_async.CacheCorruptedError` when the blob is
       missing, truncated or fails its checksum.
-    * :meth:`delete` is idempotent: deleting a missing blob is not an error.
-    * :meth:`list_locations` yields every stored location (for garbage
-      collection and the CLI), in no particular order.
+    * :meth:`save` and :meth:`load` are required; everything else is
+      optional. :meth:`delete` is idempotent: deleting a missing blob is not
+      an error. :meth:`list_locations` yields every stored location (for
+      garbage collection and the CLI), in no particular order. Without them
+      the call pipeline works; maintenance commands that need them (``gc``,
+      deleting an entry's blob) say the storage cannot do it.
+    * :meth:`remove_stale_temp_files` is for storages whose writes leave
+      temporary files behind when the process is killed mid-write.
     * Driver errors are raised as :class:`~beautyspot_async.BackendError`
       chained to the driver's exception.
     * ``loop_bound`` has the meaning described on :class:`~beautyspot_async.db.TaskDB`.
@@ -43,13 +48,29 @@ class BlobStorageBase(ABC):
     async def load(self, location: str) -> bytes:
         """Return the bytes stored at ``location``."""
 
-    @abstractmethod
+    # -- optional ---------------------------------------------------------------
+
     async def delete(self, location: str) -> None:
         """Remove the blob at ``location``; a no-op when it does not exist."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete blobs")
 
-    @abstractmethod
     def list_locations(self) -> AsyncIterator[str]:
-        """Yield the location of every stored blob."""
+        """Yield the location of every stored blob.
+
+        Implement it as an ``async def`` generator.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list its blobs")
+
+    async def remove_stale_temp_files(
+        self, *, older_than: float, dry_run: bool = False
+    ) -> list[str]:
+        """Remove temporary files of writes that never finished; return their names.
+
+        Only files last modified before ``older_than`` (POSIX seconds) are
+        taken, so writes in progress are left alone. With ``dry_run`` they
+        are only listed. The default has nothing to clean.
+        """
+        return []
 
     async def aclose(self) -> None:
         """Release clients and connections. Idempotent."""

@@ -190,6 +190,35 @@ class LocalStorage(BlobStorageBase):
             pass
         return directories, files
 
+    def _stale_temp(self, older_than: float, dry_run: bool) -> list[str]:
+        """Temp files in the root and shard directories last touched before ``older_than``."""
+        found: list[str] = []
+        firsts, _ = self._scan(".")
+        directories = ["."]
+        for first in sorted(f for f in firsts if _SHARD_RE.fullmatch(f)):
+            directories.append(first)
+            seconds, _ = self._scan(first)
+            directories.extend(f"{first}/{s}" for s in sorted(seconds) if _SHARD_RE.fullmatch(s))
+        for relative in directories:
+            try:
+                with os.scandir(self._root / relative) as entries:
+                    names = sorted(
+                        e.name
+                        for e in entries
+                        if e.name.startswith(_TEMP_PREFIX)
+                        and e.is_file(follow_symlinks=False)
+                        and e.stat(follow_symlinks=False).st_mtime < older_than
+                    )
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                path = self._root / relative / name
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                found.append(name if relative == "." else f"{relative}/{name}")
+        return found
+
     # -- protocol ------------------------------------------------------------------
 
     async def save(self, key: str, data: bytes) -> str:
@@ -230,6 +259,20 @@ class LocalStorage(BlobStorageBase):
                 _, names = await anyio.to_thread.run_sync(self._scan, f"{first}/{second}")
                 for name in names:
                     yield f"{first}/{second}/{name}"
+
+    async def remove_stale_temp_files(
+        self, *, older_than: float, dry_run: bool = False
+    ) -> list[str]:
+        """Remove the ``.tmp-*`` files of writes killed before their rename.
+
+        Returns their paths relative to the root. Only files last modified
+        before ``older_than`` are taken: a write in progress keeps touching
+        its file, and the caller picks a grace period longer than any write.
+        """
+        try:
+            return await anyio.to_thread.run_sync(self._stale_temp, older_than, dry_run)
+        except OSError as exc:
+            raise BackendError(f"cannot clean temp files: {exc}", backend="local") from exc
 
 
 def _fsync_directory(directory: Path) -> None:
