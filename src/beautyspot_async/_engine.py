@@ -23,7 +23,7 @@ from ._memo import MemoryTier
 from ._portal import io_loop
 from ._reader import Reader
 from ._singleflight import FlightRegistry
-from ._store import ResultStore
+from ._store import DEFAULT_BACKEND_TIMEOUT, ResultStore
 from ._writer import Writer
 from .db import TaskDB
 from .storage import BlobStorageBase
@@ -90,8 +90,9 @@ class Engine:
         clock: Callable[[], float],
         memory_entries: int,
         memory_bytes: int,
+        backend_timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
     ) -> None:
-        self.store = ResultStore(db, storage)
+        self.store = ResultStore(db, storage, timeout=backend_timeout)
         self.writer = Writer(self.store)
         self.reader = Reader(self.store)
         self.coalescer = NowaitCoalescer(db)
@@ -184,7 +185,7 @@ class Engine:
             if self._held.get(key) != owner:
                 return
             try:
-                await self.store.db.acquire_lease(key, owner, ttl)
+                await self.store.renew_lease(key, owner, ttl)
             except Exception as exc:  # the next renewal may succeed; expiry is the fallback
                 logger.warning("renewing the lease on %s failed: %s", key, exc)
 
