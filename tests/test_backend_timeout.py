@@ -36,9 +36,11 @@ from tests._services import POSTGRES_URL, REDIS_URL, require_service
 
 pytestmark = [pytest.mark.anyio]
 
-#: The deadline under test, and the bound a frozen call must fail within. The
-#: bound is generous (CI machines are slow); a hang lasts forever.
-TIMEOUT = 1.0
+#: The deadline under test (long enough for a loaded machine to answer the
+#: calls made while nothing is frozen), and the bound a frozen call must fail
+#: within: generous, because a hang lasts forever.
+TIMEOUT = 2.0
+S3_TIMEOUT = 3.0  # moto answers its first requests slowly
 BOUND = 15.0
 
 
@@ -336,6 +338,7 @@ async def frozen_s3(
     bucket = f"bs-to-{uuid.uuid4().hex[:12]}"
     async with s3_client(endpoint) as client:
         await client.create_bucket(Bucket=bucket)
+        await client.put_object(Bucket=bucket, Key="warm-up", Body=b"")
     stopped = False
 
     def freeze() -> None:
@@ -369,7 +372,7 @@ class TestFrozenS3:
             storage=storage,
             blob_threshold=0,
             memory_cache_entries=0,
-            backend_timeout=TIMEOUT,
+            backend_timeout=S3_TIMEOUT,
         )
 
         @spot.mark
@@ -399,7 +402,7 @@ class TestFrozenS3:
     async def test_bypass_runs_uncached(
         self, frozen_s3: tuple[Callable[[], None], Callable[[], None], Any]
     ) -> None:
-        """With bypass, a result whose blob cannot be saved is returned, not cached."""
+        """With bypass, a blob that cannot be loaded or saved means running uncached."""
         freeze, thaw, storage = frozen_s3
         spot = bs.Spot(
             "frozen",
@@ -407,7 +410,7 @@ class TestFrozenS3:
             storage=storage,
             blob_threshold=0,
             memory_cache_entries=0,
-            backend_timeout=TIMEOUT,
+            backend_timeout=S3_TIMEOUT,
             on_backend_error="bypass",
         )
         runs: list[int] = []
@@ -418,13 +421,17 @@ class TestFrozenS3:
             return x
 
         try:
+            assert await echo(1) == 1
             freeze()
+            with within(BOUND), pytest.warns(RuntimeWarning, match="uncached"):
+                assert await echo(1) == 1  # the blob cannot be loaded
             with within(BOUND), pytest.warns(RuntimeWarning, match="not cached"):
-                assert await echo(1) == 1
+                assert await echo(2) == 2  # the blob cannot be saved
             thaw()
             with within(BOUND):
-                assert await echo(1) == 1
-            assert runs == [1, 1]
+                assert await echo(2) == 2
+                assert await echo(2) == 2
+            assert runs == [1, 1, 2, 2]
         finally:
             thaw()
             with within(BOUND):
