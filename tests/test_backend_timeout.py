@@ -31,6 +31,7 @@ import pytest
 
 import beautyspot_async as bs
 from beautyspot_async.db import MemoryTaskDB, TaskDB
+from beautyspot_async.storage import LocalStorage
 from tests._proxy import FreezableProxy, freezable_proxy
 from tests._services import POSTGRES_URL, REDIS_URL, require_service
 
@@ -436,6 +437,120 @@ class TestFrozenS3:
             thaw()
             with within(BOUND):
                 await spot.aclose()
+
+
+# -- in-process backends that hang (no services needed) -----------------------------------
+
+
+class HangingDB(MemoryTaskDB):
+    """A memory database whose lookups and writes never return while ``frozen``."""
+
+    frozen = False
+
+    def get_nowait(self, cache_key: str) -> Any:
+        raise anyio.WouldBlock  # always ask through the store
+
+    async def get_many(self, cache_keys: Any) -> Any:
+        if self.frozen:
+            await anyio.sleep_forever()
+        return await super().get_many(cache_keys)
+
+    async def lookup_or_lease(self, cache_keys: Any, owner: str, ttl: float) -> Any:
+        if self.frozen:
+            await anyio.sleep_forever()
+        return await super().lookup_or_lease(cache_keys, owner, ttl)
+
+    async def save_and_release(self, records: Any, owners: Any) -> None:
+        if self.frozen:
+            await anyio.sleep_forever()
+        await super().save_and_release(records, owners)
+
+
+class HangingStorage(LocalStorage):
+    """Local blobs whose loads never return while ``frozen``."""
+
+    frozen = False
+
+    async def load(self, location: str) -> bytes:
+        if self.frozen:
+            await anyio.sleep_forever()
+        return await super().load(location)
+
+
+class TestGuard:
+    """The deadline holds on the I/O loop and on the caller's own loop (asyncio or trio)."""
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    async def test_lookup_and_write_time_out(self, tmp_path: Path) -> None:
+        """A database that never answers fails lookups and writes within the deadline."""
+        db = HangingDB()
+        spot = bs.Spot("hang", db=db, storage=tmp_path, backend_timeout=0.2)
+
+        @spot.mark
+        async def freeze_then_double(x: int) -> int:
+            db.frozen = x == 1
+            return 2 * x
+
+        try:
+            with within(BOUND), pytest.raises(bs.BackendError, match="saving results timed out"):
+                await freeze_then_double(1)
+            with within(BOUND), pytest.raises(bs.BackendError, match="lookup timed out") as caught:
+                await freeze_then_double(2)
+            assert caught.value.backend == "memory"
+            assert isinstance(caught.value.__cause__, TimeoutError)
+            db.frozen = False
+            assert await freeze_then_double(3) == 6
+        finally:
+            await spot.aclose()
+
+    async def test_blob_load_times_out_on_the_callers_loop(self, tmp_path: Path) -> None:
+        """A blob load, awaited on the caller's loop, fails within the deadline."""
+        storage = HangingStorage(tmp_path)
+        spot = bs.Spot(
+            "hang",
+            db=MemoryTaskDB(),
+            storage=storage,
+            blob_threshold=0,
+            memory_cache_entries=0,
+            backend_timeout=0.2,
+        )
+
+        @spot.mark
+        async def echo(x: int) -> int:
+            return x
+
+        try:
+            assert await echo(1) == 1
+            storage.frozen = True
+            with within(BOUND), pytest.raises(bs.BackendError, match="loading a blob timed out"):
+                await echo(1)
+            storage.frozen = False
+            assert await echo(1) == 1
+        finally:
+            await spot.aclose()
+
+    async def test_driver_errors_are_translated_once(self, tmp_path: Path) -> None:
+        """A driver's own error becomes BackendError with the driver's error as cause."""
+
+        class BrokenDB(HangingDB):
+            async def get_many(self, cache_keys: Any) -> Any:
+                raise OSError("connection reset")
+
+        spot = bs.Spot("broken", db=BrokenDB(), storage=tmp_path, lease_ttl=None)
+
+        @spot.mark
+        async def double(x: int) -> int:
+            return 2 * x
+
+        try:
+            with pytest.raises(bs.BackendError, match="lookup failed") as caught:
+                await double(1)
+            assert isinstance(caught.value.__cause__, OSError)
+        finally:
+            await spot.aclose()
 
 
 class TestOption:

@@ -103,8 +103,11 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         scope = self._scope
-        if scope is not None and scope.__exit__(exc_type, exc, tb):  # our deadline expired
-            raise self.timed_out() from BackendTimeout(f"no answer within {self.timeout:g} s")
+        if scope is not None:
+            # Not its return value: trio's says True when nothing was raised.
+            scope.__exit__(exc_type, exc, tb)
+            if scope.cancelled_caught:  # our deadline expired
+                raise self.timed_out() from BackendTimeout(f"no answer within {self.timeout:g} s")
         if not isinstance(exc, Exception) or isinstance(exc, BeautySpotError):
             return  # success, cancellation from outside, or already ours
         if scope is not None and scope.cancel_called:
