@@ -30,6 +30,8 @@ import anyio
 import pytest
 
 import beautyspot_async as bs
+from beautyspot_async._record import BLOB, TaskRecord
+from beautyspot_async._store import ResultStore, WriteItem
 from beautyspot_async.db import MemoryTaskDB, TaskDB
 from beautyspot_async.storage import LocalStorage
 from tests._proxy import FreezableProxy, freezable_proxy
@@ -467,14 +469,21 @@ class HangingDB(MemoryTaskDB):
 
 
 class HangingStorage(LocalStorage):
-    """Local blobs whose loads never return while ``frozen``."""
+    """Local blobs whose loads and saves never return while ``frozen``."""
 
     frozen = False
+    saves = 0
 
     async def load(self, location: str) -> bytes:
         if self.frozen:
             await anyio.sleep_forever()
         return await super().load(location)
+
+    async def save(self, key: str, data: bytes) -> str:
+        self.saves += 1
+        if self.frozen:
+            await anyio.sleep_forever()
+        return await super().save(key, data)
 
 
 class TestGuard:
@@ -531,6 +540,31 @@ class TestGuard:
             assert await echo(1) == 1
         finally:
             await spot.aclose()
+
+    async def test_a_batch_waits_out_a_silent_storage_once(self, tmp_path: Path) -> None:
+        """After one blob save times out, the batch's other blobs fail without waiting."""
+        storage = HangingStorage(tmp_path)
+        storage.frozen = True
+        store = ResultStore(MemoryTaskDB(), storage, timeout=0.2)
+        items = [
+            WriteItem(
+                TaskRecord(
+                    cache_key=f"k{i}",
+                    func_name="f",
+                    input_id=f"i{i}",
+                    version=None,
+                    result_type=BLOB,
+                    content_type=None,
+                    result_data=b"payload",
+                )
+            )
+            for i in range(3)
+        ]
+        with within(BOUND):
+            errors = await store.write(items)
+        assert storage.saves == 1
+        assert all(isinstance(e, bs.BackendError) for e in errors)
+        assert all("saving a blob timed out" in str(e) for e in errors)
 
     async def test_driver_errors_are_translated_once(self, tmp_path: Path) -> None:
         """A driver's own error becomes BackendError with the driver's error as cause."""

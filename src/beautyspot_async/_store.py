@@ -254,9 +254,15 @@ class ResultStore:
         errors: list[BaseException | None] = [None] * len(items)
         rows: list[TaskRecord] = []
         row_index: list[int] = []
+        silent: BeautySpotError | None = None  # a blob save that timed out
         for i, item in enumerate(items):
             record = item.record
             if record.result_type == BLOB:
+                if silent is not None:
+                    # The storage did not answer: waiting out the deadline
+                    # once per blob would hold a batch of n blobs n times as long.
+                    errors[i] = silent
+                    continue
                 try:
                     with self.guard(self.storage.backend_name, "saving a blob"):
                         location = await self.storage.save(
@@ -264,6 +270,8 @@ class ResultStore:
                         )
                 except BeautySpotError as exc:
                     errors[i] = exc
+                    if isinstance(exc.__cause__, BackendTimeout):
+                        silent = exc
                     continue
                 record = replace(record, result_value=location, result_data=None)
             rows.append(record)
