@@ -19,7 +19,7 @@ from ._memo import MemoryTier
 from ._portal import io_loop
 from ._reader import Reader
 from ._singleflight import FlightRegistry
-from ._store import ResultStore
+from ._store import DEFAULT_BACKEND_TIMEOUT, ResultStore
 from ._writer import Writer
 from .db import TaskDB
 from .storage import BlobStorageBase
@@ -86,8 +86,9 @@ class Engine:
         clock: Callable[[], float],
         memory_entries: int,
         memory_bytes: int,
+        backend_timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
     ) -> None:
-        self.store = ResultStore(db, storage)
+        self.store = ResultStore(db, storage, timeout=backend_timeout)
         self.writer = Writer(self.store)
         self.leases = Leases(self.store, lease_ttl)
         self.reader = Reader(self.store, self.leases.release_soon)

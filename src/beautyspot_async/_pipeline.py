@@ -335,6 +335,15 @@ class Pipeline:
             else:
                 payload = yield Io(engine.store.load_payload, (record,), on_io)
             return self.task.serializer.loads(payload), payload
+        except BackendError as exc:  # the blob storage failed or did not answer in time
+            if engine.on_backend_error != "bypass":
+                raise
+            warnings.warn(
+                f"{exc}; running {self.task.identity} uncached (on_backend_error='bypass')",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return NO_VALUE, b""
         except (CacheCorruptedError, SerializationError, ValueError) as exc:
             engine.stats.corrupt += 1
             logger.warning(

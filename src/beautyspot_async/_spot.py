@@ -19,6 +19,7 @@ from ._engine import Engine, SpotStatistics
 from ._marked import SyncMarked, check_markable, wrap
 from ._pipeline import Pipeline, TaskConfig
 from ._portal import io_loop
+from ._store import DEFAULT_BACKEND_TIMEOUT, check_timeout
 from ._urls import resolve_db, resolve_storage
 from .cachekey import ArgumentKeyer, function_identity, underlying_function
 from .db import TaskDB
@@ -68,6 +69,14 @@ class Spot:
     warning when the backend is down), ``memory_cache_entries`` /
     ``memory_cache_bytes`` (bounds of the in-process front tier; 0 disables
     it) and ``clock`` (wall clock for TTLs, injectable for tests).
+
+    ``backend_timeout`` (seconds, default 30; ``None`` disables it) bounds
+    every operation on the task database and blob storage -- connecting,
+    lookups, blob loads and saves, writes, closing -- so a frozen server
+    (connections accepted, nothing answered) fails a call with
+    :class:`~beautyspot_async.BackendError` naming the backend and the
+    operation, or runs it uncached under ``on_backend_error="bypass"``,
+    instead of hanging it. The Spot recovers once the server answers again.
     """
 
     def __init__(
@@ -87,6 +96,7 @@ class Spot:
         memory_cache_entries: int = 10_000,
         memory_cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
+        backend_timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -101,6 +111,7 @@ class Spot:
             )
         if lease_ttl is not None and not lease_ttl > 0:
             raise ConfigurationError(f"lease_ttl must be > 0 seconds or None, got {lease_ttl!r}")
+        backend_timeout = check_timeout(backend_timeout)
         if serializer is None:
             serializer = default_serializer()
         _check_serializer(serializer, "serializer")
@@ -125,6 +136,7 @@ class Spot:
             clock=clock,
             memory_entries=memory_cache_entries,
             memory_bytes=memory_cache_bytes,
+            backend_timeout=backend_timeout,
         )
         self._identities: dict[str, weakref.ref[Any] | Callable[[], Any]] = {}
         self._identity_lock = threading.Lock()

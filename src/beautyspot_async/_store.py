@@ -1,24 +1,34 @@
 """The async shell around one task database and one blob storage.
 
 It owns opening and closing them, decides which of them a payload goes to,
-and translates failures of backends that are not ours into BackendError. All
-of it runs on the Spot's I/O loop for loop-bound backends (see ``_portal``).
+and is the one place where backend calls are bounded and their failures
+translated: every operation runs under :meth:`ResultStore.guard`, which gives
+it the Spot's ``backend_timeout`` and turns a driver error or an expired
+deadline into BackendError naming the backend and the operation. A frozen
+server (connections accepted, nothing answered) thus fails a call instead of
+hanging it. All of it runs on the Spot's I/O loop for loop-bound backends
+(see ``_portal``), on the caller's loop otherwise -- hence anyio deadlines,
+which work under asyncio and trio alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from types import TracebackType
 from typing import Any
+
+import anyio
 
 from ._record import BLOB, TaskRecord, as_record
 from .db import LeaseHolder, TaskDB
-from .exceptions import BackendError, BeautySpotError, CacheCorruptedError
+from .exceptions import BackendError, BeautySpotError, CacheCorruptedError, ConfigurationError
 from .storage import BlobStorageBase
 
-__all__ = ["ResultStore", "WriteItem"]
+__all__ = ["DEFAULT_BACKEND_TIMEOUT", "ResultStore", "WriteItem", "check_timeout"]
 
 
 @dataclass(slots=True)
@@ -33,6 +43,26 @@ class WriteItem:
     lease_owner: str | None = None
 
 
+#: The default of ``Spot(backend_timeout=...)``, in seconds.
+DEFAULT_BACKEND_TIMEOUT = 30.0
+
+
+def check_timeout(timeout: object) -> float | None:
+    """Return a valid ``backend_timeout`` (seconds > 0, or None), else raise."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"backend_timeout must be a finite number of seconds > 0, or None; got {timeout!r}"
+        )
+    return float(timeout)
+
+
 def _translate(exc: Exception, backend: str, action: str) -> BeautySpotError:
     if isinstance(exc, BeautySpotError):
         return exc
@@ -41,16 +71,91 @@ def _translate(exc: Exception, backend: str, action: str) -> BeautySpotError:
     return error
 
 
-class ResultStore:
-    """Task database + blob storage, opened lazily on the I/O loop."""
+class BackendTimeout(TimeoutError):
+    """The cause chained to a BackendError whose operation ran out of time."""
 
-    def __init__(self, db: TaskDB, storage: BlobStorageBase) -> None:
+
+class Guard:
+    """``with Guard(backend, operation, timeout):`` -- see :meth:`ResultStore.guard`.
+
+    The driver is left to clean up after the cancellation: each of ours
+    drops a connection cancelled mid-request, so the next operation opens a
+    fresh one and the Spot recovers as soon as the server answers again.
+    """
+
+    __slots__ = ("_scope", "backend", "operation", "timeout")
+
+    def __init__(self, backend: str, operation: str, timeout: float | None) -> None:
+        self.backend = backend
+        self.operation = operation
+        self.timeout = timeout
+        # No deadline, no cancel scope: the translation alone is almost free.
+        self._scope = None if timeout is None else anyio.move_on_after(timeout)
+
+    def __enter__(self) -> None:
+        if self._scope is not None:
+            self._scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope = self._scope
+        if scope is not None:
+            # Not its return value: trio's says True when nothing was raised.
+            scope.__exit__(exc_type, exc, tb)
+            if scope.cancelled_caught:  # our deadline expired
+                raise self.timed_out() from BackendTimeout(f"no answer within {self.timeout:g} s")
+        if not isinstance(exc, Exception) or isinstance(exc, BeautySpotError):
+            return  # success, cancellation from outside, or already ours
+        if scope is not None and scope.cancel_called:
+            # A driver turned our cancellation into an error of its own.
+            raise self.timed_out() from exc
+        raise _translate(exc, self.backend, self.operation) from exc
+
+    def timed_out(self) -> BackendError:
+        return BackendError(
+            f"{self.operation} timed out after {self.timeout:g} s: the {self.backend} server "
+            "did not answer (Spot(backend_timeout=...) sets this deadline)",
+            backend=self.backend,
+        )
+
+
+class ResultStore:
+    """Task database + blob storage, opened lazily on the I/O loop.
+
+    ``timeout`` bounds each backend operation (seconds; None: unbounded).
+    """
+
+    def __init__(
+        self,
+        db: TaskDB,
+        storage: BlobStorageBase,
+        *,
+        timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
+    ) -> None:
         self.db = db
         self.storage = storage
+        self.timeout = timeout
         self.loop_bound = db.loop_bound or storage.loop_bound
         self.supports_leases = type(db).supports_leases
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
+
+    # -- the boundary ------------------------------------------------------------
+
+    def guard(self, backend: str, operation: str) -> Guard:
+        """Bound a block by the timeout; translate what escapes it into BackendError.
+
+        ``backend`` is the ``backend_name`` of the db or storage the block
+        talks to and ``operation`` what it does ("lookup", "saving results"),
+        so the error tells the user which server did not answer to what.
+        Every backend call of the pipeline goes through here: route new ones
+        through it too (``with store.guard(db.backend_name, "..."):``).
+        """
+        return Guard(backend, operation, self.timeout)
 
     # -- lifecycle (always on the I/O loop) -----------------------------------
 
@@ -64,30 +169,31 @@ class ResultStore:
         async with self._open_lock:
             if self._opened:
                 return
-            try:
+            with self.guard(self.db.backend_name, "opening the task database"):
                 await self.db.init_schema()
-            except Exception as exc:
-                raise _translate(exc, self.db.backend_name, "opening the task database") from exc
             self._opened = True
 
     async def close_on_io_loop(self) -> None:
+        """Close both backends, each within the timeout; report the first failure."""
         self._opened = False
-        errors: list[BaseException] = []
-        for closer in (self.db.aclose, self.storage.aclose):
+        errors: list[BeautySpotError] = []
+        for backend, closer in (
+            (self.db.backend_name, self.db.aclose),
+            (self.storage.backend_name, self.storage.aclose),
+        ):
             try:
-                await closer()
-            except Exception as exc:  # close both even if one fails
+                with self.guard(backend, "closing"):
+                    await closer()
+            except BeautySpotError as exc:  # close both even if one fails
                 errors.append(exc)
         if errors:
-            raise _translate(errors[0], self.db.backend_name, "closing") from errors[0]  # type: ignore[arg-type]
+            raise errors[0]
 
     # -- reads -----------------------------------------------------------------
 
     async def get(self, cache_key: str) -> TaskRecord | None:
-        try:
+        with self.guard(self.db.backend_name, "lookup"):
             found = await self.db.get(cache_key)
-        except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "lookup") from exc
         return as_record(found, cache_key, backend=self.db.backend_name)
 
     async def lookup_many(
@@ -98,13 +204,11 @@ class ResultStore:
         See :meth:`TaskDB.lookup_or_lease` for the values. Without an owner,
         absent keys are simply omitted.
         """
-        try:
+        with self.guard(self.db.backend_name, "lookup"):
             if owner is None:
                 found: dict[str, Any] = dict(await self.db.get_many(cache_keys))
             else:
                 found = dict(await self.db.lookup_or_lease(cache_keys, owner, ttl))
-        except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "lookup") from exc
         # A custom backend's get_many may hand back mappings instead of records.
         checked: dict[str, TaskRecord | bool] = {}
         backend = self.db.backend_name
@@ -117,28 +221,20 @@ class ResultStore:
     async def release_many(self, owners: dict[str, list[str]]) -> None:
         """Give up leases (owner -> keys), one batch per owner."""
         for owner, keys in owners.items():
-            try:
+            with self.guard(self.db.backend_name, "releasing leases"):
                 await self.db.release_leases(keys, owner)
-            except Exception as exc:
-                raise _translate(exc, self.db.backend_name, "releasing leases") from exc
 
     async def renew(self, keys: list[str], owner: str, ttl: float) -> None:
-        try:
+        with self.guard(self.db.backend_name, "renewing leases"):
             await self.db.renew_leases(keys, owner, ttl)
-        except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "renewing leases") from exc
 
     async def lease_holders(self, keys: list[str]) -> dict[str, LeaseHolder]:
-        try:
+        with self.guard(self.db.backend_name, "reading lease holders"):
             return await self.db.lease_holders(keys)
-        except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "reading lease holders") from exc
 
     async def take_over(self, stale: dict[str, str], owner: str, ttl: float) -> list[str]:
-        try:
+        with self.guard(self.db.backend_name, "taking over leases"):
             return await self.db.take_over_leases(stale, owner, ttl)
-        except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "taking over leases") from exc
 
     async def load_payload(self, record: TaskRecord) -> bytes:
         """Return the serialized payload of ``record`` wherever it lives.
@@ -148,12 +244,8 @@ class ResultStore:
         if record.result_type == BLOB:
             if not record.result_value:
                 raise CacheCorruptedError(f"blob record {record.cache_key} has no location")
-            try:
+            with self.guard(self.storage.backend_name, "loading a blob"):
                 return await self.storage.load(record.result_value)
-            except CacheCorruptedError:
-                raise
-            except Exception as exc:
-                raise _translate(exc, self.storage.backend_name, "loading a blob") from exc
         if record.result_data is None:
             raise CacheCorruptedError(f"record {record.cache_key} has no payload")
         return record.result_data
@@ -165,18 +257,30 @@ class ResultStore:
 
         Blobs are written first, so a row never points at a blob that is not
         there yet. Rows are written, and this process's leases on them given
-        up, in one ``save_and_release`` batch.
+        up, in one ``save_and_release`` batch. Each backend call is bounded
+        by the timeout, so a write to a frozen backend fails, never hangs.
         """
         errors: list[BaseException | None] = [None] * len(items)
         rows: list[TaskRecord] = []
         row_index: list[int] = []
+        silent: BeautySpotError | None = None  # a blob save that timed out
         for i, item in enumerate(items):
             record = item.record
             if record.result_type == BLOB:
+                if silent is not None:
+                    # The storage did not answer: waiting out the deadline
+                    # once per blob would hold a batch of n blobs n times as long.
+                    errors[i] = silent
+                    continue
                 try:
-                    location = await self.storage.save(record.cache_key, record.result_data or b"")
-                except Exception as exc:
-                    errors[i] = _translate(exc, self.storage.backend_name, "saving a blob")
+                    with self.guard(self.storage.backend_name, "saving a blob"):
+                        location = await self.storage.save(
+                            record.cache_key, record.result_data or b""
+                        )
+                except BeautySpotError as exc:
+                    errors[i] = exc
+                    if isinstance(exc.__cause__, BackendTimeout):
+                        silent = exc
                     continue
                 record = replace(record, result_value=location, result_data=None)
             rows.append(record)
@@ -185,28 +289,32 @@ class ResultStore:
         for item in items:
             if item.lease_owner is not None:
                 owners.setdefault(item.lease_owner, []).append(item.record.cache_key)
+        if not rows:
+            await self._release_quietly(owners)
+            return errors
         try:
-            if rows:
+            with self.guard(self.db.backend_name, "saving results"):
                 # Leases of failed blob writes go too: another process may retry.
                 await self.db.save_and_release(rows, owners)
-            else:
-                await self._release_quietly(owners)
-        except Exception as exc:
-            error = _translate(exc, self.db.backend_name, "saving results")
+        except BeautySpotError as exc:
             for i in row_index:
-                errors[i] = error
-            # Released even after a failed write, so another process may retry.
-            await self._release_quietly(owners)
+                errors[i] = exc
+            if not isinstance(exc.__cause__, BackendTimeout):
+                # Released even after a failed write, so another process may
+                # retry. Not after a timeout: the server is not answering, and
+                # the leases expire on their own.
+                await self._release_quietly(owners)
         return errors
 
     async def _release_quietly(self, owners: dict[str, list[str]]) -> None:
         # A lease left behind only delays other processes until it expires.
         for owner, keys in owners.items():
-            with contextlib.suppress(Exception):
+            with (
+                contextlib.suppress(BeautySpotError),
+                self.guard(self.db.backend_name, "releasing leases"),
+            ):
                 await self.db.release_leases(keys, owner)
 
     async def history(self, limit: int) -> Any:
-        try:
+        with self.guard(self.db.backend_name, "reading history"):
             return await self.db.get_history(limit)
-        except Exception as exc:
-            raise _translate(exc, self.db.backend_name, "reading history") from exc

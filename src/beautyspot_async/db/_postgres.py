@@ -250,19 +250,24 @@ class PostgresTaskDB(TaskDB):
         for events in waiters.values():
             for event in events:
                 event.set()
+        # A graceful close waits for the server to answer; when it does not
+        # (a frozen server), the caller's deadline cancels it and the
+        # connections are cut instead, so closing can never hang.
         if listener is not None and not listener.is_closed():
-            with anyio.CancelScope(shield=True):
-                try:
-                    await listener.close(timeout=5)
-                except Exception:  # closing a broken connection
-                    listener.terminate()
+            try:
+                await listener.close(timeout=5)
+            except BaseException as exc:  # a broken connection, or the caller gave up
+                listener.terminate()
+                if not isinstance(exc, Exception):
+                    raise
         pool, self._pool = self._pool, None
         if pool is not None:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await pool.close()
-                except Exception:  # closing a broken pool
-                    pool.terminate()
+            try:
+                await pool.close()
+            except BaseException as exc:  # a broken pool, or the caller gave up
+                pool.terminate()
+                if not isinstance(exc, Exception):
+                    raise
 
     # -- schema ---------------------------------------------------------------
 

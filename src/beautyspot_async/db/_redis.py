@@ -33,7 +33,6 @@ try:
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisTaskDB needs redis: pip install 'beautyspot-async[redis]'") from exc
 
@@ -180,7 +179,8 @@ class RedisTaskDB(TaskDB):
     each other's records. Connection errors are retried ``retries`` times
     with exponential backoff (a restarted server, a killed client
     connection); when Redis stays unreachable the call raises
-    :class:`~beautyspot_async.BackendError`. Extra keyword arguments go to
+    :class:`~beautyspot_async.BackendError`. A request not answered within
+    ``socket_timeout`` seconds fails at once, without retries. Extra keyword arguments go to
     ``redis.asyncio.Redis.from_url``.
     """
 
@@ -241,8 +241,16 @@ class RedisTaskDB(TaskDB):
                 decode_responses=False,
                 socket_timeout=self._socket_timeout,
                 socket_connect_timeout=self._socket_timeout,
-                retry=Retry(ExponentialBackoff(*self._backoff), self._retries),
-                retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+                # Retry lost connections only. A server that did not answer
+                # within socket_timeout will not answer a retry sooner: retrying
+                # timeouts made a frozen Redis block (retries + 1) x
+                # socket_timeout, each retry re-handshaking into the silence.
+                retry=Retry(
+                    ExponentialBackoff(*self._backoff),
+                    self._retries,
+                    supported_errors=(RedisConnectionError,),
+                ),
+                retry_on_error=[RedisConnectionError, OSError],
                 **self._client_kwargs,
             )
             self._scripts = {
