@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -142,7 +143,11 @@ class Leases:
         ``Wait``: callable from any thread, never waits.
         """
         loop = io_loop.loop()
-        loop.call_soon_threadsafe(self._add_waiting, _Waiting(key, owner, waiter))
+        # An empty context: the wait task must not inherit the caller's
+        # (sniffio would tell anyio it runs under trio).
+        loop.call_soon_threadsafe(
+            self._add_waiting, _Waiting(key, owner, waiter), context=contextvars.Context()
+        )
 
     # -- lifecycle, on the I/O loop ----------------------------------------------------
 
