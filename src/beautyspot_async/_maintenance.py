@@ -37,6 +37,8 @@ import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 from ._portal import io_loop
 from ._record import BLOB, TaskRecord
 from .exceptions import CacheCorruptedError, ConfigurationError
+from .serializer import MAX_DEPTH
+from .serializer import _depth as nesting
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,7 +193,17 @@ def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None
 
     def ext_hook(code: int, payload: bytes) -> Any:
         if code in (_TUPLE, _SET, _FROZENSET):
-            items = msgpack.unpackb(payload, ext_hook=ext_hook, strict_map_key=False, raw=False)
+            # Bounded by the serializer's own depth count, shared through the
+            # thread, so its nested loads below count these levels too: each
+            # level is a nested msgpack call on the C stack (see MAX_DEPTH).
+            level = nesting.level
+            if level >= MAX_DEPTH:
+                return UnknownExt(code, len(payload))
+            nesting.level = level + 1
+            try:
+                items = msgpack.unpackb(payload, ext_hook=ext_hook, strict_map_key=False, raw=False)
+            finally:
+                nesting.level = level
             if code == _TUPLE:
                 return tuple(items)
             try:
@@ -214,6 +226,13 @@ def _truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more chars)"
+
+
+def _big_int_text(value: int) -> str:
+    # Hex is exempt from the decimal conversion limit and costs linear time.
+    digits = int(value.bit_length() * math.log10(2)) + 1
+    head = hex(value)[: 18 if value < 0 else 17]
+    return f"<int of about {digits} digits: {head}...>"
 
 
 def _key_text(key: Any) -> str:
@@ -246,8 +265,12 @@ def to_jsonable(
         return f"... {total - max_items} more"
 
     def convert(v: Any, depth: int) -> Any:
-        if v is None or isinstance(v, bool | int):
+        if v is None or isinstance(v, bool):
             return v
+        if isinstance(v, int):
+            # Past ~4300 digits str() raises (CPython's int conversion limit),
+            # and long before that the digits are no preview: summarise.
+            return v if v.bit_length() <= max_str * 3 else _big_int_text(v)
         if isinstance(v, float):
             return v if math.isfinite(v) else repr(v)
         if isinstance(v, str):
@@ -323,7 +346,11 @@ class Entry:
 def _utc_iso(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).isoformat()
+    try:
+        return _dt.datetime.fromtimestamp(seconds, _dt.UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        # Past what datetime holds (year 9999): say so rather than fail the page.
+        return "after 9999-12-31" if seconds > 0 else "before 0001-01-01"
 
 
 def iso_time(value: Any) -> str | None:

@@ -44,8 +44,14 @@ class ConfigurationError(BeautySpotError, ValueError):
 class SerializationError(BeautySpotError, TypeError):
     """A value could not be encoded, or stored bytes could not be decoded.
 
-    The message names the offending type and how to register it.
+    The message names the offending type and how to register it. When a
+    freshly computed result cannot be stored, ``value`` holds that result, so
+    a paid computation is never thrown away; otherwise it is ``None``.
     """
+
+    def __init__(self, *args: object, value: object = None) -> None:
+        super().__init__(*args)
+        self.value = value
 
 
 class CacheCorruptedError(BeautySpotError):

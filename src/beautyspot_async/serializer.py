@@ -50,6 +50,14 @@ the UTC offset in microseconds, the ``timezone`` name when it is not the
 default one, and the ``ZoneInfo`` key when there is one. A zone key that
 cannot be loaded where the value is decoded falls back to the fixed offset.
 
+Nesting is bounded: at most :data:`MAX_DEPTH` extension values (tuples, sets,
+dates, registered types...) may sit inside one another. Decoding each level
+costs a nested msgpack call with a large C-stack frame, and a few hundred
+levels overflow the stack and kill the interpreter, so :meth:`~MsgpackSerializer.dumps`
+refuses deeper values and :meth:`~MsgpackSerializer.loads` refuses deeper
+data as corrupt. Plain lists and dicts do not count: msgpack walks them
+without recursing.
+
 User codes are ``0..111``. The payload of a user extension is the msgpack
 encoding of whatever the encoder returned, so the decoder receives exactly
 that value back (bytes stay bytes, a tuple stays a tuple, nested registered
@@ -77,6 +85,7 @@ from msgpack import ExtType
 from .exceptions import ConfigurationError, SerializationError
 
 __all__ = [
+    "MAX_DEPTH",
     "RESERVED_CODES",
     "MsgpackSerializer",
     "Serializer",
@@ -89,6 +98,12 @@ _T = TypeVar("_T")
 RESERVED_CODES: Final[range] = range(112, 128)
 
 _USER_CODES: Final[range] = range(RESERVED_CODES.start)
+
+#: How many extension values may nest inside one another. Each decoded level
+#: holds a ~40 KB msgpack unpack context on the C stack; about 180 levels
+#: overflow an 8 MB thread stack (a segfault, not an exception), so the bound
+#: keeps well below that.
+MAX_DEPTH: Final = 100
 
 _TUPLE: Final = 112
 _SET: Final = 113
@@ -123,6 +138,11 @@ _NATIVE_TYPES: Final[frozenset[type]] = frozenset(
     {type(None), bool, int, float, str, bytes, bytearray, memoryview, list, dict}
 )
 
+# Built-in codes whose payload is itself msgpack (the others are raw bytes).
+_MSGPACK_PAYLOADS: Final = frozenset(
+    {_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA}
+)
+
 _COMPLEX_STRUCT: Final = struct.Struct("<dd")
 
 # ExtType(...) re-validates code and payload in Python on every call; ours are
@@ -153,6 +173,40 @@ class _UnknownTypeError(SerializationError):
     def __init__(self, value: object) -> None:
         super().__init__(_qualname(type(value)))
         self.value = value
+
+
+class _TooDeepError(SerializationError):
+    """Internal: a value or payload nests more than MAX_DEPTH extension levels."""
+
+
+class _UnknownCodeError(SerializationError):
+    """Internal: decoding met an ext code this process has no decoder for."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"unknown ext code {code}")
+        self.code = code
+
+
+class _UnregisteredTypeError(SerializationError):
+    """Stored data is intact but uses an ext code not registered in this process.
+
+    Not corruption: the entry must be kept and the function not re-run (it
+    may be a paid call), so the pipeline re-raises this instead of
+    recomputing. ``code`` is the ext code found.
+    """
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Depth(threading.local):
+    """How deep the current thread is inside nested ext encodes or decodes."""
+
+    level = 0
+
+
+_depth: Final = _Depth()
 
 
 def _qualname(type_: type) -> str:
@@ -381,18 +435,28 @@ class _Frozen:
         return decode
 
     def _default(self, obj: Any) -> ExtType:
-        cls = type(obj)
-        if cls is tuple:
-            # Tuples are by far the most common ext value: skip the lookup.
-            payload = msgpack.packb(
-                list(obj), default=self.default, use_bin_type=True, strict_types=True
-            )
-            return _make_ext((_TUPLE, payload))
-        entry = self._by_type.get(cls) or self._resolved.get(cls)
-        if entry is None:
-            entry = self._resolve(obj)
-        code, encode = entry
-        return _make_ext((code, encode(obj)))
+        # Each ext value packs its payload in a nested call: count the levels
+        # so nothing is written that _ext_hook would refuse to read back.
+        depth = _depth
+        level = depth.level
+        if level >= MAX_DEPTH:
+            raise _TooDeepError
+        depth.level = level + 1
+        try:
+            cls = type(obj)
+            if cls is tuple:
+                # Tuples are by far the most common ext value: skip the lookup.
+                payload = msgpack.packb(
+                    list(obj), default=self.default, use_bin_type=True, strict_types=True
+                )
+                return _make_ext((_TUPLE, payload))
+            entry = self._by_type.get(cls) or self._resolved.get(cls)
+            if entry is None:
+                entry = self._resolve(obj)
+            code, encode = entry
+            return _make_ext((code, encode(obj)))
+        finally:
+            depth.level = level
 
     def _resolve(self, obj: Any) -> tuple[int, _Encode]:
         cls = type(obj)
@@ -405,21 +469,64 @@ class _Frozen:
         raise _UnknownTypeError(obj)
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
-        if code == _TUPLE:
-            return tuple(
-                msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False)
-            )
-        decode = self._decoders.get(code)
-        if decode is None:
-            raise SerializationError(
-                f"stored data uses msgpack ext code {code}, which this serializer does not "
-                "know: register the type that was stored under it with "
-                f"spot.register_type(type_=..., code={code}, encoder=..., decoder=...)"
-            )
-        return decode(data)
+        # The bound that keeps a hostile or damaged payload from recursing
+        # the C stack away; see MAX_DEPTH.
+        depth = _depth
+        level = depth.level
+        if level >= MAX_DEPTH:
+            raise _TooDeepError
+        depth.level = level + 1
+        try:
+            if code == _TUPLE:
+                return tuple(
+                    msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False)
+                )
+            decode = self._decoders.get(code)
+            if decode is None:
+                raise _UnknownCodeError(code)
+            return decode(data)
+        finally:
+            depth.level = level
 
     def user_types(self) -> dict[int, type]:
         return {r.code: r.type_ for r in self._user.values()}
+
+
+def _well_formed(data: bytes, level: int = 0) -> bool:
+    """Whether ``data`` parses completely, ext payloads included, whatever the codes mean.
+
+    Tells an entry that merely uses an unregistered code (intact, keep it)
+    apart from damaged bytes that happen to contain an ext marker (corrupt).
+    """
+    ok = True
+
+    def hook(code: int, payload: bytes) -> None:
+        nonlocal ok
+        if code < 0:  # msgpack's own extensions: never written by dumps
+            ok = False
+        elif ok and (code in _USER_CODES or code in _MSGPACK_PAYLOADS):
+            ok = level + 1 < MAX_DEPTH and _well_formed(payload, level + 1)
+
+    try:
+        msgpack.unpackb(data, ext_hook=hook, strict_map_key=False, raw=False)
+    except Exception:
+        return False
+    return ok
+
+
+def _unregistered_message(code: int) -> str:
+    if code in RESERVED_CODES:
+        return (
+            f"stored data uses msgpack ext code {code}, reserved for a built-in encoding this "
+            "version of beautyspot-async does not know: a newer version wrote it. The entry is "
+            "kept and the function was not run; upgrade beautyspot-async to read it"
+        )
+    return (
+        f"stored data uses msgpack ext code {code}, which no type is registered for in this "
+        "process. The entry is kept and the function was not run (that could re-bill a paid "
+        "call): register the type it was stored with, as the program that stored it did, e.g. "
+        f"spot.register_type(type_=YourType, code={code}, encoder=..., decoder=...)"
+    )
 
 
 # -- public serializer ---------------------------------------------------------
@@ -623,6 +730,13 @@ class MsgpackSerializer:
             return packed
         except _UnknownTypeError as exc:
             raise SerializationError(_unknown_type_message(obj, exc.value)) from None
+        except _TooDeepError:
+            raise SerializationError(
+                f"cannot serialize the value: it nests more than {MAX_DEPTH} levels of tuples, "
+                "sets, dates or registered types, deeper than can be decoded safely, or a "
+                "registered encoder returns a value of its own type. Flatten it (plain lists "
+                "and dicts do not count towards the limit)"
+            ) from None
         except SerializationError:
             raise
         except RecursionError as exc:
@@ -636,21 +750,44 @@ class MsgpackSerializer:
     def loads(self, data: bytes | bytearray | memoryview) -> Any:
         """Decode bytes produced by :meth:`dumps` (with the same registrations).
 
-        Truncated or garbage input, trailing bytes, an unknown ext code or a
-        failing decoder raise :class:`SerializationError`; the underlying
-        error, if any, is chained as ``__cause__``.
+        Truncated or garbage input, trailing bytes, nesting deeper than
+        :data:`MAX_DEPTH` or a failing decoder raise :class:`SerializationError`;
+        the underlying error, if any, is chained as ``__cause__``. Intact data
+        that merely uses an ext code not registered here raises one too, whose
+        message names the code and how to register it: that entry is not
+        corrupt, and the pipeline keeps it.
         """
         frozen = self._frozen
         try:
             return msgpack.unpackb(data, ext_hook=frozen.ext_hook, strict_map_key=False, raw=False)
+        except _UnknownCodeError as exc:
+            if _well_formed(bytes(data)):
+                raise _UnregisteredTypeError(
+                    _unregistered_message(exc.code), code=exc.code
+                ) from None
+            raise SerializationError(
+                f"cannot decode {len(data)} bytes of msgpack data: they are damaged (and "
+                f"mention ext code {exc.code}); the entry is corrupt"
+            ) from exc
+        except _TooDeepError:
+            raise SerializationError(
+                f"stored data nests more than {MAX_DEPTH} levels of extension values, deeper "
+                "than can be decoded safely (dumps never writes that); the entry is corrupt"
+            ) from None
         except SerializationError:
             raise
         except Exception as exc:
             # Corrupt input can surface as any of msgpack's errors, a bad
             # payload inside a built-in ext (ValueError, struct.error...) or an
             # unhashable decoded key (TypeError): all mean "cannot decode".
+            # A wrongly typed stored field may hand us a non-bytes value too.
+            what = (
+                f"{len(data)} bytes of msgpack data"
+                if isinstance(data, bytes | bytearray | memoryview)
+                else f"a {type(data).__name__} (not bytes)"
+            )
             raise SerializationError(
-                f"cannot decode {len(data)} bytes of msgpack data "
+                f"cannot decode {what} "
                 f"({type(exc).__name__}: {exc}); the entry is corrupt or was written "
                 "with different type registrations"
             ) from exc
