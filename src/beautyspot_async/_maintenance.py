@@ -37,8 +37,7 @@ import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 from ._portal import io_loop
 from ._record import BLOB, TaskRecord
 from .exceptions import CacheCorruptedError, ConfigurationError
-from .serializer import MAX_DEPTH
-from .serializer import _depth as nesting
+from .serializer import MAX_DEPTH, MsgpackSerializer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,19 +190,20 @@ def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
 
+    level = 0
+
     def ext_hook(code: int, payload: bytes) -> Any:
+        # Bounded like the serializer's own decoding: each nested level is a
+        # nested msgpack call on the C stack (see MAX_DEPTH).
+        nonlocal level
+        if level >= MAX_DEPTH:
+            return UnknownExt(code, len(payload))
         if code in (_TUPLE, _SET, _FROZENSET):
-            # Bounded by the serializer's own depth count, shared through the
-            # thread, so its nested loads below count these levels too: each
-            # level is a nested msgpack call on the C stack (see MAX_DEPTH).
-            level = nesting.level
-            if level >= MAX_DEPTH:
-                return UnknownExt(code, len(payload))
-            nesting.level = level + 1
+            level += 1
             try:
                 items = msgpack.unpackb(payload, ext_hook=ext_hook, strict_map_key=False, raw=False)
             finally:
-                nesting.level = level
+                level -= 1
             if code == _TUPLE:
                 return tuple(items)
             try:
@@ -211,6 +211,8 @@ def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None
             except TypeError:  # an unhashable stand-in item: show the items anyway
                 return list(items)
         try:
+            if isinstance(serializer, MsgpackSerializer):
+                return serializer._decode_ext(code, payload, level)
             return serializer.loads(msgpack.packb(msgpack.ExtType(code, payload)))
         except Exception:
             return UnknownExt(code, len(payload))
