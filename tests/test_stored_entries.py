@@ -212,6 +212,10 @@ class TestWronglyTypedSQLiteRows:
             frame = await spot.history()  # readers survive the row too
             assert len(frame) == 1
             assert await maint.summary(spot)
+            entry = await maint.show(spot, frame["cache_key"].iloc[0])
+            assert entry is not None
+            assert entry.problem is not None
+            json.dumps(maint.entry_json(entry))
         with caplog.at_level(logging.WARNING, logger="beautyspot_async"):
             assert await self._run(tmp_path, calls) == {"payload": "z" * 2000}
         assert len(calls) == 2

@@ -534,6 +534,8 @@ async def show(spot: Spot, cache_key: str) -> Entry | None:
     except (CacheCorruptedError, ConfigurationError) as exc:
         return Entry(record=record, problem=f"payload unavailable: {exc}")
     value, problem = decode_lenient(spot.serializer, payload)
+    if record.problem is not None:  # wrongly typed fields: the pipeline will rewrite it
+        problem = record.problem if problem is None else f"{record.problem}; {problem}"
     return Entry(record=record, value=value, problem=problem, payload_size=len(payload))
 
 

@@ -55,7 +55,7 @@ class SerializationError(BeautySpotError, TypeError):
 
 
 class CacheCorruptedError(BeautySpotError):
-    """Stored bytes are truncated, missing or fail their checksum.
+    """Stored bytes are truncated, missing or fail their checksum, or a row is wrongly typed.
 
     The call pipeline never lets this reach a caller: it logs a warning,
     treats the entry as a miss and rewrites it.
