@@ -238,6 +238,34 @@ class TestWronglyTypedSQLiteRows:
         assert warned_corrupt(caplog)
 
 
+class TestReadersOfDamagedRows:
+    """The CLI lists and shows a damaged row instead of failing."""
+
+    @pytest.mark.parametrize("damage", list(SQLITE_DAMAGE), ids=list(SQLITE_DAMAGE))
+    def test_cli(self, tmp_path: Path, damage: str) -> None:
+        from typer.testing import CliRunner
+
+        from beautyspot_async.cli import app
+
+        spot = bs.Spot("t", db=tmp_path / "t.db", storage=tmp_path / "t_blobs")
+        with spot:
+
+            @spot.mark
+            def make() -> str:
+                return "fine"
+
+            make()
+        with sqlite3.connect(tmp_path / "t.db") as conn:
+            conn.execute(f"UPDATE tasks SET {SQLITE_DAMAGE[damage]}")
+        (key,) = (
+            k for (k,) in sqlite3.connect(tmp_path / "t.db").execute("SELECT cache_key FROM tasks")
+        )
+        runner = CliRunner()
+        for args in (["history"], ["history", "--json"], ["stats"], ["show", key]):
+            done = runner.invoke(app, [args[0], str(tmp_path / "t.db"), *args[1:]])
+            assert done.exit_code == 0, (args, done.output, done.exception)
+
+
 # -- types not registered in this process ----------------------------------------------------
 
 

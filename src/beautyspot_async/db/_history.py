@@ -67,6 +67,14 @@ def _to_ns(seconds: Any) -> int:
     return max(_MIN_NS, min(_MAX_NS, round(value * 1_000_000) * 1_000))
 
 
+def _text(value: Any) -> Any:
+    # Text that was not valid UTF-8 reaches us as bytes (see checked_record);
+    # show it, replaced, rather than hand JSON writers a bytes object.
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
 def _size(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
         return value
@@ -95,5 +103,5 @@ def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
         elif name == "size_bytes":
             columns[name] = pd.Series([_size(v) for v in values], dtype="int64")
         else:
-            columns[name] = pd.Series(values, dtype=object)
+            columns[name] = pd.Series([_text(v) for v in values], dtype=object)
     return pd.DataFrame(columns, columns=list(HISTORY_COLUMNS))
