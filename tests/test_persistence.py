@@ -320,14 +320,28 @@ class TestCorruption:
         assert await self._run(tmp_path, calls, blob_threshold=100) == {"payload": "z" * 2000}
         assert len(calls) == 2
 
-    async def test_unknown_ext_code_inline(
+    async def test_unknown_ext_code_is_kept(self, tmp_path: Path) -> None:
+        """Intact data of a type not registered here is no corruption: kept, not re-run."""
+        calls: list[int] = []
+        await self._run(tmp_path, calls)
+        # msgpack ext type 99 holding one byte: no decoder is registered for it
+        with sqlite3.connect(tmp_path / "t.db") as conn:
+            conn.execute("UPDATE tasks SET result_data = ?", (b"\xd4\x63\x00",))
+        with pytest.raises(bs.SerializationError, match="code 99"):
+            await self._run(tmp_path, calls)
+        assert len(calls) == 1
+        with sqlite3.connect(tmp_path / "t.db") as conn:
+            (data,) = conn.execute("SELECT result_data FROM tasks").fetchone()
+        assert data == b"\xd4\x63\x00"
+
+    async def test_damaged_bytes_around_an_ext_marker(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
         calls: list[int] = []
         await self._run(tmp_path, calls)
         with sqlite3.connect(tmp_path / "t.db") as conn:
-            # msgpack ext type 99 holding one byte: no decoder is registered for it
-            conn.execute("UPDATE tasks SET result_data = ?", (b"\xd4\x63\x00",))
+            # an array of two holding only one ext 99 value: truncated
+            conn.execute("UPDATE tasks SET result_data = ?", (b"\x92\xd4\x63\x00",))
         with caplog.at_level(logging.WARNING, logger="beautyspot_async"):
             assert await self._run(tmp_path, calls) == {"payload": "z" * 2000}
         assert len(calls) == 2

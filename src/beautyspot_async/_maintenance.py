@@ -39,6 +39,7 @@ from ._gc import GcReport, collect_garbage, orphan_blobs
 from ._portal import io_loop
 from ._record import BLOB, TaskRecord, as_record
 from .exceptions import CacheCorruptedError, ConfigurationError
+from .serializer import MAX_DEPTH, MsgpackSerializer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -192,9 +193,20 @@ def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
 
+    level = 0
+
     def ext_hook(code: int, payload: bytes) -> Any:
+        # Bounded like the serializer's own decoding: each nested level is a
+        # nested msgpack call on the C stack (see MAX_DEPTH).
+        nonlocal level
+        if level >= MAX_DEPTH:
+            return UnknownExt(code, len(payload))
         if code in (_TUPLE, _SET, _FROZENSET):
-            items = msgpack.unpackb(payload, ext_hook=ext_hook, strict_map_key=False, raw=False)
+            level += 1
+            try:
+                items = msgpack.unpackb(payload, ext_hook=ext_hook, strict_map_key=False, raw=False)
+            finally:
+                level -= 1
             if code == _TUPLE:
                 return tuple(items)
             try:
@@ -202,6 +214,8 @@ def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None
             except TypeError:  # an unhashable stand-in item: show the items anyway
                 return list(items)
         try:
+            if isinstance(serializer, MsgpackSerializer):
+                return serializer._decode_ext(code, payload, level)
             return serializer.loads(msgpack.packb(msgpack.ExtType(code, payload)))
         except Exception:
             return UnknownExt(code, len(payload))
@@ -217,6 +231,13 @@ def _truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more chars)"
+
+
+def _big_int_text(value: int) -> str:
+    # Hex is exempt from the decimal conversion limit and costs linear time.
+    digits = int(value.bit_length() * math.log10(2)) + 1
+    head = hex(value)[: 18 if value < 0 else 17]
+    return f"<int of about {digits} digits: {head}...>"
 
 
 def _key_text(key: Any) -> str:
@@ -249,8 +270,12 @@ def to_jsonable(
         return f"... {total - max_items} more"
 
     def convert(v: Any, depth: int) -> Any:
-        if v is None or isinstance(v, bool | int):
+        if v is None or isinstance(v, bool):
             return v
+        if isinstance(v, int):
+            # Past ~4300 digits str() raises (CPython's int conversion limit),
+            # and long before that the digits are no preview: summarise.
+            return v if v.bit_length() <= max_str * 3 else _big_int_text(v)
         if isinstance(v, float):
             return v if math.isfinite(v) else repr(v)
         if isinstance(v, str):
@@ -326,7 +351,11 @@ class Entry:
 def _utc_iso(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).isoformat()
+    try:
+        return _dt.datetime.fromtimestamp(seconds, _dt.UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        # Past what datetime holds (year 9999): say so rather than fail the page.
+        return "after 9999-12-31" if seconds > 0 else "before 0001-01-01"
 
 
 def iso_time(value: Any) -> str | None:
@@ -527,6 +556,8 @@ async def show(spot: Spot, cache_key: str) -> Entry | None:
     except (CacheCorruptedError, ConfigurationError) as exc:
         return Entry(record=record, problem=f"payload unavailable: {exc}")
     value, problem = decode_lenient(spot.serializer, payload)
+    if record.problem is not None:  # wrongly typed fields: the pipeline will rewrite it
+        problem = record.problem if problem is None else f"{record.problem}; {problem}"
     return Entry(record=record, value=value, problem=problem, payload_size=len(payload))
 
 

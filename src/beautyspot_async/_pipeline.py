@@ -42,7 +42,7 @@ from .hooks import (
     PreExecuteContext,
     SaveErrorContext,
 )
-from .serializer import Serializer
+from .serializer import Serializer, _UnregisteredTypeError
 
 __all__ = ["Pipeline", "TaskConfig"]
 
@@ -72,6 +72,23 @@ class TaskConfig:
     wait: bool | None
     cache_if: Callable[[Any], bool] | None
     hooks: HookSet
+
+
+def _dumps(serializer: Serializer, result: Any) -> bytes:
+    """Serialize a fresh result; on failure the error carries the result as ``value``.
+
+    The result may have cost money (a paid API call): a caller who cannot
+    have it cached still gets it back from ``exc.value``.
+    """
+    try:
+        return serializer.dumps(result)
+    except SerializationError as exc:
+        exc.value = result
+        raise
+    except Exception as exc:  # a custom serializer's own error
+        raise SerializationError(
+            f"cannot serialize the result ({type(exc).__name__}: {exc})", value=result
+        ) from exc
 
 
 class Pipeline:
@@ -150,11 +167,18 @@ class Pipeline:
             return NO_VALUE
         engine = self.engine
         payload = record.result_data
-        if record.result_type != INLINE or payload is None or record.is_expired(engine.clock()):
+        if (
+            record.result_type != INLINE
+            or payload is None
+            or record.problem is not None
+            or record.is_expired(engine.clock())
+        ):
             return NO_VALUE
         try:
             value = self.task.serializer.loads(payload)
-        except Exception:  # corrupt: the pipeline logs it and rewrites the entry
+        except Exception:
+            # Corrupt (the pipeline logs it and rewrites the entry) or of an
+            # unregistered type (the pipeline raises): either way, not here.
             return NO_VALUE
         engine.stats.hits += 1
         entry_value = value if type(value) in IMMUTABLE_TYPES else NO_VALUE
@@ -324,17 +348,23 @@ class Pipeline:
     def _decode(self, record: TaskRecord, on_io: bool) -> Generator[Step, Any, tuple[Any, bytes]]:
         """Decode a stored record into ``(value, payload)``.
 
-        A corrupt or expired record reads as ``(NO_VALUE, b"")``.
+        A corrupt or expired record reads as ``(NO_VALUE, b"")``. An intact
+        record of a type not registered in this process raises
+        SerializationError: recomputing it would re-bill the call.
         """
         engine = self.engine
         if record.is_expired(engine.clock()):
             return NO_VALUE, b""
         try:
+            if record.problem is not None:
+                raise CacheCorruptedError(record.problem)
             if record.result_type == INLINE and record.result_data is not None:
                 payload = record.result_data
             else:
                 payload = yield Io(engine.store.load_payload, (record,), on_io)
             return self.task.serializer.loads(payload), payload
+        except _UnregisteredTypeError:
+            raise
         except BackendError as exc:  # the blob storage failed or did not answer in time
             if engine.on_backend_error != "bypass":
                 raise
@@ -369,7 +399,7 @@ class Pipeline:
         wait = engine.default_wait if task.wait is None else task.wait
         try:
             store_it = bypass is False and (task.cache_if is None or bool(task.cache_if(result)))
-            payload = task.serializer.dumps(result)
+            payload = _dumps(task.serializer, result)
         except Exception as exc:
             engine.flights.land(flight)
             if owner is not None:

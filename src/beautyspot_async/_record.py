@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
 from .exceptions import BackendError
 
-__all__ = ["HISTORY_COLUMNS", "INLINE", "BLOB", "TaskRecord", "as_record"]
+__all__ = ["HISTORY_COLUMNS", "INLINE", "BLOB", "TaskRecord", "as_record", "checked_record"]
 
 #: ``result_type`` of a record whose serialized payload is in ``result_data``.
 INLINE: Final = "inline"
@@ -38,7 +39,10 @@ class TaskRecord:
 
     Timestamps are POSIX seconds (UTC). ``expires_at`` is ``None`` for entries
     that never expire. ``size_bytes`` is the size of the serialized payload,
-    wherever it lives.
+    wherever it lives. ``problem`` is set by :func:`checked_record` when the
+    stored row had wrongly typed fields: they were replaced by harmless
+    defaults, and the pipeline treats the entry as corrupt (a miss, a
+    warning, a rewrite).
     """
 
     cache_key: str
@@ -53,18 +57,19 @@ class TaskRecord:
     size_bytes: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    problem: str | None = field(default=None, compare=False)
 
     def is_expired(self, now: float) -> bool:
         """Whether the record is past its expiry at wall-clock time ``now``."""
         return self.expires_at is not None and self.expires_at <= now
 
 
-_FIELDS: Final = frozenset(TaskRecord.__dataclass_fields__)
+_FIELDS: Final = frozenset(TaskRecord.__dataclass_fields__) - {"problem"}
 _REQUIRED: Final = ("func_name", "input_id", "version", "result_type", "content_type")
 _TIMES: Final = ("expires_at", "created_at", "updated_at")
 
 
-def _seconds(value: Any) -> Any:
+def _posix(value: Any) -> Any:
     # A datetime (pandas.Timestamp included) becomes POSIX seconds; a naive one
     # is read as local time, as datetime.timestamp() does.
     return value.timestamp() if isinstance(value, datetime) else value
@@ -99,7 +104,7 @@ def as_record(found: Any, cache_key: str, *, backend: str = "custom") -> TaskRec
     for name in _TIMES:
         if name in fields:
             try:
-                fields[name] = _seconds(fields[name])
+                fields[name] = _posix(fields[name])
             except (ValueError, OverflowError, OSError) as exc:  # NaT, out of range
                 raise BackendError(
                     f"get({cache_key!r}) returned an unreadable {name} {fields[name]!r}: {exc}",
@@ -111,4 +116,110 @@ def as_record(found: Any, cache_key: str, *, backend: str = "custom") -> TaskRec
     if fields.get("size_bytes") is None:
         data = fields.get("result_data")
         fields["size_bytes"] = 0 if data is None else len(data)
-    return TaskRecord(**fields)
+    # Wrongly typed fields make a corrupt record, never a crash.
+    return checked_record(**fields)
+
+
+def _text(value: Any, name: str, problems: list[str], *, optional: bool) -> Any:
+    if type(value) is str or (value is None and optional):
+        return value
+    if value is None:
+        problems.append(f"{name} is missing")
+        return ""
+    if isinstance(value, bytes | bytearray):
+        # What a lenient driver hands back for text that is not valid UTF-8.
+        problems.append(f"{name} is not valid UTF-8")
+        return bytes(value).decode("utf-8", "replace")
+    problems.append(f"{name} is a {type(value).__name__}, not text")
+    return None if optional else ""
+
+
+def _seconds(value: Any, name: str, problems: list[str], *, optional: bool) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        if not math.isnan(seconds):
+            return seconds
+    problems.append(f"{name} is {value!r}, not a time")
+    return None if optional else 0.0
+
+
+def checked_record(
+    cache_key: Any,
+    func_name: Any,
+    input_id: Any,
+    version: Any,
+    result_type: Any,
+    content_type: Any,
+    result_value: Any = None,
+    result_data: Any = None,
+    expires_at: Any = None,
+    size_bytes: Any = 0,
+    created_at: Any = 0.0,
+    updated_at: Any = 0.0,
+) -> TaskRecord:
+    """A :class:`TaskRecord` from a stored row's raw fields, whatever their types.
+
+    Backends call this where a row becomes a record. A row written by this
+    library passes straight through; a row with wrongly typed fields (edited
+    by hand, written by other software, damaged) comes back with harmless
+    values in those fields and :attr:`TaskRecord.problem` saying what was
+    wrong, so no reader crashes on it and the pipeline rewrites it.
+    """
+    if (
+        type(cache_key) is str
+        and type(func_name) is str
+        and type(input_id) is str
+        and (version is None or type(version) is str)
+        and type(result_type) is str
+        and (content_type is None or type(content_type) is str)
+        and (result_value is None or type(result_value) is str)
+        and (result_data is None or type(result_data) is bytes)
+        and (expires_at is None or (type(expires_at) is float and not math.isnan(expires_at)))
+        and type(size_bytes) is int
+        and type(created_at) is float
+        and type(updated_at) is float
+    ):
+        return TaskRecord(
+            cache_key,
+            func_name,
+            input_id,
+            version,
+            result_type,
+            content_type,
+            result_value,
+            result_data,
+            expires_at,
+            size_bytes,
+            created_at,
+            updated_at,
+        )
+    problems: list[str] = []
+    if isinstance(result_data, bytearray | memoryview):
+        result_data = bytes(result_data)
+    elif result_data is not None and type(result_data) is not bytes:
+        problems.append(f"result_data is a {type(result_data).__name__}, not bytes")
+        result_data = None
+    if isinstance(size_bytes, float) and size_bytes.is_integer():
+        size_bytes = int(size_bytes)
+    elif type(size_bytes) is not int:
+        problems.append(f"size_bytes is {size_bytes!r}, not an integer")
+        size_bytes = 0
+    record = TaskRecord(
+        cache_key=_text(cache_key, "cache_key", problems, optional=False),
+        func_name=_text(func_name, "func_name", problems, optional=False),
+        input_id=_text(input_id, "input_id", problems, optional=False),
+        version=_text(version, "version", problems, optional=True),
+        result_type=_text(result_type, "result_type", problems, optional=False),
+        content_type=_text(content_type, "content_type", problems, optional=True),
+        result_value=_text(result_value, "result_value", problems, optional=True),
+        result_data=result_data,
+        expires_at=_seconds(expires_at, "expires_at", problems, optional=True),
+        size_bytes=size_bytes,
+        created_at=_seconds(created_at, "created_at", problems, optional=False),
+        updated_at=_seconds(updated_at, "updated_at", problems, optional=False),
+    )
+    if not problems:
+        return record
+    return replace(record, problem="wrongly typed row: " + "; ".join(problems))

@@ -149,7 +149,11 @@ def format_time(seconds: float | None) -> str:
     """POSIX seconds as ``YYYY-MM-DD HH:MM:SS`` in UTC, ``-`` for none."""
     if seconds is None:
         return "-"
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        # Past what datetime holds (year 9999): say so rather than crash `show`.
+        return "after 9999-12-31" if seconds > 0 else "before 0001-01-01"
 
 
 def format_size(size: int) -> str:

@@ -44,12 +44,18 @@ class ConfigurationError(BeautySpotError, ValueError):
 class SerializationError(BeautySpotError, TypeError):
     """A value could not be encoded, or stored bytes could not be decoded.
 
-    The message names the offending type and how to register it.
+    The message names the offending type and how to register it. When a
+    freshly computed result cannot be stored, ``value`` holds that result, so
+    a paid computation is never thrown away; otherwise it is ``None``.
     """
+
+    def __init__(self, *args: object, value: object = None) -> None:
+        super().__init__(*args)
+        self.value = value
 
 
 class CacheCorruptedError(BeautySpotError):
-    """Stored bytes are truncated, missing or fail their checksum.
+    """Stored bytes are truncated, missing or fail their checksum, or a row is wrongly typed.
 
     The call pipeline never lets this reach a caller: it logs a warning,
     treats the entry as a miss and rewrites it.

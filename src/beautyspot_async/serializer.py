@@ -50,6 +50,14 @@ the UTC offset in microseconds, the ``timezone`` name when it is not the
 default one, and the ``ZoneInfo`` key when there is one. A zone key that
 cannot be loaded where the value is decoded falls back to the fixed offset.
 
+Nesting is bounded: at most :data:`MAX_DEPTH` extension values (tuples, sets,
+dates, registered types...) may sit inside one another. Decoding each level
+costs a nested msgpack call with a large C-stack frame, and a few hundred
+levels overflow the stack and kill the interpreter, so :meth:`~MsgpackSerializer.dumps`
+refuses deeper values and :meth:`~MsgpackSerializer.loads` refuses deeper
+data as corrupt. Plain lists and dicts do not count: msgpack walks them
+without recursing.
+
 User codes are ``0..111``. The payload of a user extension is the msgpack
 encoding of whatever the encoder returned, so the decoder receives exactly
 that value back (bytes stay bytes, a tuple stays a tuple, nested registered
@@ -77,6 +85,7 @@ from msgpack import ExtType
 from .exceptions import ConfigurationError, SerializationError
 
 __all__ = [
+    "MAX_DEPTH",
     "RESERVED_CODES",
     "MsgpackSerializer",
     "Serializer",
@@ -84,11 +93,18 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_C = TypeVar("_C")
 
 #: Extension codes the serializer keeps for its own encodings of built-ins.
 RESERVED_CODES: Final[range] = range(112, 128)
 
 _USER_CODES: Final[range] = range(RESERVED_CODES.start)
+
+#: How many extension values may nest inside one another. Each decoded level
+#: holds a ~40 KB msgpack unpack context on the C stack; about 180 levels
+#: overflow an 8 MB thread stack (a segfault, not an exception), so the bound
+#: keeps well below that.
+MAX_DEPTH: Final = 100
 
 _TUPLE: Final = 112
 _SET: Final = 113
@@ -123,14 +139,20 @@ _NATIVE_TYPES: Final[frozenset[type]] = frozenset(
     {type(None), bool, int, float, str, bytes, bytearray, memoryview, list, dict}
 )
 
+# Built-in codes whose payload is itself msgpack (the others are raw bytes).
+_MSGPACK_PAYLOADS: Final = frozenset(
+    {_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA}
+)
+
 _COMPLEX_STRUCT: Final = struct.Struct("<dd")
 
 # ExtType(...) re-validates code and payload in Python on every call; ours are
 # valid by construction (codes checked at registration, payloads are bytes).
 _make_ext: Final[Callable[[tuple[int, bytes]], ExtType]] = ExtType._make
 
-_Encode = Callable[[Any], bytes]
-_Decode = Callable[[bytes], Any]
+# Encoders and decoders take the nesting level their own payload is at.
+_Encode = Callable[[Any, int], bytes]
+_Decode = Callable[[bytes, int], Any]
 
 
 @runtime_checkable
@@ -153,6 +175,31 @@ class _UnknownTypeError(SerializationError):
     def __init__(self, value: object) -> None:
         super().__init__(_qualname(type(value)))
         self.value = value
+
+
+class _TooDeepError(SerializationError):
+    """Internal: a value or payload nests more than MAX_DEPTH extension levels."""
+
+
+class _UnknownCodeError(SerializationError):
+    """Internal: decoding met an ext code this process has no decoder for."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"unknown ext code {code}")
+        self.code = code
+
+
+class _UnregisteredTypeError(SerializationError):
+    """Stored data is intact but uses an ext code not registered in this process.
+
+    Not corruption: the entry must be kept and the function not re-run (it
+    may be a paid call), so the pipeline re-raises this instead of
+    recomputing. ``code`` is the ext code found.
+    """
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _qualname(type_: type) -> str:
@@ -286,6 +333,26 @@ class _Registration:
         self.decoder = decoder
 
 
+class _Levels(dict[int, _C]):
+    """One callback per nesting level, each made on first use.
+
+    Most data is shallow, so building all MAX_DEPTH levels up front would
+    slow every registration for nothing. Two threads may make the same level
+    at once: the callbacks are equivalent, and either may stay.
+    """
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[int], _C]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, level: int) -> _C:
+        made = self._make(level)
+        self[level] = made
+        return made
+
+
 class _Frozen:
     """One immutable snapshot of the registry, used on the hot path.
 
@@ -293,66 +360,85 @@ class _Frozen:
     registered types are resolved along the MRO once and memoised in
     ``_resolved``; that memo only ever gains entries that every thread would
     compute identically, so concurrent writers are harmless.
+
+    Nesting depth (see :data:`MAX_DEPTH`) is tracked without any per-thread
+    state: there is one ``default`` and one ``ext_hook`` callback per level
+    (made on first use), and each nested pack or unpack call is handed the
+    next level's. Encoders
+    and decoders take that level as their second argument.
     """
 
-    __slots__ = ("_by_type", "_decoders", "_resolved", "_user", "default", "ext_hook")
+    __slots__ = (
+        "_by_type",
+        "_decoders",
+        "_defaults",
+        "_hooks",
+        "_resolved",
+        "_user",
+        "default",
+        "ext_hook",
+    )
 
     def __init__(self, user: tuple[_Registration, ...]) -> None:
         self._user = {r.type_: r for r in user}
         self._resolved: dict[type, tuple[int, _Encode]] = {}
-        # Bound once so dumps/loads do not rebuild the method objects per call.
-        self.default: Callable[[Any], ExtType] = self._default
-        self.ext_hook: Callable[[int, bytes], Any] = self._ext_hook
 
         pack = self._pack
         unpack = self._unpack
         by_type: dict[type, tuple[int, _Encode]] = {
-            tuple: (_TUPLE, lambda v: pack(list(v))),
-            set: (_SET, lambda v: pack(list(v))),
-            frozenset: (_FROZENSET, lambda v: pack(list(v))),
-            _dt.datetime: (_DATETIME, lambda v: pack(_encode_datetime(v))),
-            _dt.date: (_DATE, lambda v: pack(v.toordinal())),
-            _dt.time: (_TIME, lambda v: pack(_encode_time(v))),
-            _dt.timedelta: (_TIMEDELTA, lambda v: pack([v.days, v.seconds, v.microseconds])),
-            Decimal: (_DECIMAL, lambda v: str(v).encode("ascii")),
-            uuid.UUID: (_UUID, lambda v: v.bytes),
-            complex: (_COMPLEX, lambda v: _COMPLEX_STRUCT.pack(v.real, v.imag)),
+            tuple: (_TUPLE, lambda v, lv: pack(list(v), lv)),
+            set: (_SET, lambda v, lv: pack(list(v), lv)),
+            frozenset: (_FROZENSET, lambda v, lv: pack(list(v), lv)),
+            _dt.datetime: (_DATETIME, lambda v, lv: pack(_encode_datetime(v), lv)),
+            _dt.date: (_DATE, lambda v, lv: pack(v.toordinal(), lv)),
+            _dt.time: (_TIME, lambda v, lv: pack(_encode_time(v), lv)),
+            _dt.timedelta: (
+                _TIMEDELTA,
+                lambda v, lv: pack([v.days, v.seconds, v.microseconds], lv),
+            ),
+            Decimal: (_DECIMAL, lambda v, lv: str(v).encode("ascii")),
+            uuid.UUID: (_UUID, lambda v, lv: v.bytes),
+            complex: (_COMPLEX, lambda v, lv: _COMPLEX_STRUCT.pack(v.real, v.imag)),
             # Only reached for ints msgpack cannot hold in 64 bits.
-            int: (_BIGINT, _encode_bigint),
+            int: (_BIGINT, lambda v, lv: _encode_bigint(v)),
         }
         decoders: dict[int, _Decode] = {
-            _TUPLE: lambda d: tuple(unpack(d)),
-            _SET: lambda d: set(unpack(d)),
-            _FROZENSET: lambda d: frozenset(unpack(d)),
-            _DATETIME: lambda d: _decode_datetime(unpack(d)),
-            _DATE: lambda d: _dt.date.fromordinal(unpack(d)),
-            _TIME: lambda d: _decode_time(unpack(d)),
-            _TIMEDELTA: lambda d: _dt.timedelta(*unpack(d)),
-            _DECIMAL: lambda d: Decimal(d.decode("ascii")),
-            _UUID: lambda d: uuid.UUID(bytes=bytes(d)),
-            _COMPLEX: _decode_complex,
-            _BIGINT: _decode_bigint,
+            _TUPLE: lambda d, lv: tuple(unpack(d, lv)),
+            _SET: lambda d, lv: set(unpack(d, lv)),
+            _FROZENSET: lambda d, lv: frozenset(unpack(d, lv)),
+            _DATETIME: lambda d, lv: _decode_datetime(unpack(d, lv)),
+            _DATE: lambda d, lv: _dt.date.fromordinal(unpack(d, lv)),
+            _TIME: lambda d, lv: _decode_time(unpack(d, lv)),
+            _TIMEDELTA: lambda d, lv: _dt.timedelta(*unpack(d, lv)),
+            _DECIMAL: lambda d, lv: Decimal(d.decode("ascii")),
+            _UUID: lambda d, lv: uuid.UUID(bytes=bytes(d)),
+            _COMPLEX: lambda d, lv: _decode_complex(d),
+            _BIGINT: lambda d, lv: _decode_bigint(d),
         }
         for reg in user:
             by_type[reg.type_] = (reg.code, self._user_encoder(reg))
             decoders[reg.code] = self._user_decoder(reg)
         self._by_type = by_type
         self._decoders = decoders
+        self._defaults: _Levels[Callable[[Any], ExtType]] = _Levels(self._default_at)
+        self._hooks: _Levels[Callable[[int, bytes], Any]] = _Levels(self._hook_at)
+        self.default = self._defaults[0]
+        self.ext_hook = self._hooks[0]
 
-    def _pack(self, obj: Any) -> bytes:
+    def _pack(self, obj: Any, level: int) -> bytes:
         packed: bytes = msgpack.packb(
-            obj, default=self.default, use_bin_type=True, strict_types=True
+            obj, default=self._defaults[level], use_bin_type=True, strict_types=True
         )
         return packed
 
-    def _unpack(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False)
+    def _unpack(self, data: bytes, level: int) -> Any:
+        return msgpack.unpackb(data, ext_hook=self._hooks[level], strict_map_key=False, raw=False)
 
     def _user_encoder(self, reg: _Registration) -> _Encode:
         encoder = reg.encoder
         pack = self._pack
 
-        def encode(obj: Any) -> bytes:
+        def encode(obj: Any, level: int) -> bytes:
             try:
                 value = encoder(obj)
             except Exception as exc:
@@ -360,7 +446,7 @@ class _Frozen:
                     f"the encoder registered for {_qualname(reg.type_)} (code {reg.code}) "
                     f"raised {type(exc).__name__} on a {_qualname(type(obj))} value: {exc}"
                 ) from exc
-            return pack(value)
+            return pack(value, level)
 
         return encode
 
@@ -368,8 +454,8 @@ class _Frozen:
         decoder = reg.decoder
         unpack = self._unpack
 
-        def decode(data: bytes) -> Any:
-            value = unpack(data)
+        def decode(data: bytes, level: int) -> Any:
+            value = unpack(data, level)
             try:
                 return decoder(value)
             except Exception as exc:
@@ -380,19 +466,35 @@ class _Frozen:
 
         return decode
 
-    def _default(self, obj: Any) -> ExtType:
-        cls = type(obj)
-        if cls is tuple:
-            # Tuples are by far the most common ext value: skip the lookup.
-            payload = msgpack.packb(
-                list(obj), default=self.default, use_bin_type=True, strict_types=True
-            )
-            return _make_ext((_TUPLE, payload))
-        entry = self._by_type.get(cls) or self._resolved.get(cls)
-        if entry is None:
-            entry = self._resolve(obj)
-        code, encode = entry
-        return _make_ext((code, encode(obj)))
+    def _default_at(self, level: int) -> Callable[[Any], ExtType]:
+        """The ``default`` callback for values met ``level`` ext values deep."""
+        if level >= MAX_DEPTH:
+            # Refused here, so nothing is written that a hook would refuse to read.
+            def too_deep(obj: Any) -> ExtType:
+                raise _TooDeepError
+
+            return too_deep
+        inner = level + 1
+        defaults = self._defaults
+        by_type = self._by_type
+        resolved = self._resolved
+        resolve = self._resolve
+
+        def default(obj: Any) -> ExtType:
+            cls = type(obj)
+            if cls is tuple:
+                # Tuples are by far the most common ext value: skip the lookup.
+                payload = msgpack.packb(
+                    list(obj), default=defaults[inner], use_bin_type=True, strict_types=True
+                )
+                return _make_ext((_TUPLE, payload))
+            entry = by_type.get(cls) or resolved.get(cls)
+            if entry is None:
+                entry = resolve(obj)
+            code, encode = entry
+            return _make_ext((code, encode(obj, inner)))
+
+        return default
 
     def _resolve(self, obj: Any) -> tuple[int, _Encode]:
         cls = type(obj)
@@ -404,22 +506,73 @@ class _Frozen:
                 return entry
         raise _UnknownTypeError(obj)
 
-    def _ext_hook(self, code: int, data: bytes) -> Any:
-        if code == _TUPLE:
-            return tuple(
-                msgpack.unpackb(data, ext_hook=self.ext_hook, strict_map_key=False, raw=False)
-            )
-        decode = self._decoders.get(code)
-        if decode is None:
-            raise SerializationError(
-                f"stored data uses msgpack ext code {code}, which this serializer does not "
-                "know: register the type that was stored under it with "
-                f"spot.register_type(type_=..., code={code}, encoder=..., decoder=...)"
-            )
-        return decode(data)
+    def _hook_at(self, level: int) -> Callable[[int, bytes], Any]:
+        """The ``ext_hook`` for ext values met ``level`` ext values deep."""
+        if level >= MAX_DEPTH:
+            # The bound that keeps a hostile or damaged payload from recursing
+            # the C stack away; see MAX_DEPTH.
+            def too_deep(code: int, data: bytes) -> Any:
+                raise _TooDeepError
+
+            return too_deep
+        inner = level + 1
+        hooks = self._hooks
+        decoders = self._decoders
+        unpackb = msgpack.unpackb
+
+        def ext_hook(code: int, data: bytes) -> Any:
+            if code == _TUPLE:
+                return tuple(unpackb(data, ext_hook=hooks[inner], strict_map_key=False, raw=False))
+            decode = decoders.get(code)
+            if decode is None:
+                raise _UnknownCodeError(code)
+            return decode(data, inner)
+
+        return ext_hook
+
+    def hook_at(self, level: int) -> Callable[[int, bytes], Any]:
+        return self._hooks[min(level, MAX_DEPTH)]
 
     def user_types(self) -> dict[int, type]:
         return {r.code: r.type_ for r in self._user.values()}
+
+
+def _well_formed(data: bytes, level: int = 0) -> bool:
+    """Whether ``data`` parses completely, ext payloads included, whatever the codes mean.
+
+    Tells an entry that merely uses an unregistered code (intact, keep it)
+    apart from damaged bytes that happen to contain an ext marker (corrupt).
+    """
+    ok = True
+
+    def hook(code: int, payload: bytes) -> None:
+        nonlocal ok
+        # msgpack's own (negative) codes are never written by dumps.
+        if code < 0 or level >= MAX_DEPTH:
+            ok = False
+        elif ok and (code in _USER_CODES or code in _MSGPACK_PAYLOADS):
+            ok = _well_formed(payload, level + 1)
+
+    try:
+        msgpack.unpackb(data, ext_hook=hook, strict_map_key=False, raw=False)
+    except Exception:
+        return False
+    return ok
+
+
+def _unregistered_message(code: int) -> str:
+    if code in RESERVED_CODES:
+        return (
+            f"stored data uses msgpack ext code {code}, reserved for a built-in encoding this "
+            "version of beautyspot-async does not know: a newer version wrote it. The entry is "
+            "kept and the function was not run; upgrade beautyspot-async to read it"
+        )
+    return (
+        f"stored data uses msgpack ext code {code}, which no type is registered for in this "
+        "process. The entry is kept and the function was not run (that could re-bill a paid "
+        "call): register the type it was stored with, as the program that stored it did, e.g. "
+        f"spot.register_type(type_=YourType, code={code}, encoder=..., decoder=...)"
+    )
 
 
 # -- public serializer ---------------------------------------------------------
@@ -606,6 +759,25 @@ class MsgpackSerializer:
             return f"all of {_USER_CODES.start}..{_USER_CODES.stop - 1} are taken"
         return "free codes include " + ", ".join(map(str, free))
 
+    def _decode_ext(self, code: int, payload: bytes, level: int) -> Any:
+        """Decode one ext value found ``level`` ext values deep in a payload.
+
+        For readers that walk msgpack data themselves (the CLI's lenient
+        preview): the nesting below counts from ``level``, so their walk and
+        this decoding stay within :data:`MAX_DEPTH` together. Raises
+        :class:`SerializationError` as :meth:`loads` does.
+        """
+        try:
+            return self._frozen.hook_at(level)(code, payload)
+        except _UnknownCodeError as exc:
+            raise SerializationError(_unregistered_message(exc.code)) from None
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot decode ext code {code} ({type(exc).__name__}: {exc})"
+            ) from exc
+
     # -- hot path --------------------------------------------------------------
 
     def dumps(self, obj: Any) -> bytes:
@@ -623,6 +795,13 @@ class MsgpackSerializer:
             return packed
         except _UnknownTypeError as exc:
             raise SerializationError(_unknown_type_message(obj, exc.value)) from None
+        except _TooDeepError:
+            raise SerializationError(
+                f"cannot serialize the value: it nests more than {MAX_DEPTH} levels of tuples, "
+                "sets, dates or registered types, deeper than can be decoded safely, or a "
+                "registered encoder returns a value of its own type. Flatten it (plain lists "
+                "and dicts do not count towards the limit)"
+            ) from None
         except SerializationError:
             raise
         except RecursionError as exc:
@@ -636,21 +815,44 @@ class MsgpackSerializer:
     def loads(self, data: bytes | bytearray | memoryview) -> Any:
         """Decode bytes produced by :meth:`dumps` (with the same registrations).
 
-        Truncated or garbage input, trailing bytes, an unknown ext code or a
-        failing decoder raise :class:`SerializationError`; the underlying
-        error, if any, is chained as ``__cause__``.
+        Truncated or garbage input, trailing bytes, nesting deeper than
+        :data:`MAX_DEPTH` or a failing decoder raise :class:`SerializationError`;
+        the underlying error, if any, is chained as ``__cause__``. Intact data
+        that merely uses an ext code not registered here raises one too, whose
+        message names the code and how to register it: that entry is not
+        corrupt, and the pipeline keeps it.
         """
         frozen = self._frozen
         try:
             return msgpack.unpackb(data, ext_hook=frozen.ext_hook, strict_map_key=False, raw=False)
+        except _UnknownCodeError as exc:
+            if _well_formed(bytes(data)):
+                raise _UnregisteredTypeError(
+                    _unregistered_message(exc.code), code=exc.code
+                ) from None
+            raise SerializationError(
+                f"cannot decode {len(data)} bytes of msgpack data: they are damaged (and "
+                f"mention ext code {exc.code}); the entry is corrupt"
+            ) from exc
+        except _TooDeepError:
+            raise SerializationError(
+                f"stored data nests more than {MAX_DEPTH} levels of extension values, deeper "
+                "than can be decoded safely (dumps never writes that); the entry is corrupt"
+            ) from None
         except SerializationError:
             raise
         except Exception as exc:
             # Corrupt input can surface as any of msgpack's errors, a bad
             # payload inside a built-in ext (ValueError, struct.error...) or an
             # unhashable decoded key (TypeError): all mean "cannot decode".
+            # A wrongly typed stored field may hand us a non-bytes value too.
+            what = (
+                f"{len(data)} bytes of msgpack data"
+                if isinstance(data, bytes | bytearray | memoryview)
+                else f"a {type(data).__name__} (not bytes)"
+            )
             raise SerializationError(
-                f"cannot decode {len(data)} bytes of msgpack data "
+                f"cannot decode {what} "
                 f"({type(exc).__name__}: {exc}); the entry is corrupt or was written "
                 "with different type registrations"
             ) from exc

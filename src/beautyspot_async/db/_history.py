@@ -4,6 +4,8 @@ Shared by every backend so that ``get_history`` has one shape everywhere:
 exactly :data:`~beautyspot_async.db.HISTORY_COLUMNS`, text columns as
 ``object`` (``None`` stays ``None``), ``size_bytes`` as ``int64`` and the three
 timestamps as ``datetime64[ns, UTC]`` with ``NaT`` for "never expires".
+Times past 2262-04-11 (the end of ``datetime64[ns]``) show as that date, and
+a field that is not a number (a damaged row) as ``NaT`` or size 0.
 """
 
 from __future__ import annotations
@@ -47,27 +49,45 @@ def _as_tuple(row: HistoryRow) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def _to_ns(seconds: float | None) -> int:
+# The last representable nanosecond (2262-04-11): later expiries are shown as
+# this, since datetime64[ns] cannot hold them.
+_MAX_NS: Final = 2**63 - 1
+_MIN_NS: Final = -(2**63) + 1
+
+
+def _to_ns(seconds: Any) -> int:
     # Rounding to whole microseconds first keeps what a float of POSIX seconds
     # can actually carry; going straight to ns shows float noise (...123456001).
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+    # A row's field may hold anything (a damaged or hand-edited row): what is
+    # not a number shows as NaT rather than failing the whole history.
+    if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, int | float):
         return _NAT
     try:
-        ns: int | None = round(float(seconds) * 1_000_000) * 1_000
+        value = float(seconds)
     except (TypeError, ValueError, OverflowError):
-        ns = None
-    if ns is None or not _NAT < ns < 2**63:
         logger.warning("history: unreadable timestamp %r shown as unknown", seconds)
         return _NAT
-    return ns
+    if math.isnan(value):
+        return _NAT
+    if not -9.2e9 < value < 9.2e9:  # seconds beyond datetime64[ns], incl. +-inf
+        return _MAX_NS if value > 0 else _MIN_NS
+    return max(_MIN_NS, min(_MAX_NS, round(value * 1_000_000) * 1_000))
 
 
-def _to_size(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError, OverflowError):
+def _text(value: Any) -> Any:
+    # Text that was not valid UTF-8 reaches us as bytes (see checked_record);
+    # show it, replaced, rather than hand JSON writers a bytes object.
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    if value is not None:
         logger.warning("history: unreadable size_bytes %r shown as 0", value)
-        return 0
+    return 0
 
 
 def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
@@ -92,7 +112,7 @@ def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
             ns = np.array([_to_ns(v) for v in values], dtype=np.int64)
             columns[name] = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")
         elif name == "size_bytes":
-            columns[name] = pd.Series([_to_size(v) for v in values], dtype="int64")
+            columns[name] = pd.Series([_size(v) for v in values], dtype="int64")
         else:
-            columns[name] = pd.Series(values, dtype=object)
+            columns[name] = pd.Series([_text(v) for v in values], dtype=object)
     return pd.DataFrame(columns, columns=list(HISTORY_COLUMNS))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record
 from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
@@ -73,19 +73,20 @@ def _quote(ident: str) -> str:
 
 
 def _record(row: asyncpg.Record) -> TaskRecord:
-    return TaskRecord(
-        cache_key=row["cache_key"],
-        func_name=row["func_name"],
-        input_id=row["input_id"],
-        version=row["version"],
-        result_type=row["result_type"],
-        content_type=row["content_type"],
-        result_value=row["result_value"],
-        result_data=None if row["result_data"] is None else bytes(row["result_data"]),
-        expires_at=row["expires_at"],
-        size_bytes=row["size_bytes"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+    # Typed columns, but a value can still be nonsense (a NaN expiry).
+    return checked_record(
+        row["cache_key"],
+        row["func_name"],
+        row["input_id"],
+        row["version"],
+        row["result_type"],
+        row["content_type"],
+        row["result_value"],
+        None if row["result_data"] is None else bytes(row["result_data"]),
+        row["expires_at"],
+        row["size_bytes"],
+        row["created_at"],
+        row["updated_at"],
     )
 
 
@@ -388,6 +389,10 @@ class PostgresTaskDB(TaskDB):
                     result_data = EXCLUDED.result_data,
                     expires_at = EXCLUDED.expires_at,
                     size_bytes = EXCLUDED.size_bytes,
+                    -- created_at is kept, unless it is no time at all: a
+                    -- rewrite must repair the row checked_record rejected.
+                    created_at = CASE WHEN {self._tasks}.created_at = 'NaN'
+                        THEN EXCLUDED.created_at ELSE {self._tasks}.created_at END,
                     updated_at = EXCLUDED.updated_at
                 RETURNING cache_key)
             {notify}"""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import anyio
 
-from beautyspot_async._record import TaskRecord
+from beautyspot_async._record import TaskRecord, checked_record
 from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
@@ -62,11 +62,14 @@ _META_FIELDS = (
 # KEYS: record hash, updated index, expires index.
 # ARGV: cache_key, expires_at ('' = never), channel, n, n field/value pairs,
 #       then the fields to delete (the None-valued ones).
-# created_at survives an overwrite because HSET only touches named fields.
+# created_at survives an overwrite because HSET only touches named fields --
+# unless it is no number: a rewrite must repair a row checked_record rejected.
 _SAVE = """
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local created = redis.call('HGET', KEYS[1], 'created_at') or now
+local created = redis.call('HGET', KEYS[1], 'created_at')
+local seconds = created and tonumber(created)
+if not seconds or seconds ~= seconds then created = now end
 local n = tonumber(ARGV[4])
 local fields = {'created_at', created, 'updated_at', now}
 for i = 5, 4 + 2 * n do fields[#fields + 1] = ARGV[i] end
@@ -150,25 +153,41 @@ return 0
 _EXPIRE_BATCH = 500
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
+def _text(value: bytes | None) -> str | bytes | None:
+    # Invalid UTF-8 stays bytes, for checked_record to flag.
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value
+
+
+def _number(value: bytes | None, kind: type[float] | type[int]) -> Any:
+    # Garbage stays as it is, for checked_record to flag.
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        return value
 
 
 def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
-    expires = h.get(b"expires_at")
-    return TaskRecord(
-        cache_key=cache_key,
-        func_name=h[b"func_name"].decode(),
-        input_id=h[b"input_id"].decode(),
-        version=_text(h.get(b"version")),
-        result_type=h[b"result_type"].decode(),
-        content_type=_text(h.get(b"content_type")),
-        result_value=_text(h.get(b"result_value")),
-        result_data=h.get(b"result_data"),
-        expires_at=None if expires is None else float(expires),
-        size_bytes=int(h.get(b"size_bytes", b"0")),
-        created_at=float(h[b"created_at"]),
-        updated_at=float(h[b"updated_at"]),
+    # Hash fields are whatever anyone wrote there: parse leniently, then check.
+    return checked_record(
+        cache_key,
+        _text(h.get(b"func_name")),
+        _text(h.get(b"input_id")),
+        _text(h.get(b"version")),
+        _text(h.get(b"result_type")),
+        _text(h.get(b"content_type")),
+        _text(h.get(b"result_value")),
+        h.get(b"result_data"),
+        _number(h.get(b"expires_at"), float),
+        _number(h.get(b"size_bytes", b"0"), int),
+        _number(h.get(b"created_at"), float),
+        _number(h.get(b"updated_at"), float),
     )
 
 

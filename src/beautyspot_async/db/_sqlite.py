@@ -31,7 +31,7 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record
 from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.db._history import records_to_frame
 from beautyspot_async.exceptions import BackendError, ConfigurationError
@@ -94,10 +94,14 @@ _SCHEMA: Final = (
     """,
 )
 
+# created_at survives an overwrite, unless it is no number at all: a rewrite
+# must repair a row that checked_record rejected.
 _UPSERT: Final = f"""
     INSERT INTO tasks ({_SELECT_RECORD}) VALUES ({", ".join("?" * len(_RECORD_COLUMNS))})
     ON CONFLICT (cache_key) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS[1:] if c != "created_at")}
+        {", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS[1:] if c != "created_at")},
+        created_at = CASE WHEN typeof(tasks.created_at) IN ('real', 'integer')
+            THEN tasks.created_at ELSE excluded.created_at END
 """
 
 # One statement, so the size test and the payload read see the same row version;
@@ -214,6 +218,7 @@ class SQLiteTaskDB(TaskDB):
                 timeout=self._busy_timeout,
                 isolation_level=None,
             )
+            conn.text_factory = _lenient_text
             try:
                 await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                 # Switching a fresh file to WAL and creating the schema can
@@ -609,6 +614,7 @@ class SQLiteTaskDB(TaskDB):
         self._drop_reader()
         # mode=rw never creates the file (a missing file is OperationalError).
         conn = sqlite3.connect(self._reader_uri, uri=True, timeout=0.0, isolation_level=None)
+        conn.text_factory = _lenient_text
         try:
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA query_only = 1")
@@ -674,19 +680,19 @@ def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
 
 
 def _nowait_record(row: Sequence[Any], data: bytes | None) -> TaskRecord:
-    return TaskRecord(
-        cache_key=row[0],
-        func_name=row[1],
-        input_id=row[2],
-        version=row[3],
-        result_type=row[4],
-        content_type=row[5],
-        result_value=row[6],
-        result_data=data,
-        expires_at=row[7],
-        size_bytes=row[8],
-        created_at=row[9],
-        updated_at=row[10],
+    return checked_record(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        data,
+        row[7],
+        row[8],
+        row[9],
+        row[10],
     )
 
 
@@ -733,7 +739,20 @@ def _in_transaction(
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
-    return TaskRecord(*row)
+    # SQLite columns hold any type whatever the schema says: check them.
+    return checked_record(*row)
+
+
+def _lenient_text(raw: bytes) -> str | bytes:
+    """Text columns as str; bytes when not valid UTF-8, for checked_record to flag.
+
+    sqlite3's default text handling raises on invalid UTF-8 before a row
+    reaches us, which would turn one damaged row into an error on every call.
+    """
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 @contextmanager

@@ -158,6 +158,11 @@ class LocalStorage(BlobStorageBase):
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            if path.is_dir():
+                # A damaged store left a directory where the blob belongs (a
+                # read treats it as corrupt); an empty one is replaced, anything
+                # else fails the write rather than deleting what it holds.
+                path.rmdir()
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -236,6 +241,9 @@ class LocalStorage(BlobStorageBase):
             raw = await anyio.to_thread.run_sync(self._read, path)
         except FileNotFoundError as exc:
             raise CacheCorruptedError(f"blob {location!r} is missing") from exc
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            # Not a storage failure that may pass: the entry itself is broken.
+            raise CacheCorruptedError(f"blob {location!r} is not a file") from exc
         except OSError as exc:
             raise BackendError(f"cannot read blob {location!r}: {exc}", backend="local") from exc
         return decode_blob(raw, location)
