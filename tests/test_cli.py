@@ -23,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 import beautyspot_async as bs
+from beautyspot_async import _display as display
 from beautyspot_async import _maintenance as maint
 from beautyspot_async._record import BLOB, INLINE, TaskRecord
 from beautyspot_async.cli import app, format_size, spot_name_for
@@ -514,14 +515,14 @@ class TestLenientDecoding:
 
     def test_clean_payload(self) -> None:
         ser = bs.MsgpackSerializer()
-        assert maint.decode_lenient(ser, ser.dumps((1, {2: "x"}))) == ((1, {2: "x"}), None)
+        assert display.decode_lenient(ser, ser.dumps((1, {2: "x"}))) == ((1, {2: "x"}), None)
 
     def test_unknown_ext_inside_containers(self) -> None:
         writer = bs.MsgpackSerializer()
         writer.register_type(type_=Point, code=9, encoder=lambda p: p.x, decoder=Point)
         data = writer.dumps((Point(1), [Point(3)], frozenset({1})))
-        value, problem = maint.decode_lenient(bs.MsgpackSerializer(), data)
-        unknown = maint.UnknownExt(9, 1)
+        value, problem = display.decode_lenient(bs.MsgpackSerializer(), data)
+        unknown = display.UnknownExt(9, 1)
         assert value == (unknown, [unknown], frozenset({1}))
         assert problem is not None
         assert "ext code 9" in problem
@@ -531,11 +532,11 @@ class TestLenientDecoding:
         writer.register_type(type_=Point, code=9, encoder=lambda p: p.x, decoder=Point)
         point = Point(1)
         data = writer.dumps({"s": {point}, "d": {point: 1}})
-        value, _ = maint.decode_lenient(bs.MsgpackSerializer(), data)
-        assert value == {"s": {maint.UnknownExt(9, 1)}, "d": {maint.UnknownExt(9, 1): 1}}
+        value, _ = display.decode_lenient(bs.MsgpackSerializer(), data)
+        assert value == {"s": {display.UnknownExt(9, 1)}, "d": {display.UnknownExt(9, 1): 1}}
 
     def test_garbage_bytes(self) -> None:
-        value, problem = maint.decode_lenient(bs.MsgpackSerializer(), b"\xc1\xc1\xc1")
+        value, problem = display.decode_lenient(bs.MsgpackSerializer(), b"\xc1\xc1\xc1")
         assert value is None
         assert problem is not None
         assert "not readable as msgpack" in problem
@@ -551,7 +552,7 @@ class TestPreview:
             "s": {3, 1},
             "d": dt.date(2024, 5, 6),
         }
-        assert maint.to_jsonable(value) == {
+        assert display.to_jsonable(value) == {
             "1": "<2 bytes: 0001>",
             "t": [1, 2.5, "nan"],
             "s": [1, 3],
@@ -559,25 +560,25 @@ class TestPreview:
         }
 
     def test_bounds_items_depth_and_strings(self) -> None:
-        rendered = maint.to_jsonable(list(range(100)), max_items=3)
+        rendered = display.to_jsonable(list(range(100)), max_items=3)
         assert rendered == [0, 1, 2, "... 97 more"]
         nested: Any = [[[["deep"]]]]
-        assert maint.to_jsonable(nested, max_depth=2) == [["[['deep']]"]]
-        assert maint.to_jsonable("y" * 20, max_str=5) == "yyyyy... (15 more chars)"
+        assert display.to_jsonable(nested, max_depth=2) == [["[['deep']]"]]
+        assert display.to_jsonable("y" * 20, max_str=5) == "yyyyy... (15 more chars)"
 
     def test_dataclasses_and_hostile_reprs(self) -> None:
         class Hostile:
             def __repr__(self) -> str:
                 raise RuntimeError("no")
 
-        assert maint.to_jsonable(Built(Path("a"), Path("b"), {})) == {
+        assert display.to_jsonable(Built(Path("a"), Path("b"), {})) == {
             "__type__": "Built",
             "db": "a",
             "blobs": "b",
             "keys": {},
         }
-        assert maint.to_jsonable([Hostile()]) == ["<Hostile: unrepresentable>"]
-        assert "more chars" in maint.render_preview(list(range(1000)), max_chars=50)
+        assert display.to_jsonable([Hostile()]) == ["<Hostile: unrepresentable>"]
+        assert "more chars" in display.render_preview(list(range(1000)), max_chars=50)
 
     def test_format_size(self) -> None:
         assert format_size(512) == "512 B"

@@ -23,6 +23,7 @@ import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 import pytest
 
 import beautyspot_async as bs
+from beautyspot_async import _display as display
 from beautyspot_async import _maintenance as maint
 from beautyspot_async.db import TaskRecord
 from beautyspot_async.serializer import MAX_DEPTH, MsgpackSerializer
@@ -105,7 +106,7 @@ class TestDeepNesting:
         script = textwrap.dedent(
             """
             import msgpack
-            from beautyspot_async import _maintenance as maint
+            from beautyspot_async import _display as display
             from beautyspot_async.exceptions import SerializationError
             from beautyspot_async.serializer import MsgpackSerializer
 
@@ -121,9 +122,9 @@ class TestDeepNesting:
                     assert "nest" in str(exc), exc
                 else:
                     raise AssertionError(f"decoded a {levels}-deep payload")
-                value, problem = maint.decode_lenient(serializer, data)
+                value, problem = display.decode_lenient(serializer, data)
                 assert problem is not None
-                maint.render_preview(value)
+                display.render_preview(value)
             print("ok")
             """
         )
@@ -215,7 +216,7 @@ class TestWronglyTypedSQLiteRows:
             entry = await maint.show(spot, frame["cache_key"].iloc[0])
             assert entry is not None
             assert entry.problem is not None
-            json.dumps(maint.entry_json(entry))
+            json.dumps(display.entry_json(entry))
         with caplog.at_level(logging.WARNING, logger="beautyspot_async"):
             assert await self._run(tmp_path, calls) == {"payload": "z" * 2000}
         assert len(calls) == 2
@@ -354,12 +355,12 @@ class TestFarFutureExpiry:
             assert calls == [1]
             frame = await spot.history()
             assert frame["expires_at"].iloc[0].year == 2262
-            rows = maint.history_rows(frame)
+            rows = display.history_rows(frame)
             assert rows[0]["expires_at"] is not None
             (key,) = frame["cache_key"]
             entry = await maint.show(spot, key)
             assert entry is not None
-            data = maint.entry_json(entry)
+            data = display.entry_json(entry)
             assert data["expires_at"].startswith("23")
             json.dumps(data)
 
@@ -372,7 +373,7 @@ class TestFarFutureExpiry:
         record = TaskRecord("k", "f", "i", None, "inline", None, expires_at=1e300)
         frame = records_to_frame([record])
         assert frame["expires_at"].iloc[0].year == 2262
-        data = maint.entry_json(maint.Entry(record=record))
+        data = display.entry_json(maint.Entry(record=record))
         assert data["expires_at"] is not None
 
 
@@ -381,10 +382,10 @@ class TestHugeIntegerPreview:
 
     def test_preview_and_json(self) -> None:
         value = {"n": 10**5000, "m": [-(7**9000)]}
-        text = maint.render_preview(value)
+        text = display.render_preview(value)
         assert "digits" in text
         record = TaskRecord("k", "f", "i", None, "inline", None)
-        json.dumps(maint.entry_json(maint.Entry(record=record, value=value)))
+        json.dumps(display.entry_json(maint.Entry(record=record, value=value)))
 
     def test_cli_show(self, tmp_path: Path) -> None:
         spot = bs.Spot("t", db=tmp_path / "t.db", storage=tmp_path / "t_blobs")

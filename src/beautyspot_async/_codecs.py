@@ -25,9 +25,12 @@ from .exceptions import SerializationError
 
 __all__ = [
     "BUILTIN_CODES",
+    "FROZENSET_CODE",
     "MAX_DEPTH",
     "NATIVE_TYPES",
     "RESERVED_CODES",
+    "SET_CODE",
+    "TUPLE_CODE",
     "USER_CODES",
     "Frozen",
     "Registration",
@@ -52,31 +55,31 @@ USER_CODES: Final[range] = range(RESERVED_CODES.start)
 #: keeps well below that.
 MAX_DEPTH: Final = 100
 
-_TUPLE: Final = 112
-_SET: Final = 113
-_FROZENSET: Final = 114
-_DATETIME: Final = 115
-_DATE: Final = 116
-_TIME: Final = 117
-_TIMEDELTA: Final = 118
-_DECIMAL: Final = 119
-_UUID: Final = 120
-_COMPLEX: Final = 121
-_BIGINT: Final = 122
+TUPLE_CODE: Final = 112
+SET_CODE: Final = 113
+FROZENSET_CODE: Final = 114
+DATETIME_CODE: Final = 115
+DATE_CODE: Final = 116
+TIME_CODE: Final = 117
+TIMEDELTA_CODE: Final = 118
+DECIMAL_CODE: Final = 119
+UUID_CODE: Final = 120
+COMPLEX_CODE: Final = 121
+BIGINT_CODE: Final = 122
 
 # Built-in types with an exact encoding of their own; `int` is absent because
 # only ints beyond 64 bits reach the serializer, and users cannot register int.
 BUILTIN_CODES: Final[Mapping[type, int]] = {
-    tuple: _TUPLE,
-    set: _SET,
-    frozenset: _FROZENSET,
-    _dt.datetime: _DATETIME,
-    _dt.date: _DATE,
-    _dt.time: _TIME,
-    _dt.timedelta: _TIMEDELTA,
-    Decimal: _DECIMAL,
-    uuid.UUID: _UUID,
-    complex: _COMPLEX,
+    tuple: TUPLE_CODE,
+    set: SET_CODE,
+    frozenset: FROZENSET_CODE,
+    _dt.datetime: DATETIME_CODE,
+    _dt.date: DATE_CODE,
+    _dt.time: TIME_CODE,
+    _dt.timedelta: TIMEDELTA_CODE,
+    Decimal: DECIMAL_CODE,
+    uuid.UUID: UUID_CODE,
+    complex: COMPLEX_CODE,
 }
 
 # Types msgpack packs itself before `default` is ever consulted (strict_types
@@ -87,7 +90,7 @@ NATIVE_TYPES: Final[frozenset[type]] = frozenset(
 
 # Built-in codes whose payload is itself msgpack (the others are raw bytes).
 _MSGPACK_PAYLOADS: Final = frozenset(
-    {_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA}
+    {TUPLE_CODE, SET_CODE, FROZENSET_CODE, DATETIME_CODE, DATE_CODE, TIME_CODE, TIMEDELTA_CODE}
 )
 
 _COMPLEX_STRUCT: Final = struct.Struct("<dd")
@@ -305,34 +308,34 @@ class Frozen:
         pack = self._pack
         unpack = self._unpack
         by_type: dict[type, tuple[int, _Encode]] = {
-            tuple: (_TUPLE, lambda v, lv: pack(list(v), lv)),
-            set: (_SET, lambda v, lv: pack(list(v), lv)),
-            frozenset: (_FROZENSET, lambda v, lv: pack(list(v), lv)),
-            _dt.datetime: (_DATETIME, lambda v, lv: pack(_encode_datetime(v), lv)),
-            _dt.date: (_DATE, lambda v, lv: pack(v.toordinal(), lv)),
-            _dt.time: (_TIME, lambda v, lv: pack(_encode_time(v), lv)),
+            tuple: (TUPLE_CODE, lambda v, lv: pack(list(v), lv)),
+            set: (SET_CODE, lambda v, lv: pack(list(v), lv)),
+            frozenset: (FROZENSET_CODE, lambda v, lv: pack(list(v), lv)),
+            _dt.datetime: (DATETIME_CODE, lambda v, lv: pack(_encode_datetime(v), lv)),
+            _dt.date: (DATE_CODE, lambda v, lv: pack(v.toordinal(), lv)),
+            _dt.time: (TIME_CODE, lambda v, lv: pack(_encode_time(v), lv)),
             _dt.timedelta: (
-                _TIMEDELTA,
+                TIMEDELTA_CODE,
                 lambda v, lv: pack([v.days, v.seconds, v.microseconds], lv),
             ),
-            Decimal: (_DECIMAL, lambda v, lv: str(v).encode("ascii")),
-            uuid.UUID: (_UUID, lambda v, lv: v.bytes),
-            complex: (_COMPLEX, lambda v, lv: _COMPLEX_STRUCT.pack(v.real, v.imag)),
+            Decimal: (DECIMAL_CODE, lambda v, lv: str(v).encode("ascii")),
+            uuid.UUID: (UUID_CODE, lambda v, lv: v.bytes),
+            complex: (COMPLEX_CODE, lambda v, lv: _COMPLEX_STRUCT.pack(v.real, v.imag)),
             # Only reached for ints msgpack cannot hold in 64 bits.
-            int: (_BIGINT, lambda v, lv: _encode_bigint(v)),
+            int: (BIGINT_CODE, lambda v, lv: _encode_bigint(v)),
         }
         decoders: dict[int, _Decode] = {
-            _TUPLE: lambda d, lv: tuple(unpack(d, lv)),
-            _SET: lambda d, lv: set(unpack(d, lv)),
-            _FROZENSET: lambda d, lv: frozenset(unpack(d, lv)),
-            _DATETIME: lambda d, lv: _decode_datetime(unpack(d, lv)),
-            _DATE: lambda d, lv: _dt.date.fromordinal(unpack(d, lv)),
-            _TIME: lambda d, lv: _decode_time(unpack(d, lv)),
-            _TIMEDELTA: lambda d, lv: _dt.timedelta(*unpack(d, lv)),
-            _DECIMAL: lambda d, lv: Decimal(d.decode("ascii")),
-            _UUID: lambda d, lv: uuid.UUID(bytes=bytes(d)),
-            _COMPLEX: lambda d, lv: _decode_complex(d),
-            _BIGINT: lambda d, lv: _decode_bigint(d),
+            TUPLE_CODE: lambda d, lv: tuple(unpack(d, lv)),
+            SET_CODE: lambda d, lv: set(unpack(d, lv)),
+            FROZENSET_CODE: lambda d, lv: frozenset(unpack(d, lv)),
+            DATETIME_CODE: lambda d, lv: _decode_datetime(unpack(d, lv)),
+            DATE_CODE: lambda d, lv: _dt.date.fromordinal(unpack(d, lv)),
+            TIME_CODE: lambda d, lv: _decode_time(unpack(d, lv)),
+            TIMEDELTA_CODE: lambda d, lv: _dt.timedelta(*unpack(d, lv)),
+            DECIMAL_CODE: lambda d, lv: Decimal(d.decode("ascii")),
+            UUID_CODE: lambda d, lv: uuid.UUID(bytes=bytes(d)),
+            COMPLEX_CODE: lambda d, lv: _decode_complex(d),
+            BIGINT_CODE: lambda d, lv: _decode_bigint(d),
         }
         for reg in user:
             by_type[reg.type_] = (reg.code, self._user_encoder(reg))
@@ -406,7 +409,7 @@ class Frozen:
                 payload = msgpack.packb(
                     list(obj), default=defaults[inner], use_bin_type=True, strict_types=True
                 )
-                return _make_ext((_TUPLE, payload))
+                return _make_ext((TUPLE_CODE, payload))
             entry = by_type.get(cls) or resolved.get(cls)
             if entry is None:
                 entry = resolve(obj)
@@ -440,7 +443,7 @@ class Frozen:
         unpackb = msgpack.unpackb
 
         def ext_hook(code: int, data: bytes) -> Any:
-            if code == _TUPLE:
+            if code == TUPLE_CODE:
                 return tuple(unpackb(data, ext_hook=hooks[inner], strict_map_key=False, raw=False))
             decode = decoders.get(code)
             if decode is None:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import _display as display
 from . import _maintenance as maint
 from ._gc import DEFAULT_TEMP_GRACE
 from ._spot import Spot
@@ -191,7 +192,7 @@ def history_command(
     """List stored results, newest first."""
     frame = _run(db, storage, lambda spot: maint.history(spot, limit=limit, func_name=func))
     if as_json:
-        _print_json(maint.history_rows(frame))
+        _print_json(display.history_rows(frame))
         return
     table = Table(title=f"{len(frame)} entries (newest first)")
     # Optional columns appear only when some row fills them, so the common
@@ -207,7 +208,7 @@ def history_command(
     table.add_column("size", justify="right", no_wrap=True)
     if show_expiry:
         table.add_column("expires (UTC)")
-    for row in maint.history_rows(frame):
+    for row in display.history_rows(frame):
         cells = [
             _iso_text(row["updated_at"]),
             str(row["func_name"]),
@@ -227,7 +228,7 @@ def stats_command(db: DbArg, storage: StorageOpt = None, as_json: JsonOpt = Fals
     """Per-function entry counts, sizes and age."""
     summaries = _run(db, storage, maint.summary)
     if as_json:
-        _print_json([maint.summary_json(s) for s in summaries])
+        _print_json([display.summary_json(s) for s in summaries])
         return
     table = Table(title="Stored results per function")
     table.add_column("function", overflow="fold", ratio=1, min_width=8)
@@ -290,7 +291,7 @@ def show_command(
         _fail(f"{key!r} matches {len(found)} entries: {listing}")
     record = found.record
     if as_json:
-        _print_json(maint.entry_json(found, max_chars=max_chars))
+        _print_json(display.entry_json(found, max_chars=max_chars))
         return
     console = Console()
     meta = Table.grid(padding=(0, 2))

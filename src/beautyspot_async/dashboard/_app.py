@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import _display as display
 from .. import _maintenance as maint
 from ..exceptions import BeautySpotError
 
@@ -117,7 +118,7 @@ def create_app(
     async def rows(request: Request) -> list[dict[str, Any]]:
         func = request.query_params.get("func") or None
         frame = await maint.history(spot, limit=row_limit(request), func_name=func)
-        return maint.history_rows(frame)
+        return display.history_rows(frame)
 
     async def index(request: Request) -> Response:
         found = await rows(request)
@@ -137,10 +138,10 @@ def create_app(
         entry = await maint.show(spot, key)
         if entry is None:
             return JSONResponse({"error": f"no entry with key {key!r}"}, status_code=404)
-        return JSONResponse(maint.entry_json(entry, max_chars=preview_chars))
+        return JSONResponse(display.entry_json(entry, max_chars=preview_chars))
 
     async def api_stats(request: Request) -> Response:
-        return JSONResponse([maint.summary_json(s) for s in await maint.summary(spot)])
+        return JSONResponse([display.summary_json(s) for s in await maint.summary(spot)])
 
     async def backend_failed(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=503)
