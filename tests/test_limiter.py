@@ -8,6 +8,7 @@ bounds, and threads.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -488,6 +489,20 @@ class TestDecorator:
 
         assert await ping() == 1
         assert limiter.statistics().tokens_debt == pytest.approx(1.0)
+
+    async def test_async_callable_object_and_partial_are_awaited(self) -> None:
+        limiter = Limiter(tpm=240, burst=10, clock=DrivenClock())
+
+        class Call:
+            async def __call__(self, x: int) -> int:
+                return x + 1
+
+        limited_object = limiter(Call())
+        limited_partial = limiter(functools.partial(Call(), 41))
+        assert inspect.iscoroutinefunction(limited_object)
+        assert await limited_object(1) == 2
+        assert await limited_partial() == 42
+        assert limiter.statistics().admitted == 2
 
     def test_sync_function_stays_sync(self) -> None:
         limiter = Limiter(tpm=6000)

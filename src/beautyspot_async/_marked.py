@@ -13,6 +13,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import anyio
 
+from ._callables import is_async_callable
+from ._callables import unwrap_partial as _unwrap_partial
 from ._memo import ABSENT, NO_VALUE
 from ._pipeline import Pipeline
 from ._steps import drive_async, drive_sync
@@ -33,21 +35,6 @@ class SyncMarked(Protocol[P, R_co]):
     async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
         """Run the call from async code; the body runs in a worker thread."""
         ...
-
-
-def _unwrap_partial(fn: Any) -> Any:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return fn
-
-
-def is_async_callable(fn: Any) -> bool:
-    """Whether calling ``fn`` returns a coroutine (partials and callable objects too)."""
-    target = _unwrap_partial(fn)
-    if inspect.iscoroutinefunction(target):
-        return True
-    call = getattr(type(target), "__call__", None)  # noqa: B004 - instances, not callability
-    return not inspect.isroutine(target) and inspect.iscoroutinefunction(call)
 
 
 def check_markable(fn: Any) -> None:

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._wakeup import Wakeup
+
 __all__ = ["IOLoop", "Waiter", "io_loop", "settle", "settle_all", "wait_future"]
 
 T = TypeVar("T")
@@ -134,10 +136,9 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
     if _on_asyncio():
         # shield: cancelling the waiter must not cancel the shared operation
         return await asyncio.shield(asyncio.wrap_future(future))
-    event = anyio.Event()
-    token = _trio_token()
-    future.add_done_callback(lambda _f: token.run_sync_soon(event.set))
-    await event.wait()
+    wakeup = Wakeup.for_async()
+    future.add_done_callback(lambda _f: wakeup.fire())
+    await wakeup.wait()
     return future.result()
 
 
@@ -149,19 +150,14 @@ def _on_asyncio() -> bool:
     return True
 
 
-def _trio_token() -> Any:
-    import trio
-
-    return trio.lowlevel.current_trio_token()
-
-
 class Waiter:
     """One caller waiting for a value that another thread will provide.
 
     An asyncio caller waits on a plain asyncio future of its own loop, woken
     by :func:`settle_all` with one ``call_soon_threadsafe`` per loop for a
-    whole batch; sync and trio callers wait on a thread-safe future. Settling
-    twice is harmless: the first outcome wins.
+    whole batch; sync callers block on a thread-safe future, and trio callers
+    await one through :func:`wait_future` (a ``_wakeup.Wakeup``).
+    Settling twice is harmless: the first outcome wins.
     """
 
     __slots__ = ("future", "loop")
@@ -189,11 +185,6 @@ class Waiter:
 
     def wait_sync(self) -> Any:
         return self.future.result()
-
-    @property
-    def abandoned(self) -> bool:
-        """Whether the waiting caller went away (its future was cancelled)."""
-        return bool(self.future.cancelled())
 
 
 Outcome = tuple[Waiter, Any, BaseException | None]

@@ -1,7 +1,5 @@
+# Over 500 lines: tasks and threads share one FIFO queue under one lock; its paths read together.
 """The async GCRA rate limiter: ``bs.Limiter``.
-
-(Over 500 lines because async tasks and threads share one FIFO queue and one
-lock discipline; splitting the waiting shell would scatter that invariant.)
 
 A :class:`Limiter` holds one or two budgets, requests per minute (``rpm``) and
 tokens per minute (``tpm``). Every admission counts one request and ``cost``
@@ -20,7 +18,8 @@ Threads and event loops
     threads at once. The state sits behind a ``threading.Lock`` that is only
     ever held for a few microseconds of arithmetic, never across I/O or a
     wait, so an event-loop thread taking it does not stall. Waiters are woken
-    with ``call_soon_threadsafe`` / ``run_sync_soon`` (never a blocking call).
+    through ``beautyspot_async._wakeup`` (``call_soon_threadsafe`` /
+    ``run_sync_soon``, never a blocking call), as the I/O portal's are.
     Sync callers (``acquire_blocking`` and decorated sync functions) wait on a
     ``threading.Event`` in their own thread; calling them on a thread that
     runs an event loop blocks that loop for the wait -- the caller's choice.
@@ -40,7 +39,6 @@ Redis
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
@@ -48,15 +46,16 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import anyio
 import anyio.to_thread
 
 from . import _gcra
+from ._callables import is_async_callable
+from ._reservation import LimiterStatistics, Reservation, _Acquisition
+from ._wakeup import Wakeup
 from .exceptions import ConfigurationError, RateLimitError
 
 if TYPE_CHECKING:
@@ -73,181 +72,18 @@ PERIOD = 60.0
 Cost = float | Callable[..., float]
 
 
-@dataclass(frozen=True, slots=True)
-class LimiterStatistics:
-    """A snapshot of a limiter's activity, as returned by ``Limiter.statistics()``.
+class _Queued:
+    """One caller in the limiter's FIFO queue, and how to wake it."""
 
-    ``waited`` is the total time admitted calls spent queued (limiter clock
-    seconds); the debts are units booked beyond now (``nan`` for a budget the
-    limiter does not have, or with a Redis backend, where the state lives on
-    the server).
-    """
-
-    admitted: int
-    rejected: int
-    waited: float
-    queue_depth: int
-    requests_debt: float
-    tokens_debt: float
-    paused_for: float
-
-
-class _Signal(Protocol):
-    def renew(self) -> None: ...
-    def fire(self) -> bool: ...
-
-
-class _ThreadSignal:
-    """Wakes one thread blocked in ``acquire_blocking``."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def renew(self) -> None:
-        self.event.clear()
-
-    def fire(self) -> bool:
-        self.event.set()
-        return True
-
-
-class _LoopSignal:
-    """Wakes one task on one event loop, from any thread, without blocking.
-
-    Must be created inside the task's event loop. ``fire`` returns False when
-    that loop is gone, so the limiter can drop a waiter nobody will run.
-    """
-
-    def __init__(self) -> None:
-        self._thread = threading.get_ident()
-        self._loop: asyncio.AbstractEventLoop | None
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
-        self._token: Any = None
-        if self._loop is None:
-            import trio  # only reached inside a trio run, so trio is installed
-
-            self._token = trio.lowlevel.current_trio_token()
-        self.event = anyio.Event()
-
-    def renew(self) -> None:
-        # Called on the owning loop only; a fire scheduled before the renewal
-        # sets the new event and causes one harmless spurious wake-up.
-        self.event = anyio.Event()
-
-    def _set(self) -> None:
-        self.event.set()
-
-    def _on_own_loop(self) -> bool:
-        if threading.get_ident() != self._thread:
-            return False
-        if self._loop is not None:
-            return asyncio._get_running_loop() is self._loop
-        import trio
-
-        try:
-            return bool(trio.lowlevel.current_trio_token() is self._token)
-        except RuntimeError:
-            return False
-
-    def fire(self) -> bool:
-        if self._on_own_loop():
-            self._set()
-            return True
-        try:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._set)
-            else:
-                self._token.run_sync_soon(self._set)
-        except RuntimeError:  # the loop is closed (trio: RunFinishedError)
-            return False
-        return True
-
-
-class _Waiter:
     __slots__ = ("costs", "deadline", "enqueued_at", "grant", "signal")
 
-    def __init__(self, costs: tuple[float, ...], enqueued_at: float, signal: _Signal) -> None:
+    def __init__(self, costs: tuple[float, ...], enqueued_at: float, signal: Wakeup) -> None:
         self.costs = costs
         self.enqueued_at = enqueued_at
         self.signal = signal
         # Set by the head while it waits for the clock; None while queued behind.
         self.deadline: float | None = None
         self.grant: tuple[_gcra.Mark, ...] | None = None
-
-
-class Reservation:
-    """An admitted call's booking; ``settle`` corrects it to the actual cost.
-
-    Returned by ``await limiter.acquire(cost)``, ``async with
-    limiter.acquire(cost) as reservation`` and ``limiter.acquire_nowait(cost)``.
-    """
-
-    __slots__ = ("_limiter", "_marks", "_settled", "cost")
-
-    def __init__(self, limiter: Limiter, cost: float, marks: tuple[_gcra.Mark, ...]) -> None:
-        self._limiter = limiter
-        self._marks = marks
-        self._settled = False
-        self.cost = cost
-        """The token cost this reservation booked (the estimate)."""
-
-    def settle(self, actual_cost: float) -> None:
-        """Replace the estimated token cost by ``actual_cost``.
-
-        A lower actual cost refunds the part of the booking that still lies in
-        the future (time already elapsed stays spent); a higher one books the
-        difference. A reservation settles once; a second call raises
-        ``RuntimeError``. Never blocks: with a Redis backend the correction is
-        sent by a background thread.
-        """
-        if not (
-            isinstance(actual_cost, int | float) and actual_cost >= 0 and math.isfinite(actual_cost)
-        ):
-            raise ValueError(f"actual_cost must be a finite number >= 0, got {actual_cost!r}")
-        if self._settled:
-            raise RuntimeError("this reservation is already settled")
-        self._settled = True
-        self._limiter._settle(self._marks, self._limiter._token_deltas(actual_cost - self.cost))
-
-    def __repr__(self) -> str:
-        return f"<Reservation cost={self.cost!r} settled={self._settled}>"
-
-
-class _Acquisition:
-    """``limiter.acquire(cost)``: await it, or use it as an async context manager."""
-
-    __slots__ = ("_cost", "_limiter")
-
-    def __init__(self, limiter: Limiter, cost: float) -> None:
-        self._limiter = limiter
-        self._cost = cost
-
-    def __await__(self) -> Generator[Any, None, Reservation]:
-        return self._limiter._acquire(self._cost).__await__()
-
-    async def __aenter__(self) -> Reservation:
-        return await self._limiter._acquire(self._cost)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # The call happened (or was attempted): its booking stands unless the
-        # body settled it.
-        return None
-
-
-def _is_async_callable(fn: object) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
-    )
 
 
 class Limiter:
@@ -318,7 +154,7 @@ class Limiter:
         # never across I/O or a wait: see the module docstring.
         self._lock = threading.Lock()
         self._state = _gcra.initial_state(len(budgets))
-        self._queue: deque[_Waiter] = deque()
+        self._queue: deque[_Queued] = deque()
         self._admitted = 0
         self._rejected = 0
         self._waited = 0.0
@@ -476,8 +312,8 @@ class Limiter:
             f"rate limited; retry after {retry_after:.3f}s", retry_after=retry_after
         )
 
-    def _enqueue(self, costs: tuple[float, ...], signal: _Signal) -> _Waiter:
-        waiter = _Waiter(costs, self._clock(), signal)
+    def _enqueue(self, costs: tuple[float, ...], signal: Wakeup) -> _Queued:
+        waiter = _Queued(costs, self._clock(), signal)
         self._queue.append(waiter)
         return waiter
 
@@ -492,7 +328,7 @@ class Limiter:
         self._admitted += 1
         return Reservation(self, float(cost), verdict.marks)
 
-    def _step(self, waiter: _Waiter) -> None:
+    def _step(self, waiter: _Queued) -> None:
         """Let the head waiter try the local budgets (lock held).
 
         Sets ``waiter.grant`` on admission, else ``waiter.deadline`` (None
@@ -511,7 +347,7 @@ class Limiter:
         self._state = verdict.state
         self._grant(waiter, verdict.marks, now)
 
-    def _grant(self, waiter: _Waiter, marks: tuple[_gcra.Mark, ...], now: float) -> None:
+    def _grant(self, waiter: _Queued, marks: tuple[_gcra.Mark, ...], now: float) -> None:
         """Record an admission and pop the waiter off the queue (lock held)."""
         waiter.grant = marks
         waiter.deadline = None
@@ -520,7 +356,7 @@ class Limiter:
         if self._queue and self._queue[0] is waiter:
             self._queue.popleft()
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: _Queued) -> None:
         """Undo a waiter that is leaving because of an exception (cancellation)."""
         with self._lock:
             grant = waiter.grant
@@ -542,8 +378,8 @@ class Limiter:
             reservation = self._fast_path(cost, costs)
             if reservation is not None:
                 return reservation
-            waiter = self._enqueue(costs, _LoopSignal())
-        signal = cast(_LoopSignal, waiter.signal)
+            waiter = self._enqueue(costs, Wakeup.for_async())
+        signal = waiter.signal
         try:
             while True:
                 if self._remote is not None:
@@ -557,14 +393,14 @@ class Limiter:
                     return Reservation(self, float(cost), waiter.grant)
                 deadline = waiter.deadline
                 if deadline is None:
-                    await signal.event.wait()
+                    await signal.wait()
                 else:
                     await self._wait_until(signal, deadline)
         except BaseException:
             self._abandon(waiter)
             raise
 
-    async def _wait_until(self, signal: _LoopSignal, deadline: float) -> None:
+    async def _wait_until(self, signal: Wakeup, deadline: float) -> None:
         """Return at ``deadline`` (limiter clock) or earlier when signalled."""
         delay = deadline - self._clock()
         if delay <= 0:
@@ -572,7 +408,7 @@ class Limiter:
             return
         if self._clock_sleep is None:
             with anyio.move_on_after(delay):
-                await signal.event.wait()
+                await signal.wait()
             return
         clock_sleep = self._clock_sleep
         async with anyio.create_task_group() as tg:
@@ -582,12 +418,12 @@ class Limiter:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(sleeper)
-            await signal.event.wait()
+            await signal.wait()
             tg.cancel_scope.cancel()
 
-    async def _step_remote_async(self, waiter: _Waiter) -> None:
+    async def _step_remote_async(self, waiter: _Queued) -> None:
         assert self._remote is not None
-        signal = cast(_LoopSignal, waiter.signal)
+        signal = waiter.signal
         with self._lock:
             signal.renew()
             is_head = bool(self._queue) and self._queue[0] is waiter
@@ -598,7 +434,7 @@ class Limiter:
         # while Redis answers still finds (and hands back) the booking.
         await anyio.to_thread.run_sync(self._attempt_remote, waiter)
 
-    def _attempt_remote(self, waiter: _Waiter) -> None:
+    def _attempt_remote(self, waiter: _Queued) -> None:
         assert self._remote is not None
         admitted, retry_after, marks = self._remote.attempt(waiter.costs)
         with self._lock:
@@ -620,7 +456,7 @@ class Limiter:
             reservation = self._fast_path(cost, costs)
             if reservation is not None:
                 return reservation
-            signal = _ThreadSignal()
+            signal = Wakeup.for_sync()
             waiter = self._enqueue(costs, signal)
         try:
             while True:
@@ -641,7 +477,7 @@ class Limiter:
                     return Reservation(self, float(cost), waiter.grant)
                 deadline = waiter.deadline
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
-                signal.event.wait(timeout)
+                signal.wait_sync(timeout)
         except BaseException:
             self._abandon(waiter)
             raise
@@ -681,7 +517,7 @@ class Limiter:
         def cost_of(*args: Any, **kwargs: Any) -> float:
             return cost(*args, **kwargs) if callable(cost) else cost
 
-        if _is_async_callable(fn):
+        if is_async_callable(fn):
             async_fn = cast(Callable[..., Coroutine[Any, Any, Any]], fn)
 
             @functools.wraps(fn)
@@ -711,4 +547,6 @@ class Limiter:
             await anyio.to_thread.run_sync(self._remote.close)
 
 
-Limiter.__module__ = "beautyspot_async.limiter"
+for _public in (Limiter, LimiterStatistics, Reservation):
+    _public.__module__ = __name__
+del _public
