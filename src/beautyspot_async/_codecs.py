@@ -14,6 +14,7 @@ import datetime as _dt
 import struct
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -239,20 +240,14 @@ def _decode_complex(data: bytes) -> complex:
 # -- the frozen lookup ---------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
 class Registration:
-    __slots__ = ("code", "decoder", "encoder", "type_")
+    """One user registration: instances of ``type_`` travel as ext ``code``."""
 
-    def __init__(
-        self,
-        type_: type,
-        code: int,
-        encoder: Callable[[Any], Any],
-        decoder: Callable[[Any], Any],
-    ) -> None:
-        self.type_ = type_
-        self.code = code
-        self.encoder = encoder
-        self.decoder = decoder
+    type_: type
+    code: int
+    encoder: Callable[[Any], Any]
+    decoder: Callable[[Any], Any]
 
 
 class _Levels(dict[int, _C]):
