@@ -75,12 +75,12 @@ Cost = float | Callable[..., float]
 class _Queued:
     """One caller in the limiter's FIFO queue, and how to wake it."""
 
-    __slots__ = ("costs", "deadline", "enqueued_at", "grant", "signal")
+    __slots__ = ("costs", "deadline", "enqueued_at", "grant", "wakeup")
 
-    def __init__(self, costs: tuple[float, ...], enqueued_at: float, signal: Wakeup) -> None:
+    def __init__(self, costs: tuple[float, ...], enqueued_at: float, wakeup: Wakeup) -> None:
         self.costs = costs
         self.enqueued_at = enqueued_at
-        self.signal = signal
+        self.wakeup = wakeup
         # Set by the head while it waits for the clock; None while queued behind.
         self.deadline: float | None = None
         self.grant: tuple[_gcra.Mark, ...] | None = None
@@ -204,14 +204,14 @@ class Limiter:
             deltas[self._token_index] = delta
         return tuple(deltas)
 
-    # -- state changes (all under the lock; signals fired after) --------------
+    # -- state changes (all under the lock; wake-ups fired after) --------------
 
     def _wake_head(self) -> None:
         """Wake the head waiter; drop waiters whose event loop has gone away."""
         while True:
             with self._lock:
                 head = self._queue[0] if self._queue else None
-            if head is None or head.signal.fire():
+            if head is None or head.wakeup.fire():
                 return
             with self._lock:
                 if self._queue and self._queue[0] is head:
@@ -312,8 +312,8 @@ class Limiter:
             f"rate limited; retry after {retry_after:.3f}s", retry_after=retry_after
         )
 
-    def _enqueue(self, costs: tuple[float, ...], signal: Wakeup) -> _Queued:
-        waiter = _Queued(costs, self._clock(), signal)
+    def _enqueue(self, costs: tuple[float, ...], wakeup: Wakeup) -> _Queued:
+        waiter = _Queued(costs, self._clock(), wakeup)
         self._queue.append(waiter)
         return waiter
 
@@ -379,36 +379,36 @@ class Limiter:
             if reservation is not None:
                 return reservation
             waiter = self._enqueue(costs, Wakeup.for_async())
-        signal = waiter.signal
+        wakeup = waiter.wakeup
         try:
             while True:
                 if self._remote is not None:
                     await self._step_remote_async(waiter)
                 else:
                     with self._lock:
-                        signal.renew()
+                        wakeup.renew()
                         self._step(waiter)
                 if waiter.grant is not None:
                     self._wake_head()
                     return Reservation(self, float(cost), waiter.grant)
                 deadline = waiter.deadline
                 if deadline is None:
-                    await signal.wait()
+                    await wakeup.wait()
                 else:
-                    await self._wait_until(signal, deadline)
+                    await self._wait_until(wakeup, deadline)
         except BaseException:
             self._abandon(waiter)
             raise
 
-    async def _wait_until(self, signal: Wakeup, deadline: float) -> None:
-        """Return at ``deadline`` (limiter clock) or earlier when signalled."""
+    async def _wait_until(self, wakeup: Wakeup, deadline: float) -> None:
+        """Return at ``deadline`` (limiter clock) or earlier when woken."""
         delay = deadline - self._clock()
         if delay <= 0:
             await anyio.lowlevel.checkpoint()
             return
         if self._clock_sleep is None:
             with anyio.move_on_after(delay):
-                await signal.wait()
+                await wakeup.wait()
             return
         clock_sleep = self._clock_sleep
         async with anyio.create_task_group() as tg:
@@ -418,14 +418,14 @@ class Limiter:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(sleeper)
-            await signal.wait()
+            await wakeup.wait()
             tg.cancel_scope.cancel()
 
     async def _step_remote_async(self, waiter: _Queued) -> None:
         assert self._remote is not None
-        signal = waiter.signal
+        wakeup = waiter.wakeup
         with self._lock:
-            signal.renew()
+            wakeup.renew()
             is_head = bool(self._queue) and self._queue[0] is waiter
         if not is_head:
             waiter.deadline = None
@@ -456,13 +456,13 @@ class Limiter:
             reservation = self._fast_path(cost, costs)
             if reservation is not None:
                 return reservation
-            signal = Wakeup.for_sync()
-            waiter = self._enqueue(costs, signal)
+            wakeup = Wakeup.for_sync()
+            waiter = self._enqueue(costs, wakeup)
         try:
             while True:
                 if self._remote is not None:
                     with self._lock:
-                        signal.renew()
+                        wakeup.renew()
                         is_head = bool(self._queue) and self._queue[0] is waiter
                     if is_head:
                         self._attempt_remote(waiter)
@@ -470,14 +470,14 @@ class Limiter:
                         waiter.deadline = None
                 else:
                     with self._lock:
-                        signal.renew()
+                        wakeup.renew()
                         self._step(waiter)
                 if waiter.grant is not None:
                     self._wake_head()
                     return Reservation(self, float(cost), waiter.grant)
                 deadline = waiter.deadline
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
-                signal.wait_sync(timeout)
+                wakeup.wait_sync(timeout)
         except BaseException:
             self._abandon(waiter)
             raise
