@@ -1,12 +1,13 @@
 # Over 500 lines: one recursive encoder whose tags are stored in keys; read its cases together.
 """The canonical tagged encoding of values, and the hash that keys are made of.
 
+Every stored key depends on these bytes, so a change to any rule here
+changes stored keys; the tests pin golden values.
+
 Pure and synchronous. :func:`canonical_bytes` writes every value as a one-byte
 type tag, an 8-byte big-endian payload length and the payload; the rules a
 user can rely on are listed in :mod:`beautyspot_async.cachekey`. The key
 builders (``_keygen``) frame their own parts with the helpers exported here.
-
-Changing any rule here changes stored keys: the tests pin golden values.
 """
 
 from __future__ import annotations
