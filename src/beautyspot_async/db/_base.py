@@ -11,11 +11,13 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, Self
 
 import anyio
 
 from .._record import TaskRecord, as_record
+from ._common import WaitStatistics, lookup_then_lease
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,7 +82,8 @@ class TaskDB(ABC):
     * Driver errors are raised as :class:`~beautyspot_async.BackendError` with
       the driver's exception chained as ``__cause__``.
     * :meth:`aclose` is idempotent, and a closed database reopens on its next
-      use (lazily, in :meth:`init_schema` or the first call).
+      use (lazily, in :meth:`init_schema` or the first call). ``async with db:``
+      runs :meth:`init_schema` on entry and :meth:`aclose` on exit.
 
     Threading and event loops: a Spot calls a database from one event loop at
     a time. When :attr:`loop_bound` is true (the default: the connections of
@@ -139,6 +142,26 @@ class TaskDB(ABC):
         """
 
     # -- optional, with working defaults --------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.init_schema()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def statistics(self) -> WaitStatistics:
+        """Waits for other processes' results in this instance, as a snapshot.
+
+        Backends that wait on notifications (PostgreSQL, Redis) count them;
+        the default reports none.
+        """
+        return WaitStatistics()
 
     async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
         """Return the records found among ``cache_keys`` (absent keys omitted)."""
@@ -324,24 +347,21 @@ class TaskDB(ABC):
 
         A key that is written (and its lease released) by another process
         between the read and the lease must not come back ``True``: the
-        default re-reads every key it leased. A backend that can do the read
-        and the lease in one atomic step (one transaction) should override
-        this.
+        default re-reads every key it leased (see
+        :func:`~beautyspot_async.db._common.lookup_then_lease`, which a backend
+        can call with batched primitives). A backend that can do the read and
+        the lease in one atomic step (one transaction) should override this.
         """
-        found: dict[str, TaskRecord | bool] = dict(await self.get_many(cache_keys))
-        leased = []
-        for key in cache_keys:
-            if key not in found:
-                got = await self.acquire_lease(key, owner, ttl)
-                found[key] = got
-                if got:
-                    leased.append(key)
-        if leased:
-            late = await self.get_many(leased)
-            if late:
-                await self.release_leases(list(late), owner)
-                found.update(late)
-        return found
+
+        async def lease(keys: list[str]) -> list[bool]:
+            return [await self.acquire_lease(key, owner, ttl) for key in keys]
+
+        return await lookup_then_lease(
+            cache_keys,
+            read=self.get_many,
+            lease=lease,
+            release=lambda keys: self.release_leases(keys, owner),
+        )
 
     async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the protocol bounds the wait; backends map it to their own notification timeout
         """Return when ``cache_key`` may have been written, or after ``timeout``.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import anyio.lowlevel
 
-from beautyspot_async._record import TaskRecord
+from beautyspot_async._record import TaskRecord, saved_record
 from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.db._history import records_to_frame
 
@@ -93,7 +93,7 @@ class MemoryTaskDB(TaskDB):
         expires_at: float | None = None,
         size_bytes: int | None = None,
     ) -> None:
-        record = TaskRecord(
+        record = saved_record(
             cache_key=cache_key,
             func_name=func_name,
             input_id=input_id,
@@ -103,7 +103,7 @@ class MemoryTaskDB(TaskDB):
             result_value=result_value,
             result_data=result_data,
             expires_at=expires_at,
-            size_bytes=_size(size_bytes, result_data),
+            size_bytes=size_bytes,
         )
         await anyio.lowlevel.checkpoint()
         with self._lock:
@@ -203,9 +203,3 @@ class MemoryTaskDB(TaskDB):
                     self._leases[key] = (owner, now + ttl)
                     taken.append(key)
         return taken
-
-
-def _size(size_bytes: int | None, result_data: bytes | None) -> int:
-    if size_bytes is not None:
-        return size_bytes
-    return 0 if result_data is None else len(result_data)

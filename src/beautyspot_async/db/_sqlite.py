@@ -19,11 +19,9 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
@@ -31,7 +29,9 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record
+from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._lazy import LazyClient
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, saved_record
 from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.db._history import records_to_frame
 from beautyspot_async.exceptions import BackendError, ConfigurationError
@@ -176,8 +176,8 @@ class SQLiteTaskDB(TaskDB):
         self._busy_timeout = busy_timeout
         self._nowait_max_bytes = nowait_max_bytes
         self._poll_interval = poll_interval
-        self._conn: aiosqlite.Connection | None = None
-        self._open_lock: asyncio.Lock | None = None
+        # Not loop-bound: aiosqlite answers each call on the caller's loop.
+        self._conn = LazyClient(self._open, self._close, loop_bound=False)
         self._write_lock: asyncio.Lock | None = None
         self._reader = _ReaderSlot()
         # Bumped by aclose(): each thread then drops its stale reader on next use.
@@ -194,23 +194,10 @@ class SQLiteTaskDB(TaskDB):
 
     # -- connection lifecycle -------------------------------------------------------
 
-    async def _connection(self) -> aiosqlite.Connection:
-        conn = self._conn
-        if conn is not None:
-            return conn
-        # Created here, not in __init__, so each lock belongs to the loop that
-        # (re)opens the database; no await separates the check and the set.
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if self._conn is None:
-                self._conn = await self._open()
-            return self._conn
-
     async def _open(self) -> aiosqlite.Connection:
         if not self._in_memory:
             await anyio.to_thread.run_sync(self._make_parent)
-        with _translate("open"):
+        with _ERRORS.translating("open"):
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch
             # is one transaction and a single upsert commits on its own.
             conn = await aiosqlite.connect(
@@ -300,27 +287,27 @@ class SQLiteTaskDB(TaskDB):
         :class:`~beautyspot_async.ConfigurationError` for a file written by a
         newer, unknown schema version.
         """
-        conn = self._conn
-        if conn is None:
-            await self._connection()  # opening checks the schema
+        if self._conn.peek() is None:
+            await self._conn.get()  # opening checks the schema
             return
         async with self._writing() as conn:
-            with _translate("init_schema"):
+            with _ERRORS.translating("init_schema"):
                 await self._ensure_schema(conn)
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. The next call reopens it."""
-        conn, self._conn = self._conn, None
-        self._open_lock = None
         self._generation += 1
         self._drop_reader()
-        if conn is not None:
-            with anyio.CancelScope(shield=True), _translate("close"):
-                await conn.close()
+        await self._conn.aclose()
+
+    @staticmethod
+    async def _close(conn: aiosqlite.Connection) -> None:
+        with anyio.CancelScope(shield=True), _ERRORS.translating("close"):
+            await conn.close()
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        conn = await self._connection()
-        with _translate("read"):
+        conn = await self._conn.get()
+        with _ERRORS.translating("read"):
             return list(await conn.execute_fetchall(sql, params))
 
     def _writing(self) -> _Writing:
@@ -361,28 +348,22 @@ class SQLiteTaskDB(TaskDB):
         expires_at: float | None = None,
         size_bytes: int | None = None,
     ) -> None:
-        if size_bytes is None:
-            size_bytes = 0 if result_data is None else len(result_data)
+        record = saved_record(
+            cache_key=cache_key,
+            func_name=func_name,
+            input_id=input_id,
+            version=version,
+            result_type=result_type,
+            content_type=content_type,
+            result_value=result_value,
+            result_data=result_data,
+            expires_at=expires_at,
+            size_bytes=size_bytes,
+        )
         async with self._writing() as conn:
             now = self._clock()
-            with _translate("save"):
-                await conn.execute(
-                    _UPSERT,
-                    (
-                        cache_key,
-                        func_name,
-                        input_id,
-                        version,
-                        result_type,
-                        content_type,
-                        result_value,
-                        result_data,
-                        expires_at,
-                        size_bytes,
-                        now,
-                        now,
-                    ),
-                )
+            with _ERRORS.translating("save"):
+                await conn.execute(_UPSERT, _row(record, now))
 
     async def save_many(self, records: Iterable[TaskRecord]) -> None:
         """Upsert every record in one transaction."""
@@ -420,12 +401,12 @@ class SQLiteTaskDB(TaskDB):
         private, but it is how every public method of aiosqlite is built.
         """
         async with self._writing() as conn:
-            with _translate(action):
+            with _ERRORS.translating(action):
                 return await conn._execute(_in_transaction, conn._conn, work, self._busy_timeout)  # type: ignore[no-untyped-call,no-any-return]
 
     async def _change(self, sql: str, params: Sequence[Any], action: str) -> int:
         async with self._writing() as conn:
-            with _translate(action):
+            with _ERRORS.translating(action):
                 cursor = await conn.execute(sql, params)
                 count = cursor.rowcount
                 await cursor.close()
@@ -646,7 +627,7 @@ class _Writing:
         self._lock: asyncio.Lock | None = None
 
     async def __aenter__(self) -> aiosqlite.Connection:
-        conn = await self._db._connection()
+        conn = await self._db._conn.get()
         lock = self._db._write_lock
         assert lock is not None
         await lock.acquire()
@@ -755,16 +736,9 @@ def _lenient_text(raw: bytes) -> str | bytes:
         return raw
 
 
-@contextmanager
-def _translate(action: str) -> Iterator[None]:
-    try:
-        yield
-    except ConfigurationError:
-        raise
-    except sqlite3.Error as exc:
-        raise BackendError(f"{action} failed: {exc}", backend="sqlite") from exc
-    except ValueError as exc:
-        # aiosqlite raises ValueError when its connection was closed underneath.
-        if "connection" not in str(exc).lower():
-            raise
-        raise BackendError(f"{action} failed: {exc}", backend="sqlite") from exc
+def _closed_underneath(exc: BaseException) -> bool:
+    # aiosqlite raises ValueError when its connection was closed underneath.
+    return "connection" in str(exc).lower()
+
+
+_ERRORS: Final = ErrorMap("sqlite", {sqlite3.Error: None, ValueError: _closed_underneath})
