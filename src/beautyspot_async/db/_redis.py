@@ -1,6 +1,6 @@
 """Redis task database on redis.asyncio (extra ``[redis]``).
 
-About 500 lines because its five Lua scripts are inline, next to their callers.
+Over 500 lines because its seven Lua scripts are inline, next to their callers.
 
 Key space, all under ``<prefix>:`` so one prefix is one database::
 

@@ -1,10 +1,12 @@
 """The default task database: one SQLite file, shared safely by processes.
 
-(Over 500 lines: the schema, its SQL and the sync fast path must change together.)
+(Over 500 lines: the schema and every statement on it must change together;
+the sync fast path lives in ``_sqlite_nowait``.)
 
 Writes go through one aiosqlite connection per instance (asyncio only, hence
 ``loop_bound``). Cache-hit lookups can skip the event loop hop entirely through
-:meth:`SQLiteTaskDB.get_nowait`, a plain ``sqlite3`` read that never waits.
+:meth:`SQLiteTaskDB.get_nowait`, a plain ``sqlite3`` read that never waits
+(see ``_sqlite_nowait``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import (
     AsyncIterator,
@@ -34,6 +35,12 @@ from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, saved_record
 from beautyspot_async.db._base import LeaseHolder, TaskDB
 from beautyspot_async.db._history import records_to_frame
+from beautyspot_async.db._sqlite_nowait import (
+    IN_CHUNK,
+    RECORD_COLUMNS,
+    NowaitReader,
+    lenient_text,
+)
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -46,21 +53,7 @@ _T = TypeVar("_T")
 #: Layout version kept in ``PRAGMA user_version``; bump it with a migration.
 SCHEMA_VERSION: Final = 1
 
-_RECORD_COLUMNS: Final = (
-    "cache_key",
-    "func_name",
-    "input_id",
-    "version",
-    "result_type",
-    "content_type",
-    "result_value",
-    "result_data",
-    "expires_at",
-    "size_bytes",
-    "created_at",
-    "updated_at",
-)
-_SELECT_RECORD: Final = ", ".join(_RECORD_COLUMNS)
+_SELECT_RECORD: Final = ", ".join(RECORD_COLUMNS)
 _SELECT_HISTORY: Final = ", ".join(HISTORY_COLUMNS)
 
 _SCHEMA: Final = (
@@ -97,23 +90,12 @@ _SCHEMA: Final = (
 # created_at survives an overwrite, unless it is no number at all: a rewrite
 # must repair a row that checked_record rejected.
 _UPSERT: Final = f"""
-    INSERT INTO tasks ({_SELECT_RECORD}) VALUES ({", ".join("?" * len(_RECORD_COLUMNS))})
+    INSERT INTO tasks ({_SELECT_RECORD}) VALUES ({", ".join("?" * len(RECORD_COLUMNS))})
     ON CONFLICT (cache_key) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS[1:] if c != "created_at")},
+        {", ".join(f"{c} = excluded.{c}" for c in RECORD_COLUMNS[1:] if c != "created_at")},
         created_at = CASE WHEN typeof(tasks.created_at) IN ('real', 'integer')
             THEN tasks.created_at ELSE excluded.created_at END
 """
-
-# One statement, so the size test and the payload read see the same row version;
-# length() of a BLOB comes from the record header without reading the payload.
-_NOWAIT_SELECT: Final = f"""
-    SELECT {", ".join(c for c in _RECORD_COLUMNS if c != "result_data")},
-           length(result_data),
-           CASE WHEN length(result_data) <= ? THEN result_data END
-    FROM tasks WHERE cache_key = ?
-"""
-
-_NOWAIT_SELECT_MANY: Final = _NOWAIT_SELECT.replace("cache_key = ?", "cache_key IN ({marks})")
 
 _ACQUIRE_LEASE: Final = """
     INSERT INTO leases (cache_key, owner, expires_at) VALUES (?, ?, ?)
@@ -127,16 +109,7 @@ _TAKE_OVER_LEASE: Final = (
     "UPDATE leases SET owner = ?, expires_at = ? WHERE cache_key = ? AND owner = ?"
 )
 
-# SQLite builds before 3.32 allow 999 host parameters per statement.
-_IN_CHUNK: Final = 900
 _ITER_PAGE: Final = 256
-
-
-class _ReaderSlot(threading.local):
-    """The current thread's fast-path connection and the generation it belongs to."""
-
-    conn: sqlite3.Connection | None = None
-    generation: int = -1
 
 
 class SQLiteTaskDB(TaskDB):
@@ -179,10 +152,7 @@ class SQLiteTaskDB(TaskDB):
         # Not loop-bound: aiosqlite answers each call on the caller's loop.
         self._conn = LazyClient(self._open, self._close, loop_bound=False)
         self._write_lock: asyncio.Lock | None = None
-        self._reader = _ReaderSlot()
-        # Bumped by aclose(): each thread then drops its stale reader on next use.
-        self._generation = 0
-        self._reader_uri = None if self._in_memory else self._path.absolute().as_uri() + "?mode=rw"
+        self._nowait = NowaitReader(None if self._in_memory else self._path, nowait_max_bytes)
 
     def __repr__(self) -> str:
         return f"SQLiteTaskDB({os.fspath(self._path)!r})"
@@ -205,7 +175,7 @@ class SQLiteTaskDB(TaskDB):
                 timeout=self._busy_timeout,
                 isolation_level=None,
             )
-            conn.text_factory = _lenient_text
+            conn.text_factory = lenient_text
             try:
                 await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                 # Switching a fresh file to WAL and creating the schema can
@@ -296,8 +266,7 @@ class SQLiteTaskDB(TaskDB):
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. The next call reopens it."""
-        self._generation += 1
-        self._drop_reader()
+        self._nowait.reset()
         await self._conn.aclose()
 
     @staticmethod
@@ -324,8 +293,8 @@ class SQLiteTaskDB(TaskDB):
     async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
         found: dict[str, TaskRecord] = {}
         unique = list(dict.fromkeys(cache_keys))
-        for start in range(0, len(unique), _IN_CHUNK):
-            chunk = unique[start : start + _IN_CHUNK]
+        for start in range(0, len(unique), IN_CHUNK):
+            chunk = unique[start : start + IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
             rows = await self._read(
                 f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
@@ -480,8 +449,8 @@ class SQLiteTaskDB(TaskDB):
         keys = list(dict.fromkeys(cache_keys))
         now = self._clock()
         found: dict[str, LeaseHolder] = {}
-        for start in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[start : start + _IN_CHUNK]
+        for start in range(0, len(keys), IN_CHUNK):
+            chunk = keys[start : start + IN_CHUNK]
             rows = await self._read(
                 f"SELECT cache_key, owner, expires_at FROM leases "
                 f"WHERE cache_key IN ({','.join('?' * len(chunk))}) AND expires_at > ?",
@@ -517,8 +486,8 @@ class SQLiteTaskDB(TaskDB):
 
         def work(raw: sqlite3.Connection) -> dict[str, TaskRecord | bool]:
             found: dict[str, TaskRecord | bool] = {}
-            for start in range(0, len(keys), _IN_CHUNK):
-                chunk = keys[start : start + _IN_CHUNK]
+            for start in range(0, len(keys), IN_CHUNK):
+                chunk = keys[start : start + IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 for row in raw.execute(
                     f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
@@ -548,71 +517,11 @@ class SQLiteTaskDB(TaskDB):
         holds a lock that would make it wait, and when the payload is larger
         than ``nowait_max_bytes``.
         """
-        try:
-            conn = self._reader_conn()
-            row = conn.execute(_NOWAIT_SELECT, (self._nowait_max_bytes, cache_key)).fetchone()
-        except sqlite3.OperationalError:
-            # Locked, busy, missing table, missing file: all mean "ask get()".
-            raise anyio.WouldBlock from None
-        if row is None:
-            return None
-        length, data = row[11], row[12]
-        if length is not None and data is None:
-            raise anyio.WouldBlock
-        return _nowait_record(row, data)
+        return self._nowait.get(cache_key)
 
     def get_many_nowait(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord | None]:
         """One ``IN (...)`` query per chunk on this thread's fast-path connection."""
-        keys = list(dict.fromkeys(cache_keys))
-        found: dict[str, TaskRecord | None] = {}
-        try:
-            conn = self._reader_conn()
-            for start in range(0, len(keys), _IN_CHUNK):
-                chunk = keys[start : start + _IN_CHUNK]
-                rows = conn.execute(
-                    _NOWAIT_SELECT_MANY.format(marks=",".join("?" * len(chunk))),
-                    (self._nowait_max_bytes, *chunk),
-                ).fetchall()
-                for row in rows:
-                    length, data = row[11], row[12]
-                    if length is not None and data is None:
-                        found[row[0]] = _TOO_LARGE
-                    else:
-                        found[row[0]] = _nowait_record(row, data)
-                for key in chunk:
-                    found.setdefault(key, None)
-        except (sqlite3.OperationalError, anyio.WouldBlock):
-            return {}  # locked or not created yet: nothing can be answered now
-        return {key: value for key, value in found.items() if value is not _TOO_LARGE}
-
-    def _reader_conn(self) -> sqlite3.Connection:
-        slot = self._reader
-        conn = slot.conn
-        if conn is not None and slot.generation == self._generation:
-            return conn
-        if self._reader_uri is None:
-            raise anyio.WouldBlock
-        self._drop_reader()
-        # mode=rw never creates the file (a missing file is OperationalError).
-        conn = sqlite3.connect(self._reader_uri, uri=True, timeout=0.0, isolation_level=None)
-        conn.text_factory = _lenient_text
-        try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute("PRAGMA query_only = 1")
-            # Memory-mapped reads skip a copy through SQLite's page cache: the
-            # hit path's single-row read gets measurably cheaper.
-            conn.execute("PRAGMA mmap_size = 268435456")
-        except BaseException:
-            conn.close()
-            raise
-        slot.conn, slot.generation = conn, self._generation
-        return conn
-
-    def _drop_reader(self) -> None:
-        slot = self._reader
-        conn, slot.conn = slot.conn, None
-        if conn is not None:
-            conn.close()
+        return self._nowait.get_many(cache_keys)
 
 
 class _Writing:
@@ -639,9 +548,6 @@ class _Writing:
             self._lock.release()
 
 
-_TOO_LARGE: Final[Any] = object()
-
-
 def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
     """An upsert's parameters; both timestamps are ``now`` (the upsert keeps created_at)."""
     return (
@@ -657,23 +563,6 @@ def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
         r.size_bytes,
         now,
         now,
-    )
-
-
-def _nowait_record(row: Sequence[Any], data: bytes | None) -> TaskRecord:
-    return checked_record(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        data,
-        row[7],
-        row[8],
-        row[9],
-        row[10],
     )
 
 
@@ -722,18 +611,6 @@ def _in_transaction(
 def _record(row: Sequence[Any]) -> TaskRecord:
     # SQLite columns hold any type whatever the schema says: check them.
     return checked_record(*row)
-
-
-def _lenient_text(raw: bytes) -> str | bytes:
-    """Text columns as str; bytes when not valid UTF-8, for checked_record to flag.
-
-    sqlite3's default text handling raises on invalid UTF-8 before a row
-    reaches us, which would turn one damaged row into an error on every call.
-    """
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
 
 
 def _closed_underneath(exc: BaseException) -> bool:
