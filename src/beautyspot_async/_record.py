@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -14,11 +15,13 @@ __all__ = [
     "BLOB",
     "HISTORY_COLUMNS",
     "INLINE",
+    "RECORD_COLUMNS",
     "TaskRecord",
     "as_record",
     "checked_record",
     "payload_size",
     "saved_record",
+    "written_values",
 ]
 
 #: ``result_type`` of a record whose serialized payload is in ``result_data``.
@@ -71,6 +74,16 @@ class TaskRecord:
     def is_expired(self, now: float) -> bool:
         """Whether the record is past its expiry at wall-clock time ``now``."""
         return self.expires_at is not None and self.expires_at <= now
+
+
+#: A record's stored fields, in the order the SQL backends' tables hold them.
+RECORD_COLUMNS: Final = tuple(f.name for f in fields(TaskRecord) if f.name != "problem")
+
+#: ``written_values(record)``: what a save writes, in :data:`RECORD_COLUMNS`
+#: order up to ``size_bytes``; the timestamps are left to the backend's clock.
+written_values: Final[Callable[[TaskRecord], tuple[Any, ...]]] = operator.attrgetter(
+    *RECORD_COLUMNS[: RECORD_COLUMNS.index("size_bytes") + 1]
+)
 
 
 def payload_size(size_bytes: int | None, result_data: bytes | None) -> int:

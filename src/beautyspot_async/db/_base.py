@@ -11,18 +11,17 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, Self
 
 import anyio
 
-from .._record import TaskRecord, as_record
+from .._record import TaskRecord, as_record, saved_record
 from ._common import WaitStatistics, lookup_then_lease
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LeaseHolder", "TaskDB"]
+__all__ = ["LeaseHolder", "RecordTaskDB", "TaskDB"]
 
 
 class LeaseHolder(NamedTuple):
@@ -147,12 +146,7 @@ class TaskDB(ABC):
         await self.init_schema()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     def statistics(self) -> WaitStatistics:
@@ -371,3 +365,46 @@ class TaskDB(ABC):
         :meth:`get`, so a spurious early return is harmless.
         """
         await anyio.sleep(min(timeout, 0.05))
+
+
+class RecordTaskDB(TaskDB):
+    """A :class:`TaskDB` whose ``save()`` hands one settled record to :meth:`_save_record`.
+
+    The shipped backends derive from it, so the keywords of ``save()`` are
+    turned into a record in one place (``saved_record``: the one
+    ``size_bytes`` rule) and ``save()`` stores what ``save_many()`` would.
+    """
+
+    async def save(
+        self,
+        *,
+        cache_key: str,
+        func_name: str,
+        input_id: str,
+        version: str | None,
+        result_type: str,
+        content_type: str | None,
+        result_value: str | None = None,
+        result_data: bytes | None = None,
+        expires_at: float | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        """Insert or replace the record for ``cache_key``; durable on return."""
+        await self._save_record(
+            saved_record(
+                cache_key=cache_key,
+                func_name=func_name,
+                input_id=input_id,
+                version=version,
+                result_type=result_type,
+                content_type=content_type,
+                result_value=result_value,
+                result_data=result_data,
+                expires_at=expires_at,
+                size_bytes=size_bytes,
+            )
+        )
+
+    @abstractmethod
+    async def _save_record(self, record: TaskRecord) -> None:
+        """Upsert ``record``; its timestamps are ignored (the backend stamps them)."""

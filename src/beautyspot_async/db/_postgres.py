@@ -29,8 +29,8 @@ import anyio
 
 from beautyspot_async._errormap import ErrorMap, backend_error
 from beautyspot_async._lazy import LazyClient
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, saved_record
-from beautyspot_async.db._base import LeaseHolder, TaskDB
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, written_values
+from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
 
@@ -95,7 +95,7 @@ def _record(row: asyncpg.Record) -> TaskRecord:
     )
 
 
-class PostgresTaskDB(TaskDB):
+class PostgresTaskDB(RecordTaskDB):
     """Task database on PostgreSQL, shared by every process that uses ``dsn``.
 
     ``schema`` (created when missing) and ``table_prefix`` name the tables, so
@@ -365,47 +365,11 @@ class PostgresTaskDB(TaskDB):
             {notify}"""
 
     def _upsert_args(self, r: TaskRecord) -> tuple[Any, ...]:
-        args: tuple[Any, ...] = (
-            r.cache_key,
-            r.func_name,
-            r.input_id,
-            r.version,
-            r.result_type,
-            r.content_type,
-            r.result_value,
-            r.result_data,
-            r.expires_at,
-            r.size_bytes,
-        )
+        args = written_values(r)
         return (*args, self._channel) if self._notify else args
 
-    async def save(
-        self,
-        *,
-        cache_key: str,
-        func_name: str,
-        input_id: str,
-        version: str | None,
-        result_type: str,
-        content_type: str | None,
-        result_value: str | None = None,
-        result_data: bytes | None = None,
-        expires_at: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
+    async def _save_record(self, record: TaskRecord) -> None:
         """Upsert one record (``created_at`` kept) and notify waiters."""
-        record = saved_record(
-            cache_key=cache_key,
-            func_name=func_name,
-            input_id=input_id,
-            version=version,
-            result_type=result_type,
-            content_type=content_type,
-            result_value=result_value,
-            result_data=result_data,
-            expires_at=expires_at,
-            size_bytes=size_bytes,
-        )
         args = self._upsert_args(record)
         query = self._upsert
 

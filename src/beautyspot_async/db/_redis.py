@@ -25,8 +25,8 @@ import anyio
 
 from beautyspot_async._errormap import ErrorMap
 from beautyspot_async._lazy import LazyClient
-from beautyspot_async._record import TaskRecord, checked_record, saved_record
-from beautyspot_async.db._base import LeaseHolder, TaskDB
+from beautyspot_async._record import TaskRecord, checked_record
+from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
 
@@ -199,7 +199,7 @@ def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
     )
 
 
-class RedisTaskDB(TaskDB):
+class RedisTaskDB(RecordTaskDB):
     """Task database on Redis, shared by every process using ``url`` and ``prefix``.
 
     One prefix is one namespace: two Spots with different prefixes never see
@@ -376,33 +376,8 @@ class RedisTaskDB(TaskDB):
         keys = [self._rec + r.cache_key.encode(), self._updated, self._expires]
         return keys, args
 
-    async def save(
-        self,
-        *,
-        cache_key: str,
-        func_name: str,
-        input_id: str,
-        version: str | None,
-        result_type: str,
-        content_type: str | None,
-        result_value: str | None = None,
-        result_data: bytes | None = None,
-        expires_at: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
+    async def _save_record(self, record: TaskRecord) -> None:
         """Upsert one record atomically (``created_at`` kept) and publish its key."""
-        record = saved_record(
-            cache_key=cache_key,
-            func_name=func_name,
-            input_id=input_id,
-            version=version,
-            result_type=result_type,
-            content_type=content_type,
-            result_value=result_value,
-            result_data=result_data,
-            expires_at=expires_at,
-            size_bytes=size_bytes,
-        )
         keys, args = self._save_args(record)
 
         async def op(r: aioredis.Redis) -> None:

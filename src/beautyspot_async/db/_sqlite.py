@@ -32,12 +32,17 @@ import anyio.to_thread
 
 from beautyspot_async._errormap import ErrorMap
 from beautyspot_async._lazy import LazyClient
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, saved_record
-from beautyspot_async.db._base import LeaseHolder, TaskDB
+from beautyspot_async._record import (
+    HISTORY_COLUMNS,
+    RECORD_COLUMNS,
+    TaskRecord,
+    checked_record,
+    written_values,
+)
+from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
 from beautyspot_async.db._sqlite_nowait import (
     IN_CHUNK,
-    RECORD_COLUMNS,
     NowaitReader,
     lenient_text,
 )
@@ -112,7 +117,7 @@ _TAKE_OVER_LEASE: Final = (
 _ITER_PAGE: Final = 256
 
 
-class SQLiteTaskDB(TaskDB):
+class SQLiteTaskDB(RecordTaskDB):
     """Task database in one SQLite file (WAL mode), safe across processes.
 
     ``path`` is created with its parent directory on first use; the
@@ -303,32 +308,7 @@ class SQLiteTaskDB(TaskDB):
                 found[row[0]] = _record(row)
         return found
 
-    async def save(
-        self,
-        *,
-        cache_key: str,
-        func_name: str,
-        input_id: str,
-        version: str | None,
-        result_type: str,
-        content_type: str | None,
-        result_value: str | None = None,
-        result_data: bytes | None = None,
-        expires_at: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
-        record = saved_record(
-            cache_key=cache_key,
-            func_name=func_name,
-            input_id=input_id,
-            version=version,
-            result_type=result_type,
-            content_type=content_type,
-            result_value=result_value,
-            result_data=result_data,
-            expires_at=expires_at,
-            size_bytes=size_bytes,
-        )
+    async def _save_record(self, record: TaskRecord) -> None:
         async with self._writing() as conn:
             now = self._clock()
             with _ERRORS.translating("save"):
@@ -550,20 +530,7 @@ class _Writing:
 
 def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
     """An upsert's parameters; both timestamps are ``now`` (the upsert keeps created_at)."""
-    return (
-        r.cache_key,
-        r.func_name,
-        r.input_id,
-        r.version,
-        r.result_type,
-        r.content_type,
-        r.result_value,
-        r.result_data,
-        r.expires_at,
-        r.size_bytes,
-        now,
-        now,
-    )
+    return (*written_values(r), now, now)
 
 
 def _begin_immediate(raw: sqlite3.Connection, timeout: float) -> None:

@@ -16,25 +16,9 @@ from typing import Any, Final
 
 import anyio
 
-from beautyspot_async._record import TaskRecord, checked_record
+from beautyspot_async._record import RECORD_COLUMNS, TaskRecord, checked_record
 
-__all__ = ["IN_CHUNK", "RECORD_COLUMNS", "NowaitReader", "lenient_text"]
-
-#: The tasks table's columns, in the order rows are read and written.
-RECORD_COLUMNS: Final = (
-    "cache_key",
-    "func_name",
-    "input_id",
-    "version",
-    "result_type",
-    "content_type",
-    "result_value",
-    "result_data",
-    "expires_at",
-    "size_bytes",
-    "created_at",
-    "updated_at",
-)
+__all__ = ["IN_CHUNK", "NowaitReader", "lenient_text"]
 
 # SQLite builds before 3.32 allow 999 host parameters per statement.
 IN_CHUNK: Final = 900

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import ClassVar, Self
 
 __all__ = ["BlobStorageBase"]
@@ -79,12 +78,7 @@ class BlobStorageBase(ABC):
         # Storages open lazily on first use: there is nothing to do yet.
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
