@@ -87,7 +87,7 @@ async def _save(db: PostgresTaskDB, key: str, data: bytes = b"payload") -> None:
 
 async def _until_blocked(db: PostgresTaskDB, key: str) -> None:
     with anyio.fail_after(10):
-        while key not in db._blocked:
+        while key not in db.statistics().parked_keys:
             await anyio.sleep(0.005)
 
 
@@ -227,7 +227,7 @@ class TestWaitForResult:
             await _until_blocked(waiter, "k")
             await _save(holder, "other")
             await holder.acquire_lease("k", "holder", 60)  # a round trip after the NOTIFY
-            assert "k" in waiter._blocked
+            assert "k" in waiter.statistics().parked_keys
             tg.cancel_scope.cancel()
 
     async def test_returns_at_once_when_settled(self, make_db: Factory) -> None:

@@ -92,7 +92,7 @@ async def _save(db: RedisTaskDB, key: str, **extra: object) -> None:
 
 async def _until_blocked(db: RedisTaskDB, key: str) -> None:
     with anyio.fail_after(10):
-        while key not in db._blocked:
+        while key not in db.statistics().parked_keys:
             await anyio.sleep(0.005)
 
 
@@ -246,7 +246,7 @@ class TestWaitForResult:
             # PUBLISH returns after delivery to subscribers' sockets; one more
             # round trip on the waiter's side makes it likely to have read it.
             await waiter.get("other")
-            assert "k" in waiter._blocked
+            assert "k" in waiter.statistics().parked_keys
             tg.cancel_scope.cancel()
 
     async def test_returns_at_once_when_settled(self, make_db: Factory) -> None:

@@ -205,10 +205,11 @@ class TestDurability:
         keys = [f"k{i:05d}" for i in range(1500)]
         await db.save_many(TaskRecord(k, "f", "i", None, "inline", None) for k in keys)
         statements: list[str] = []
-        assert db._conn is not None
-        await db._conn.set_trace_callback(statements.append)
+        conn = db._conn.peek()
+        assert conn is not None
+        await conn.set_trace_callback(statements.append)
         found = await db.get_many(keys)
-        await db._conn.set_trace_callback(None)  # type: ignore[arg-type]  # None clears it
+        await conn.set_trace_callback(None)  # type: ignore[arg-type]  # None clears it
         assert len(found) == 1500
         assert len([s for s in statements if "IN (" in s]) == 2
 
@@ -225,8 +226,9 @@ class TestHistory:
                 reads.add((arg1, arg2))
             return sqlite3.SQLITE_OK
 
-        assert db._conn is not None
-        await db._conn.set_authorizer(authorizer)
+        conn = db._conn.peek()
+        assert conn is not None
+        await conn.set_authorizer(authorizer)
         frame = await db.get_history()
         assert list(frame["cache_key"]) == ["big"]
         assert ("tasks", "result_data") not in reads
@@ -234,7 +236,7 @@ class TestHistory:
         # The same probe sees the payload read when a record is fetched.
         await db.get("big")
         assert ("tasks", "result_data") in reads
-        await db._conn.set_authorizer(None)
+        await conn.set_authorizer(None)
 
 
 class TestLeases:

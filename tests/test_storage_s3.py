@@ -150,7 +150,10 @@ class TestMultipart:
                     raise ClientError({"Error": {"Code": "InternalError"}}, "UploadPart")
                 return await real.upload_part(**kwargs)
 
-        storage._client = FailingSecondPart()  # type: ignore[assignment]
+        async def failing_client() -> Any:
+            return FailingSecondPart()
+
+        storage._get_client = failing_client  # type: ignore[method-assign]
         key = _key()
         with pytest.raises(BackendError):
             await storage.save(key, os.urandom(11 * MiB))
@@ -268,7 +271,7 @@ class TestConfiguration:
         # moto does not enforce IAM by default, so the mapping is checked directly.
         storage = S3Storage("locked")
         error = ClientError({"Error": {"Code": "AccessDenied"}}, "PutObject")
-        assert "denied" in str(storage._error("saving", error))
+        assert "denied" in str(storage._errors.error("saving", error))
 
     async def test_concurrent_first_use_opens_one_client(self, make_storage: Factory) -> None:
         storage = make_storage()

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Final
 
 from .exceptions import BackendError
 
-__all__ = ["HISTORY_COLUMNS", "INLINE", "BLOB", "TaskRecord", "as_record", "checked_record"]
+__all__ = [
+    "BLOB",
+    "HISTORY_COLUMNS",
+    "INLINE",
+    "RECORD_COLUMNS",
+    "TaskRecord",
+    "as_record",
+    "checked_record",
+    "payload_size",
+    "saved_record",
+    "written_values",
+]
 
 #: ``result_type`` of a record whose serialized payload is in ``result_data``.
 INLINE: Final = "inline"
@@ -64,6 +76,58 @@ class TaskRecord:
         return self.expires_at is not None and self.expires_at <= now
 
 
+#: A record's stored fields, in the order the SQL backends' tables hold them.
+RECORD_COLUMNS: Final = tuple(f.name for f in fields(TaskRecord) if f.name != "problem")
+
+#: ``written_values(record)``: what a save writes, in :data:`RECORD_COLUMNS`
+#: order up to ``size_bytes``; the timestamps are left to the backend's clock.
+written_values: Final[Callable[[TaskRecord], tuple[Any, ...]]] = operator.attrgetter(
+    *RECORD_COLUMNS[: RECORD_COLUMNS.index("size_bytes") + 1]
+)
+
+
+def payload_size(size_bytes: int | None, result_data: bytes | None) -> int:
+    """The one ``size_bytes`` rule: as given; when not given (``None``), the
+    length of the inline payload, or 0 without one (a blob's size is always
+    given by the pipeline, which alone knows it)."""
+    if size_bytes is not None:
+        return size_bytes
+    return 0 if result_data is None else len(result_data)
+
+
+def saved_record(
+    *,
+    cache_key: str,
+    func_name: str,
+    input_id: str,
+    version: str | None,
+    result_type: str,
+    content_type: str | None,
+    result_value: str | None = None,
+    result_data: bytes | None = None,
+    expires_at: float | None = None,
+    size_bytes: int | None = None,
+) -> TaskRecord:
+    """The record a :meth:`TaskDB.save` call describes, its size settled.
+
+    Every backend's ``save()`` builds its row from this, so ``save()`` and
+    ``save_many()`` store the same thing. The timestamps are left at 0: the
+    backend stamps them with its own clock.
+    """
+    return TaskRecord(
+        cache_key=cache_key,
+        func_name=func_name,
+        input_id=input_id,
+        version=version,
+        result_type=result_type,
+        content_type=content_type,
+        result_value=result_value,
+        result_data=result_data,
+        expires_at=expires_at,
+        size_bytes=payload_size(size_bytes, result_data),
+    )
+
+
 _FIELDS: Final = frozenset(TaskRecord.__dataclass_fields__) - {"problem"}
 _REQUIRED: Final = ("func_name", "input_id", "version", "result_type", "content_type")
 _TIMES: Final = ("expires_at", "created_at", "updated_at")
@@ -114,8 +178,7 @@ def as_record(found: Any, cache_key: str, *, backend: str = "custom") -> TaskRec
         if fields.get(name) is None:
             fields[name] = 0.0
     if fields.get("size_bytes") is None:
-        data = fields.get("result_data")
-        fields["size_bytes"] = 0 if data is None else len(data)
+        fields["size_bytes"] = payload_size(None, fields.get("result_data"))
     # Wrongly typed fields make a corrupt record, never a crash.
     return checked_record(**fields)
 

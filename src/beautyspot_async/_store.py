@@ -1,10 +1,12 @@
 """The async shell around one task database and one blob storage.
 
 It owns opening and closing them, decides which of them a payload goes to,
-and is the one place where backend calls are bounded and their failures
-translated: every operation runs under :meth:`ResultStore.guard`, which gives
-it the Spot's ``backend_timeout`` and turns a driver error or an expired
-deadline into BackendError naming the backend and the operation. A frozen
+and is the one place where backend calls are bounded: every operation runs
+under :meth:`ResultStore.guard`, which gives it the Spot's
+``backend_timeout`` and turns an expired deadline into BackendError naming
+the backend and the operation. The shipped backends translate their drivers'
+errors themselves (``_errormap``); the guard passes those through and only
+translates what a custom backend let escape. A frozen
 server (connections accepted, nothing answered) thus fails a call instead of
 hanging it. All of it runs on the Spot's I/O loop for loop-bound backends
 (see ``_portal``), on the caller's loop otherwise -- hence anyio deadlines,
@@ -23,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from ._errormap import backend_error
 from ._record import BLOB, TaskRecord, as_record
 from .db import LeaseHolder, TaskDB
 from .exceptions import BackendError, BeautySpotError, CacheCorruptedError, ConfigurationError
@@ -61,14 +64,6 @@ def check_timeout(timeout: object) -> float | None:
             f"backend_timeout must be a finite number of seconds > 0, or None; got {timeout!r}"
         )
     return float(timeout)
-
-
-def _translate(exc: Exception, backend: str, action: str) -> BeautySpotError:
-    if isinstance(exc, BeautySpotError):
-        return exc
-    error = BackendError(f"{action} failed: {type(exc).__name__}: {exc}", backend=backend)
-    error.__cause__ = exc
-    return error
 
 
 class BackendTimeout(TimeoutError):
@@ -113,7 +108,10 @@ class Guard:
         if scope is not None and scope.cancel_called:
             # A driver turned our cancellation into an error of its own.
             raise self.timed_out() from exc
-        raise _translate(exc, self.backend, self.operation) from exc
+        # Our backends translated their errors already (see _errormap); what
+        # reaches here came from a custom backend, whose driver we cannot know.
+        detail = f"{type(exc).__name__}: {exc}"
+        raise backend_error(self.backend, self.operation, exc, detail) from exc
 
     def timed_out(self) -> BackendError:
         return BackendError(
@@ -159,10 +157,6 @@ class ResultStore:
 
     # -- lifecycle (always on the I/O loop) -----------------------------------
 
-    @property
-    def opened(self) -> bool:
-        return self._opened
-
     async def open_on_io_loop(self) -> None:
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
@@ -190,11 +184,6 @@ class ResultStore:
             raise errors[0]
 
     # -- reads -----------------------------------------------------------------
-
-    async def get(self, cache_key: str) -> TaskRecord | None:
-        with self.guard(self.db.backend_name, "lookup"):
-            found = await self.db.get(cache_key)
-        return as_record(found, cache_key, backend=self.db.backend_name)
 
     async def lookup_many(
         self, cache_keys: list[str], owner: str | None, ttl: float

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord
 from ._base import LeaseHolder, TaskDB
+from ._common import WaitStatistics
 from ._history import records_to_frame
 from ._memory import MemoryTaskDB
 from ._sqlite import SQLiteTaskDB
@@ -31,10 +32,11 @@ __all__ = [
     "SQLiteTaskDB",
     "TaskDB",
     "TaskRecord",
+    "WaitStatistics",
     "records_to_frame",
 ]
 
-for _cls in (LeaseHolder, TaskDB, MemoryTaskDB, SQLiteTaskDB, TaskRecord):
+for _cls in (LeaseHolder, TaskDB, MemoryTaskDB, SQLiteTaskDB, TaskRecord, WaitStatistics):
     _cls.__module__ = __name__
 del _cls
 

@@ -11,16 +11,17 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, Self
 
 import anyio
 
-from .._record import TaskRecord, as_record
+from .._record import TaskRecord, as_record, saved_record
+from ._common import WaitStatistics, lookup_then_lease
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LeaseHolder", "TaskDB"]
+__all__ = ["LeaseHolder", "RecordTaskDB", "TaskDB"]
 
 
 class LeaseHolder(NamedTuple):
@@ -80,7 +81,8 @@ class TaskDB(ABC):
     * Driver errors are raised as :class:`~beautyspot_async.BackendError` with
       the driver's exception chained as ``__cause__``.
     * :meth:`aclose` is idempotent, and a closed database reopens on its next
-      use (lazily, in :meth:`init_schema` or the first call).
+      use (lazily, in :meth:`init_schema` or the first call). ``async with db:``
+      runs :meth:`init_schema` on entry and :meth:`aclose` on exit.
 
     Threading and event loops: a Spot calls a database from one event loop at
     a time. When :attr:`loop_bound` is true (the default: the connections of
@@ -139,6 +141,21 @@ class TaskDB(ABC):
         """
 
     # -- optional, with working defaults --------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.init_schema()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def statistics(self) -> WaitStatistics:
+        """Waits for other processes' results in this instance, as a snapshot.
+
+        Backends that wait on notifications (PostgreSQL, Redis) count them;
+        the default reports none.
+        """
+        return WaitStatistics()
 
     async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
         """Return the records found among ``cache_keys`` (absent keys omitted)."""
@@ -324,24 +341,21 @@ class TaskDB(ABC):
 
         A key that is written (and its lease released) by another process
         between the read and the lease must not come back ``True``: the
-        default re-reads every key it leased. A backend that can do the read
-        and the lease in one atomic step (one transaction) should override
-        this.
+        default re-reads every key it leased (see
+        :func:`~beautyspot_async.db._common.lookup_then_lease`, which a backend
+        can call with batched primitives). A backend that can do the read and
+        the lease in one atomic step (one transaction) should override this.
         """
-        found: dict[str, TaskRecord | bool] = dict(await self.get_many(cache_keys))
-        leased = []
-        for key in cache_keys:
-            if key not in found:
-                got = await self.acquire_lease(key, owner, ttl)
-                found[key] = got
-                if got:
-                    leased.append(key)
-        if leased:
-            late = await self.get_many(leased)
-            if late:
-                await self.release_leases(list(late), owner)
-                found.update(late)
-        return found
+
+        async def lease(keys: list[str]) -> list[bool]:
+            return [await self.acquire_lease(key, owner, ttl) for key in keys]
+
+        return await lookup_then_lease(
+            cache_keys,
+            read=self.get_many,
+            lease=lease,
+            release=lambda keys: self.release_leases(keys, owner),
+        )
 
     async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the protocol bounds the wait; backends map it to their own notification timeout
         """Return when ``cache_key`` may have been written, or after ``timeout``.
@@ -351,3 +365,46 @@ class TaskDB(ABC):
         :meth:`get`, so a spurious early return is harmless.
         """
         await anyio.sleep(min(timeout, 0.05))
+
+
+class RecordTaskDB(TaskDB):
+    """A :class:`TaskDB` whose ``save()`` hands one settled record to :meth:`_save_record`.
+
+    The shipped backends derive from it, so the keywords of ``save()`` are
+    turned into a record in one place (``saved_record``: the one
+    ``size_bytes`` rule) and ``save()`` stores what ``save_many()`` would.
+    """
+
+    async def save(
+        self,
+        *,
+        cache_key: str,
+        func_name: str,
+        input_id: str,
+        version: str | None,
+        result_type: str,
+        content_type: str | None,
+        result_value: str | None = None,
+        result_data: bytes | None = None,
+        expires_at: float | None = None,
+        size_bytes: int | None = None,
+    ) -> None:
+        """Insert or replace the record for ``cache_key``; durable on return."""
+        await self._save_record(
+            saved_record(
+                cache_key=cache_key,
+                func_name=func_name,
+                input_id=input_id,
+                version=version,
+                result_type=result_type,
+                content_type=content_type,
+                result_value=result_value,
+                result_data=result_data,
+                expires_at=expires_at,
+                size_bytes=size_bytes,
+            )
+        )
+
+    @abstractmethod
+    async def _save_record(self, record: TaskRecord) -> None:
+        """Upsert ``record``; its timestamps are ignored (the backend stamps them)."""

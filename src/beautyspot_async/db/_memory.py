@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 import anyio.lowlevel
 
 from beautyspot_async._record import TaskRecord
-from beautyspot_async.db._base import LeaseHolder, TaskDB
+from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryTaskDB"]
 
 
-class MemoryTaskDB(TaskDB):
+class MemoryTaskDB(RecordTaskDB):
     """Keep every record in process memory; nothing survives the process.
 
     Works on any event loop and under asyncio and trio (``loop_bound`` is
@@ -79,32 +79,7 @@ class MemoryTaskDB(TaskDB):
         with self._lock:
             return {k: r for k in cache_keys if (r := self._rows.get(k)) is not None}
 
-    async def save(
-        self,
-        *,
-        cache_key: str,
-        func_name: str,
-        input_id: str,
-        version: str | None,
-        result_type: str,
-        content_type: str | None,
-        result_value: str | None = None,
-        result_data: bytes | None = None,
-        expires_at: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
-        record = TaskRecord(
-            cache_key=cache_key,
-            func_name=func_name,
-            input_id=input_id,
-            version=version,
-            result_type=result_type,
-            content_type=content_type,
-            result_value=result_value,
-            result_data=result_data,
-            expires_at=expires_at,
-            size_bytes=_size(size_bytes, result_data),
-        )
+    async def _save_record(self, record: TaskRecord) -> None:
         await anyio.lowlevel.checkpoint()
         with self._lock:
             self._upsert(record, self._clock())
@@ -203,9 +178,3 @@ class MemoryTaskDB(TaskDB):
                     self._leases[key] = (owner, now + ttl)
                     taken.append(key)
         return taken
-
-
-def _size(size_bytes: int | None, result_data: bytes | None) -> int:
-    if size_bytes is not None:
-        return size_bytes
-    return 0 if result_data is None else len(result_data)

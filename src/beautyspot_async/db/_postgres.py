@@ -1,7 +1,8 @@
 """PostgreSQL task database on asyncpg (extra ``[postgres]``).
 
-Over 500 lines because its SQL is inline: records, leases and LISTEN/NOTIFY
-share one pool, one retry wrapper and one set of table names.
+Over 500 lines because its SQL is inline: records, leases and the wait
+check share one pool, one retry wrapper and one set of table names (the
+LISTEN connection lives in ``_pglisten``).
 
 Layout, all under one schema and one table-name prefix (default
 ``public.beautyspot_*``)::
@@ -26,9 +27,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record
-from beautyspot_async.db._base import LeaseHolder, TaskDB
-from beautyspot_async.exceptions import BackendError, ConfigurationError
+from beautyspot_async._errormap import ErrorMap, backend_error
+from beautyspot_async._lazy import LazyClient
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, written_values
+from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
+from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
+from beautyspot_async.exceptions import ConfigurationError
 
 try:
     import asyncpg
@@ -37,9 +41,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "PostgresTaskDB needs asyncpg: pip install 'beautyspot-async[postgres]'"
     ) from exc
 
-if TYPE_CHECKING:
-    import asyncio
+from beautyspot_async.db._pglisten import Listener
 
+if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["PostgresTaskDB"]
@@ -66,6 +70,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     # notices only as the next query starts.
     asyncpg.exceptions.InternalClientError,
 )
+_ERRORS = ErrorMap("postgresql", {asyncpg.PostgresError: None}, transient=_TRANSIENT)
 
 
 def _quote(ident: str) -> str:
@@ -90,13 +95,7 @@ def _record(row: asyncpg.Record) -> TaskRecord:
     )
 
 
-def _size(result_data: bytes | None, size_bytes: int | None) -> int:
-    # 0 is TaskRecord's default, so a batch record that never set it falls
-    # back to the payload length as save() does for None.
-    return size_bytes or (0 if result_data is None else len(result_data))
-
-
-class PostgresTaskDB(TaskDB):
+class PostgresTaskDB(RecordTaskDB):
     """Task database on PostgreSQL, shared by every process that uses ``dsn``.
 
     ``schema`` (created when missing) and ``table_prefix`` name the tables, so
@@ -164,58 +163,40 @@ class PostgresTaskDB(TaskDB):
         # Advisory lock ids are bigint; derive a stable one from the tables' name.
         self._lock_id = int.from_bytes(digest[10:18], "big", signed=True)
 
-        self._pool: asyncpg.Pool | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._open_lock: anyio.Lock | None = None
-        self._listener: asyncpg.Connection | None = None
-        self._waiters: dict[str, set[anyio.Event]] = {}
-        # Keys with a waiter parked on its notification (after the re-check);
-        # lets tests save only once a waiter can be woken by NOTIFY alone.
-        self._blocked: dict[str, int] = {}
+        self._pool = LazyClient(self._open_pool, _close_pool)
+        self._waits = WaitTracker()
+        self._listener = LazyClient(self._open_listener, Listener.aclose, alive=Listener.alive)
 
     def __repr__(self) -> str:
         return f"PostgresTaskDB(schema={self.schema!r}, table_prefix={self.table_prefix!r})"
 
     # -- connection management ------------------------------------------------
 
-    def _check_loop(self) -> None:
-        import asyncio
+    async def _open_pool(self) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            self.dsn,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._connect_timeout,
+            **self._connect_kwargs,
+        )
 
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A pool belongs to the loop that created it; on a new loop (a
-            # second asyncio.run()) the old one is unusable and is dropped.
-            self._loop = loop
-            self._pool = None
-            self._listener = None
-            self._waiters = {}
-            self._blocked = {}
-            self._open_lock = anyio.Lock()
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        self._check_loop()
-        pool = self._pool
-        if pool is not None:
-            return pool
-        assert self._open_lock is not None
-        # Double-checked: concurrent first calls must not open two pools.
-        async with self._open_lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self.dsn,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    timeout=self._connect_timeout,
-                    **self._connect_kwargs,
-                )
-            return self._pool
+    async def _open_listener(self) -> Listener:
+        with _ERRORS.translating("LISTEN for results"):
+            return await Listener.open(
+                self.dsn,
+                self._channel,
+                self._waits,
+                connect_timeout=self._connect_timeout,
+                **self._connect_kwargs,
+            )
 
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]], what: str) -> T:
         """Run ``op`` on a pooled connection, retrying transient failures."""
         attempts = len(self._retry_delays) + 1
         for attempt in range(attempts):
             try:
-                pool = await self._get_pool()
+                pool = await self._pool.get()
                 async with pool.acquire() as conn:
                     try:
                         return await op(conn)
@@ -224,51 +205,37 @@ class PostgresTaskDB(TaskDB):
                         # the retry must get a fresh one.
                         conn.terminate()
                         raise
-            except _TRANSIENT as exc:
+            except Exception as exc:
+                if not _ERRORS.is_transient(exc):
+                    with _ERRORS.translating(what):
+                        raise
                 if attempt == attempts - 1:
-                    raise BackendError(
-                        f"{what} failed after {attempts} attempts (connection lost or "
-                        f"server unreachable): {exc}",
-                        backend=self.backend_name,
+                    raise backend_error(
+                        self.backend_name,
+                        what,
+                        exc,
+                        f"{exc} (gave up after {attempts} attempts: connection lost or "
+                        "server unreachable)",
                     ) from exc
-                if self._pool is not None and isinstance(exc, OSError):
+                if isinstance(exc, OSError):
                     # The pool could not connect at all: start afresh.
                     await self._drop_pool()
                 await anyio.sleep(self._retry_delays[attempt])
-            except asyncpg.PostgresError as exc:
-                raise BackendError(f"{what} failed: {exc}", backend=self.backend_name) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _drop_pool(self) -> None:
-        pool, self._pool = self._pool, None
+        pool = self._pool.drop()
         if pool is not None:
             pool.terminate()
 
+    def statistics(self) -> WaitStatistics:
+        """Waits parked on LISTEN and the notifications received."""
+        return self._waits.snapshot()
+
     async def aclose(self) -> None:
-        """Close the pool and the listener connection. Idempotent."""
-        listener, self._listener = self._listener, None
-        waiters, self._waiters = self._waiters, {}
-        for events in waiters.values():
-            for event in events:
-                event.set()
-        # A graceful close waits for the server to answer; when it does not
-        # (a frozen server), the caller's deadline cancels it and the
-        # connections are cut instead, so closing can never hang.
-        if listener is not None and not listener.is_closed():
-            try:
-                await listener.close(timeout=5)
-            except BaseException as exc:  # a broken connection, or the caller gave up
-                listener.terminate()
-                if not isinstance(exc, Exception):
-                    raise
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await pool.close()
-            except BaseException as exc:  # a broken pool, or the caller gave up
-                pool.terminate()
-                if not isinstance(exc, Exception):
-                    raise
+        """Close the listener connection and the pool. Idempotent."""
+        await self._listener.aclose()
+        await self._pool.aclose()
 
     # -- schema ---------------------------------------------------------------
 
@@ -397,48 +364,13 @@ class PostgresTaskDB(TaskDB):
                 RETURNING cache_key)
             {notify}"""
 
-    def _upsert_args(self, r: TaskRecord, size_bytes: int | None) -> tuple[Any, ...]:
-        args: tuple[Any, ...] = (
-            r.cache_key,
-            r.func_name,
-            r.input_id,
-            r.version,
-            r.result_type,
-            r.content_type,
-            r.result_value,
-            r.result_data,
-            r.expires_at,
-            _size(r.result_data, size_bytes),
-        )
+    def _upsert_args(self, r: TaskRecord) -> tuple[Any, ...]:
+        args = written_values(r)
         return (*args, self._channel) if self._notify else args
 
-    async def save(
-        self,
-        *,
-        cache_key: str,
-        func_name: str,
-        input_id: str,
-        version: str | None,
-        result_type: str,
-        content_type: str | None,
-        result_value: str | None = None,
-        result_data: bytes | None = None,
-        expires_at: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
+    async def _save_record(self, record: TaskRecord) -> None:
         """Upsert one record (``created_at`` kept) and notify waiters."""
-        record = TaskRecord(
-            cache_key=cache_key,
-            func_name=func_name,
-            input_id=input_id,
-            version=version,
-            result_type=result_type,
-            content_type=content_type,
-            result_value=result_value,
-            result_data=result_data,
-            expires_at=expires_at,
-        )
-        args = self._upsert_args(record, size_bytes)
+        args = self._upsert_args(record)
         query = self._upsert
 
         async def op(conn: asyncpg.Connection) -> None:
@@ -448,7 +380,7 @@ class PostgresTaskDB(TaskDB):
 
     async def save_many(self, records: Iterable[TaskRecord]) -> None:
         """Upsert every record in one transaction (a later duplicate wins)."""
-        rows = [self._upsert_args(r, r.size_bytes) for r in records]
+        rows = [self._upsert_args(r) for r in records]
         if not rows:
             return
         query = self._upsert
@@ -463,7 +395,7 @@ class PostgresTaskDB(TaskDB):
         self, records: Sequence[TaskRecord], leases: Mapping[str, Sequence[str]]
     ) -> None:
         """Upsert the records and drop the leases in one transaction, one round trip each."""
-        rows = [self._upsert_args(r, r.size_bytes) for r in records]
+        rows = [self._upsert_args(r) for r in records]
         query = self._upsert
         release = self._release_many
 
@@ -504,7 +436,6 @@ class PostgresTaskDB(TaskDB):
         began, so the re-read catches a holder that stored its result and
         released its lease between our first read and our lease.
         """
-        keys = list(dict.fromkeys(cache_keys))
         select = f"SELECT * FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
         take = f"""
             INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
@@ -518,22 +449,17 @@ class PostgresTaskDB(TaskDB):
         give_back = self._release_many
 
         async def op(conn: asyncpg.Connection) -> dict[str, TaskRecord | bool]:
-            found: dict[str, TaskRecord | bool] = {
-                row["cache_key"]: _record(row) for row in await conn.fetch(select, keys)
-            }
-            missing = [k for k in keys if k not in found]
-            if not missing:
-                return found
-            leased = [row[0] for row in await conn.fetch(take, missing, owner, float(ttl))]
-            if leased:
-                late = {row["cache_key"]: _record(row) for row in await conn.fetch(select, leased)}
-                if late:
-                    await conn.execute(give_back, *self._release_args(list(late), owner))
-                    found.update(late)
-            taken = set(leased)
-            for key in missing:
-                found.setdefault(key, key in taken)
-            return found
+            async def read(keys: list[str]) -> dict[str, TaskRecord]:
+                return {row["cache_key"]: _record(row) for row in await conn.fetch(select, keys)}
+
+            async def lease(keys: list[str]) -> list[bool]:
+                taken = {row[0] for row in await conn.fetch(take, keys, owner, float(ttl))}
+                return [key in taken for key in keys]
+
+            async def release(keys: list[str]) -> None:
+                await conn.execute(give_back, *self._release_args(keys, owner))
+
+            return await lookup_then_lease(cache_keys, read=read, lease=lease, release=release)
 
         return await self._run(op, "lookup_or_lease")
 
@@ -569,13 +495,11 @@ class PostgresTaskDB(TaskDB):
         not retried: it raises :class:`~beautyspot_async.BackendError`.
         """
         query = f"SELECT * FROM {self._tasks}"
-        try:
-            pool = await self._get_pool()
+        with _ERRORS.translating("iter_records"):
+            pool = await self._pool.get()
             async with pool.acquire() as conn, conn.transaction():
                 async for row in conn.cursor(query, prefetch=256):
                     yield _record(row)
-        except (*_TRANSIENT, asyncpg.PostgresError) as exc:
-            raise BackendError(f"iter_records failed: {exc}", backend=self.backend_name) from exc
 
     async def get_history(self, limit: int = 1000) -> pd.DataFrame:
         """Return up to ``limit`` records' metadata, newest ``updated_at`` first."""
@@ -611,20 +535,7 @@ class PostgresTaskDB(TaskDB):
 
     async def release_lease(self, cache_key: str, owner: str) -> None:
         """Drop ``owner``'s lease on ``cache_key`` and wake its waiters."""
-        notify = "SELECT pg_notify($3, cache_key) FROM gone" if self._notify else "SELECT 1"
-        query = f"""
-            WITH gone AS (
-                DELETE FROM {self._leases} WHERE cache_key = $1 AND owner = $2
-                RETURNING cache_key)
-            {notify}"""
-        args: tuple[Any, ...] = (cache_key, owner)
-        if self._notify:
-            args = (*args, self._channel)
-
-        async def op(conn: asyncpg.Connection) -> None:
-            await conn.execute(query, *args)
-
-        await self._run(op, "release_lease")
+        await self.release_leases([cache_key], owner)
 
     async def renew_leases(self, cache_keys: Sequence[str], owner: str, ttl: float) -> None:
         """Extend ``owner``'s leases on ``cache_keys`` in one statement (server clock)."""
@@ -686,28 +597,14 @@ class PostgresTaskDB(TaskDB):
             return
         # Connecting the listener is bounded by connect_timeout, not by
         # ``timeout``: a tiny timeout must not keep cancelling the connect.
-        await self._ensure_listener()
-        event = anyio.Event()
-        self._waiters.setdefault(cache_key, set()).add(event)
-        try:
-            with anyio.move_on_after(timeout):
-                # Listening first, then checking, closes the window in which a
-                # save between the caller's miss and our LISTEN would be lost.
-                if await self._settled(cache_key):
-                    return
-                self._blocked[cache_key] = self._blocked.get(cache_key, 0) + 1
-                try:
-                    await event.wait()
-                finally:
-                    self._blocked[cache_key] -= 1
-                    if not self._blocked[cache_key]:
-                        del self._blocked[cache_key]
-        finally:
-            events = self._waiters.get(cache_key)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self._waiters[cache_key]
+        listener = await self._listener.get()
+        with listener.waiting(cache_key) as event, anyio.move_on_after(timeout):
+            # Listening first, then checking, closes the window in which a
+            # save between the caller's miss and our LISTEN would be lost.
+            if await self._settled(cache_key):
+                return
+            with self._waits.parked(cache_key):
+                await event.wait()
 
     async def _settled(self, cache_key: str) -> bool:
         query = f"""
@@ -720,36 +617,14 @@ class PostgresTaskDB(TaskDB):
 
         return await self._run(op, "wait_for_result")
 
-    async def _ensure_listener(self) -> None:
-        self._check_loop()
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        assert self._open_lock is not None
-        async with self._open_lock:
-            if self._listener is not None and not self._listener.is_closed():
-                return
-            # A dedicated connection outside the pool: LISTEN state is per
-            # session and must not leak into pooled connections.
-            try:
-                conn = await asyncpg.connect(
-                    self.dsn, timeout=self._connect_timeout, **self._connect_kwargs
-                )
-                await conn.add_listener(self._channel, self._on_notify)
-            except (*_TRANSIENT, asyncpg.PostgresError) as exc:
-                raise BackendError(
-                    f"cannot LISTEN for results: {exc}", backend=self.backend_name
-                ) from exc
-            conn.add_termination_listener(self._on_listener_lost)
-            self._listener = conn
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        for event in self._waiters.get(str(payload), ()):
-            event.set()
-
-    def _on_listener_lost(self, conn: object) -> None:
-        # Notifications may have been missed while the connection was down:
-        # wake everyone so they re-check, and reconnect on the next wait.
-        self._listener = None
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    # A graceful close waits for the server to answer; when it does not (a
+    # frozen server), the caller's deadline cancels it and the connections
+    # are cut instead, so closing can never hang.
+    try:
+        await pool.close()
+    except BaseException as exc:  # a broken pool, or the caller gave up
+        pool.terminate()
+        if not isinstance(exc, Exception):
+            raise

@@ -1,6 +1,6 @@
 """Redis task database on redis.asyncio (extra ``[redis]``).
 
-About 500 lines because its five Lua scripts are inline, next to their callers.
+Over 500 lines because its seven Lua scripts are inline, next to their callers.
 
 Key space, all under ``<prefix>:`` so one prefix is one database::
 
@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import anyio
 
+from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import TaskRecord, checked_record
-from beautyspot_async.db._base import LeaseHolder, TaskDB
-from beautyspot_async.exceptions import BackendError, ConfigurationError
+from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
+from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
+from beautyspot_async.exceptions import ConfigurationError
 
 try:
     import redis.asyncio as aioredis
@@ -37,8 +40,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("RedisTaskDB needs redis: pip install 'beautyspot-async[redis]'") from exc
 
 if TYPE_CHECKING:
-    import asyncio
-
     import pandas as pd
 
 __all__ = ["RedisTaskDB"]
@@ -152,6 +153,8 @@ return 0
 
 _EXPIRE_BATCH = 500
 
+_ERRORS = ErrorMap("redis", {RedisError: None, OSError: None})
+
 
 def _text(value: bytes | None) -> str | bytes | None:
     # Invalid UTF-8 stays bytes, for checked_record to flag.
@@ -173,6 +176,11 @@ def _number(value: bytes | None, kind: type[float] | type[int]) -> Any:
         return value
 
 
+async def _close(client: aioredis.Redis) -> None:
+    with anyio.CancelScope(shield=True):
+        await client.aclose()
+
+
 def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
     # Hash fields are whatever anyone wrote there: parse leniently, then check.
     return checked_record(
@@ -191,7 +199,7 @@ def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
     )
 
 
-class RedisTaskDB(TaskDB):
+class RedisTaskDB(RecordTaskDB):
     """Task database on Redis, shared by every process using ``url`` and ``prefix``.
 
     One prefix is one namespace: two Spots with different prefixes never see
@@ -235,70 +243,59 @@ class RedisTaskDB(TaskDB):
         self._lease = f"{prefix}:lease:".encode()
         self._schema = f"{prefix}:schema".encode()
         self.channel = f"{prefix}:saved".encode()
-        self._client: aioredis.Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = LazyClient(self._open, _close)
         self._scripts: dict[str, Any] = {}
-        # Keys with a waiter parked on pub/sub (after its re-check); lets tests
-        # publish only once a waiter can be woken by the message alone.
-        self._blocked: dict[str, int] = {}
+        self._waits = WaitTracker()
 
     def __repr__(self) -> str:
         return f"RedisTaskDB(prefix={self.prefix!r})"
 
     # -- connection management ------------------------------------------------
 
-    def _get_client(self) -> aioredis.Redis:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            # Creating the client opens nothing (connections are made on
-            # demand), so no lock is needed; a client belongs to one loop.
-            self._loop = loop
-            self._client = aioredis.Redis.from_url(
-                self.url,
-                decode_responses=False,
-                socket_timeout=self._socket_timeout,
-                socket_connect_timeout=self._socket_timeout,
-                # Retry lost connections only. A server that did not answer
-                # within socket_timeout will not answer a retry sooner: retrying
-                # timeouts made a frozen Redis block (retries + 1) x
-                # socket_timeout, each retry re-handshaking into the silence.
-                retry=Retry(
-                    ExponentialBackoff(*self._backoff),
-                    self._retries,
-                    supported_errors=(RedisConnectionError,),
-                ),
-                retry_on_error=[RedisConnectionError, OSError],
-                **self._client_kwargs,
+    async def _open(self) -> aioredis.Redis:
+        # Creating the client opens nothing: connections are made on demand.
+        client = aioredis.Redis.from_url(
+            self.url,
+            decode_responses=False,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._socket_timeout,
+            # Retry lost connections only. A server that did not answer
+            # within socket_timeout will not answer a retry sooner: retrying
+            # timeouts made a frozen Redis block (retries + 1) x
+            # socket_timeout, each retry re-handshaking into the silence.
+            retry=Retry(
+                ExponentialBackoff(*self._backoff),
+                self._retries,
+                supported_errors=(RedisConnectionError,),
+            ),
+            retry_on_error=[RedisConnectionError, OSError],
+            **self._client_kwargs,
+        )
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("save", _SAVE),
+                ("delete", _DELETE),
+                ("expire", _DELETE_EXPIRED),
+                ("acquire", _ACQUIRE),
+                ("release", _RELEASE),
+                ("renew", _RENEW),
+                ("take_over", _TAKE_OVER),
             )
-            self._scripts = {
-                name: self._client.register_script(source)
-                for name, source in (
-                    ("save", _SAVE),
-                    ("delete", _DELETE),
-                    ("expire", _DELETE_EXPIRED),
-                    ("acquire", _ACQUIRE),
-                    ("release", _RELEASE),
-                    ("renew", _RENEW),
-                    ("take_over", _TAKE_OVER),
-                )
-            }
-        return self._client
+        }
+        return client
 
     async def _call(self, fn: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
-        try:
-            return await fn(self._get_client())
-        except (RedisError, OSError) as exc:
-            raise BackendError(f"{what} failed: {exc}", backend=self.backend_name) from exc
+        with _ERRORS.translating(what):
+            return await fn(await self._client.get())
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent."""
-        client, self._client = self._client, None
-        self._scripts = {}
-        if client is not None:
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
+        await self._client.aclose()
+
+    def statistics(self) -> WaitStatistics:
+        """Waits parked on pub/sub and the messages they received."""
+        return self._waits.snapshot()
 
     # -- schema ---------------------------------------------------------------
 
@@ -353,8 +350,7 @@ class RedisTaskDB(TaskDB):
         hashes = await self._call(op, "get_many")
         return {k: _from_hash(k, h) for k, h in zip(keys, hashes, strict=True) if h}
 
-    def _save_args(self, r: TaskRecord, size_bytes: int | None) -> tuple[list[bytes], list[Any]]:
-        size = size_bytes or len(r.result_data or b"")
+    def _save_args(self, r: TaskRecord) -> tuple[list[bytes], list[Any]]:
         values: dict[str, Any] = {
             "func_name": r.func_name,
             "input_id": r.input_id,
@@ -364,7 +360,7 @@ class RedisTaskDB(TaskDB):
             "result_value": r.result_value,
             "result_data": r.result_data,
             "expires_at": None if r.expires_at is None else repr(float(r.expires_at)),
-            "size_bytes": str(size),
+            "size_bytes": str(r.size_bytes),
         }
         present = [(k, v) for k, v in values.items() if v is not None]
         absent = [k for k, v in values.items() if v is None]
@@ -380,33 +376,9 @@ class RedisTaskDB(TaskDB):
         keys = [self._rec + r.cache_key.encode(), self._updated, self._expires]
         return keys, args
 
-    async def save(
-        self,
-        *,
-        cache_key: str,
-        func_name: str,
-        input_id: str,
-        version: str | None,
-        result_type: str,
-        content_type: str | None,
-        result_value: str | None = None,
-        result_data: bytes | None = None,
-        expires_at: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
+    async def _save_record(self, record: TaskRecord) -> None:
         """Upsert one record atomically (``created_at`` kept) and publish its key."""
-        record = TaskRecord(
-            cache_key=cache_key,
-            func_name=func_name,
-            input_id=input_id,
-            version=version,
-            result_type=result_type,
-            content_type=content_type,
-            result_value=result_value,
-            result_data=result_data,
-            expires_at=expires_at,
-        )
-        keys, args = self._save_args(record, size_bytes)
+        keys, args = self._save_args(record)
 
         async def op(r: aioredis.Redis) -> None:
             await self._scripts["save"](keys=keys, args=args)
@@ -415,7 +387,7 @@ class RedisTaskDB(TaskDB):
 
     async def save_many(self, records: Iterable[TaskRecord]) -> None:
         """Upsert every record in one MULTI/EXEC transaction."""
-        batch = [self._save_args(rec, rec.size_bytes) for rec in records]
+        batch = [self._save_args(rec) for rec in records]
         if not batch:
             return
 
@@ -456,8 +428,8 @@ class RedisTaskDB(TaskDB):
 
     async def iter_records(self) -> AsyncIterator[TaskRecord]:
         """Yield every record, walking the updated_at index with ZSCAN."""
-        client = self._get_client()
-        try:
+        with _ERRORS.translating("iter_records"):
+            client = await self._client.get()
             chunk: list[str] = []
             async for member, _score in client.zscan_iter(self._updated, count=256):
                 chunk.append(member.decode())
@@ -468,8 +440,6 @@ class RedisTaskDB(TaskDB):
             if chunk:
                 for record in (await self.get_many(chunk)).values():
                     yield record
-        except (RedisError, OSError) as exc:
-            raise BackendError(f"iter_records failed: {exc}", backend=self.backend_name) from exc
 
     async def get_history(self, limit: int = 1000) -> pd.DataFrame:
         """Return up to ``limit`` records' metadata, newest first, from the index."""
@@ -581,23 +551,20 @@ class RedisTaskDB(TaskDB):
         The re-read catches a holder that stored its result and released its
         lease between our read and our lease.
         """
-        keys = list(dict.fromkeys(cache_keys))
-        found: dict[str, TaskRecord | bool] = dict(await self.get_many(keys))
-        missing = [key for key in keys if key not in found]
         ttl_ms = max(1, round(ttl * 1000))
-        granted = await self._scripted_many(
-            "acquire", missing, lambda _key: [owner, ttl_ms], "lookup_or_lease"
+
+        async def lease(keys: list[str]) -> list[bool]:
+            granted = await self._scripted_many(
+                "acquire", keys, lambda _key: [owner, ttl_ms], "lookup_or_lease"
+            )
+            return [bool(ok) for ok in granted]
+
+        return await lookup_then_lease(
+            cache_keys,
+            read=self.get_many,
+            lease=lease,
+            release=lambda keys: self.release_leases(keys, owner),
         )
-        leased = [key for key, ok in zip(missing, granted, strict=True) if ok]
-        if leased:
-            late = await self.get_many(leased)
-            if late:
-                await self.release_leases(list(late), owner)
-                found.update(late)
-        taken = set(leased)
-        for key in missing:
-            found.setdefault(key, key in taken)
-        return found
 
     async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the TaskDB signature
         """Return when ``cache_key`` is published (saved or lease released).
@@ -623,8 +590,7 @@ class RedisTaskDB(TaskDB):
                         has_record, has_lease = await pipe.execute()
                     if has_record or not has_lease:
                         return
-                    self._blocked[cache_key] = self._blocked.get(cache_key, 0) + 1
-                    try:
+                    with self._waits.parked(cache_key):
                         while True:
                             try:
                                 msg = await pubsub.get_message(timeout=None)
@@ -632,12 +598,10 @@ class RedisTaskDB(TaskDB):
                                 # A lost subscription may have missed the
                                 # message: return early, the caller re-checks.
                                 return
-                            if msg is not None and msg.get("data") == wanted:
-                                return
-                    finally:
-                        self._blocked[cache_key] -= 1
-                        if not self._blocked[cache_key]:
-                            del self._blocked[cache_key]
+                            if msg is not None:
+                                self._waits.notified()
+                                if msg.get("data") == wanted:
+                                    return
             finally:
                 with anyio.CancelScope(shield=True):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

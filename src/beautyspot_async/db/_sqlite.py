@@ -1,10 +1,12 @@
 """The default task database: one SQLite file, shared safely by processes.
 
-(Over 500 lines: the schema, its SQL and the sync fast path must change together.)
+(Over 500 lines: the schema and every statement on it must change together;
+the sync fast path lives in ``_sqlite_nowait``.)
 
 Writes go through one aiosqlite connection per instance (asyncio only, hence
 ``loop_bound``). Cache-hit lookups can skip the event loop hop entirely through
-:meth:`SQLiteTaskDB.get_nowait`, a plain ``sqlite3`` read that never waits.
+:meth:`SQLiteTaskDB.get_nowait`, a plain ``sqlite3`` read that never waits
+(see ``_sqlite_nowait``).
 """
 
 from __future__ import annotations
@@ -12,18 +14,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
@@ -31,9 +30,22 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record
-from beautyspot_async.db._base import LeaseHolder, TaskDB
+from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._lazy import LazyClient
+from beautyspot_async._record import (
+    HISTORY_COLUMNS,
+    RECORD_COLUMNS,
+    TaskRecord,
+    checked_record,
+    written_values,
+)
+from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
+from beautyspot_async.db._sqlite_nowait import (
+    IN_CHUNK,
+    NowaitReader,
+    lenient_text,
+)
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -46,21 +58,7 @@ _T = TypeVar("_T")
 #: Layout version kept in ``PRAGMA user_version``; bump it with a migration.
 SCHEMA_VERSION: Final = 1
 
-_RECORD_COLUMNS: Final = (
-    "cache_key",
-    "func_name",
-    "input_id",
-    "version",
-    "result_type",
-    "content_type",
-    "result_value",
-    "result_data",
-    "expires_at",
-    "size_bytes",
-    "created_at",
-    "updated_at",
-)
-_SELECT_RECORD: Final = ", ".join(_RECORD_COLUMNS)
+_SELECT_RECORD: Final = ", ".join(RECORD_COLUMNS)
 _SELECT_HISTORY: Final = ", ".join(HISTORY_COLUMNS)
 
 _SCHEMA: Final = (
@@ -97,23 +95,12 @@ _SCHEMA: Final = (
 # created_at survives an overwrite, unless it is no number at all: a rewrite
 # must repair a row that checked_record rejected.
 _UPSERT: Final = f"""
-    INSERT INTO tasks ({_SELECT_RECORD}) VALUES ({", ".join("?" * len(_RECORD_COLUMNS))})
+    INSERT INTO tasks ({_SELECT_RECORD}) VALUES ({", ".join("?" * len(RECORD_COLUMNS))})
     ON CONFLICT (cache_key) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in _RECORD_COLUMNS[1:] if c != "created_at")},
+        {", ".join(f"{c} = excluded.{c}" for c in RECORD_COLUMNS[1:] if c != "created_at")},
         created_at = CASE WHEN typeof(tasks.created_at) IN ('real', 'integer')
             THEN tasks.created_at ELSE excluded.created_at END
 """
-
-# One statement, so the size test and the payload read see the same row version;
-# length() of a BLOB comes from the record header without reading the payload.
-_NOWAIT_SELECT: Final = f"""
-    SELECT {", ".join(c for c in _RECORD_COLUMNS if c != "result_data")},
-           length(result_data),
-           CASE WHEN length(result_data) <= ? THEN result_data END
-    FROM tasks WHERE cache_key = ?
-"""
-
-_NOWAIT_SELECT_MANY: Final = _NOWAIT_SELECT.replace("cache_key = ?", "cache_key IN ({marks})")
 
 _ACQUIRE_LEASE: Final = """
     INSERT INTO leases (cache_key, owner, expires_at) VALUES (?, ?, ?)
@@ -127,19 +114,10 @@ _TAKE_OVER_LEASE: Final = (
     "UPDATE leases SET owner = ?, expires_at = ? WHERE cache_key = ? AND owner = ?"
 )
 
-# SQLite builds before 3.32 allow 999 host parameters per statement.
-_IN_CHUNK: Final = 900
 _ITER_PAGE: Final = 256
 
 
-class _ReaderSlot(threading.local):
-    """The current thread's fast-path connection and the generation it belongs to."""
-
-    conn: sqlite3.Connection | None = None
-    generation: int = -1
-
-
-class SQLiteTaskDB(TaskDB):
+class SQLiteTaskDB(RecordTaskDB):
     """Task database in one SQLite file (WAL mode), safe across processes.
 
     ``path`` is created with its parent directory on first use; the
@@ -176,13 +154,10 @@ class SQLiteTaskDB(TaskDB):
         self._busy_timeout = busy_timeout
         self._nowait_max_bytes = nowait_max_bytes
         self._poll_interval = poll_interval
-        self._conn: aiosqlite.Connection | None = None
-        self._open_lock: asyncio.Lock | None = None
+        # Not loop-bound: aiosqlite answers each call on the caller's loop.
+        self._conn = LazyClient(self._open, self._close, loop_bound=False)
         self._write_lock: asyncio.Lock | None = None
-        self._reader = _ReaderSlot()
-        # Bumped by aclose(): each thread then drops its stale reader on next use.
-        self._generation = 0
-        self._reader_uri = None if self._in_memory else self._path.absolute().as_uri() + "?mode=rw"
+        self._nowait = NowaitReader(None if self._in_memory else self._path, nowait_max_bytes)
 
     def __repr__(self) -> str:
         return f"SQLiteTaskDB({os.fspath(self._path)!r})"
@@ -194,23 +169,10 @@ class SQLiteTaskDB(TaskDB):
 
     # -- connection lifecycle -------------------------------------------------------
 
-    async def _connection(self) -> aiosqlite.Connection:
-        conn = self._conn
-        if conn is not None:
-            return conn
-        # Created here, not in __init__, so each lock belongs to the loop that
-        # (re)opens the database; no await separates the check and the set.
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if self._conn is None:
-                self._conn = await self._open()
-            return self._conn
-
     async def _open(self) -> aiosqlite.Connection:
         if not self._in_memory:
             await anyio.to_thread.run_sync(self._make_parent)
-        with _translate("open"):
+        with _ERRORS.translating("open"):
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch
             # is one transaction and a single upsert commits on its own.
             conn = await aiosqlite.connect(
@@ -218,7 +180,7 @@ class SQLiteTaskDB(TaskDB):
                 timeout=self._busy_timeout,
                 isolation_level=None,
             )
-            conn.text_factory = _lenient_text
+            conn.text_factory = lenient_text
             try:
                 await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                 # Switching a fresh file to WAL and creating the schema can
@@ -300,27 +262,26 @@ class SQLiteTaskDB(TaskDB):
         :class:`~beautyspot_async.ConfigurationError` for a file written by a
         newer, unknown schema version.
         """
-        conn = self._conn
-        if conn is None:
-            await self._connection()  # opening checks the schema
+        if self._conn.peek() is None:
+            await self._conn.get()  # opening checks the schema
             return
         async with self._writing() as conn:
-            with _translate("init_schema"):
+            with _ERRORS.translating("init_schema"):
                 await self._ensure_schema(conn)
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. The next call reopens it."""
-        conn, self._conn = self._conn, None
-        self._open_lock = None
-        self._generation += 1
-        self._drop_reader()
-        if conn is not None:
-            with anyio.CancelScope(shield=True), _translate("close"):
-                await conn.close()
+        self._nowait.reset()
+        await self._conn.aclose()
+
+    @staticmethod
+    async def _close(conn: aiosqlite.Connection) -> None:
+        with anyio.CancelScope(shield=True), _ERRORS.translating("close"):
+            await conn.close()
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        conn = await self._connection()
-        with _translate("read"):
+        conn = await self._conn.get()
+        with _ERRORS.translating("read"):
             return list(await conn.execute_fetchall(sql, params))
 
     def _writing(self) -> _Writing:
@@ -337,8 +298,8 @@ class SQLiteTaskDB(TaskDB):
     async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
         found: dict[str, TaskRecord] = {}
         unique = list(dict.fromkeys(cache_keys))
-        for start in range(0, len(unique), _IN_CHUNK):
-            chunk = unique[start : start + _IN_CHUNK]
+        for start in range(0, len(unique), IN_CHUNK):
+            chunk = unique[start : start + IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
             rows = await self._read(
                 f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
@@ -347,42 +308,11 @@ class SQLiteTaskDB(TaskDB):
                 found[row[0]] = _record(row)
         return found
 
-    async def save(
-        self,
-        *,
-        cache_key: str,
-        func_name: str,
-        input_id: str,
-        version: str | None,
-        result_type: str,
-        content_type: str | None,
-        result_value: str | None = None,
-        result_data: bytes | None = None,
-        expires_at: float | None = None,
-        size_bytes: int | None = None,
-    ) -> None:
-        if size_bytes is None:
-            size_bytes = 0 if result_data is None else len(result_data)
+    async def _save_record(self, record: TaskRecord) -> None:
         async with self._writing() as conn:
             now = self._clock()
-            with _translate("save"):
-                await conn.execute(
-                    _UPSERT,
-                    (
-                        cache_key,
-                        func_name,
-                        input_id,
-                        version,
-                        result_type,
-                        content_type,
-                        result_value,
-                        result_data,
-                        expires_at,
-                        size_bytes,
-                        now,
-                        now,
-                    ),
-                )
+            with _ERRORS.translating("save"):
+                await conn.execute(_UPSERT, _row(record, now))
 
     async def save_many(self, records: Iterable[TaskRecord]) -> None:
         """Upsert every record in one transaction."""
@@ -420,12 +350,12 @@ class SQLiteTaskDB(TaskDB):
         private, but it is how every public method of aiosqlite is built.
         """
         async with self._writing() as conn:
-            with _translate(action):
+            with _ERRORS.translating(action):
                 return await conn._execute(_in_transaction, conn._conn, work, self._busy_timeout)  # type: ignore[no-untyped-call,no-any-return]
 
     async def _change(self, sql: str, params: Sequence[Any], action: str) -> int:
         async with self._writing() as conn:
-            with _translate(action):
+            with _ERRORS.translating(action):
                 cursor = await conn.execute(sql, params)
                 count = cursor.rowcount
                 await cursor.close()
@@ -499,8 +429,8 @@ class SQLiteTaskDB(TaskDB):
         keys = list(dict.fromkeys(cache_keys))
         now = self._clock()
         found: dict[str, LeaseHolder] = {}
-        for start in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[start : start + _IN_CHUNK]
+        for start in range(0, len(keys), IN_CHUNK):
+            chunk = keys[start : start + IN_CHUNK]
             rows = await self._read(
                 f"SELECT cache_key, owner, expires_at FROM leases "
                 f"WHERE cache_key IN ({','.join('?' * len(chunk))}) AND expires_at > ?",
@@ -536,8 +466,8 @@ class SQLiteTaskDB(TaskDB):
 
         def work(raw: sqlite3.Connection) -> dict[str, TaskRecord | bool]:
             found: dict[str, TaskRecord | bool] = {}
-            for start in range(0, len(keys), _IN_CHUNK):
-                chunk = keys[start : start + _IN_CHUNK]
+            for start in range(0, len(keys), IN_CHUNK):
+                chunk = keys[start : start + IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 for row in raw.execute(
                     f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
@@ -567,71 +497,11 @@ class SQLiteTaskDB(TaskDB):
         holds a lock that would make it wait, and when the payload is larger
         than ``nowait_max_bytes``.
         """
-        try:
-            conn = self._reader_conn()
-            row = conn.execute(_NOWAIT_SELECT, (self._nowait_max_bytes, cache_key)).fetchone()
-        except sqlite3.OperationalError:
-            # Locked, busy, missing table, missing file: all mean "ask get()".
-            raise anyio.WouldBlock from None
-        if row is None:
-            return None
-        length, data = row[11], row[12]
-        if length is not None and data is None:
-            raise anyio.WouldBlock
-        return _nowait_record(row, data)
+        return self._nowait.get(cache_key)
 
     def get_many_nowait(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord | None]:
         """One ``IN (...)`` query per chunk on this thread's fast-path connection."""
-        keys = list(dict.fromkeys(cache_keys))
-        found: dict[str, TaskRecord | None] = {}
-        try:
-            conn = self._reader_conn()
-            for start in range(0, len(keys), _IN_CHUNK):
-                chunk = keys[start : start + _IN_CHUNK]
-                rows = conn.execute(
-                    _NOWAIT_SELECT_MANY.format(marks=",".join("?" * len(chunk))),
-                    (self._nowait_max_bytes, *chunk),
-                ).fetchall()
-                for row in rows:
-                    length, data = row[11], row[12]
-                    if length is not None and data is None:
-                        found[row[0]] = _TOO_LARGE
-                    else:
-                        found[row[0]] = _nowait_record(row, data)
-                for key in chunk:
-                    found.setdefault(key, None)
-        except (sqlite3.OperationalError, anyio.WouldBlock):
-            return {}  # locked or not created yet: nothing can be answered now
-        return {key: value for key, value in found.items() if value is not _TOO_LARGE}
-
-    def _reader_conn(self) -> sqlite3.Connection:
-        slot = self._reader
-        conn = slot.conn
-        if conn is not None and slot.generation == self._generation:
-            return conn
-        if self._reader_uri is None:
-            raise anyio.WouldBlock
-        self._drop_reader()
-        # mode=rw never creates the file (a missing file is OperationalError).
-        conn = sqlite3.connect(self._reader_uri, uri=True, timeout=0.0, isolation_level=None)
-        conn.text_factory = _lenient_text
-        try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute("PRAGMA query_only = 1")
-            # Memory-mapped reads skip a copy through SQLite's page cache: the
-            # hit path's single-row read gets measurably cheaper.
-            conn.execute("PRAGMA mmap_size = 268435456")
-        except BaseException:
-            conn.close()
-            raise
-        slot.conn, slot.generation = conn, self._generation
-        return conn
-
-    def _drop_reader(self) -> None:
-        slot = self._reader
-        conn, slot.conn = slot.conn, None
-        if conn is not None:
-            conn.close()
+        return self._nowait.get_many(cache_keys)
 
 
 class _Writing:
@@ -646,7 +516,7 @@ class _Writing:
         self._lock: asyncio.Lock | None = None
 
     async def __aenter__(self) -> aiosqlite.Connection:
-        conn = await self._db._connection()
+        conn = await self._db._conn.get()
         lock = self._db._write_lock
         assert lock is not None
         await lock.acquire()
@@ -658,42 +528,9 @@ class _Writing:
             self._lock.release()
 
 
-_TOO_LARGE: Final[Any] = object()
-
-
 def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
     """An upsert's parameters; both timestamps are ``now`` (the upsert keeps created_at)."""
-    return (
-        r.cache_key,
-        r.func_name,
-        r.input_id,
-        r.version,
-        r.result_type,
-        r.content_type,
-        r.result_value,
-        r.result_data,
-        r.expires_at,
-        r.size_bytes,
-        now,
-        now,
-    )
-
-
-def _nowait_record(row: Sequence[Any], data: bytes | None) -> TaskRecord:
-    return checked_record(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        data,
-        row[7],
-        row[8],
-        row[9],
-        row[10],
-    )
+    return (*written_values(r), now, now)
 
 
 def _begin_immediate(raw: sqlite3.Connection, timeout: float) -> None:
@@ -743,28 +580,9 @@ def _record(row: Sequence[Any]) -> TaskRecord:
     return checked_record(*row)
 
 
-def _lenient_text(raw: bytes) -> str | bytes:
-    """Text columns as str; bytes when not valid UTF-8, for checked_record to flag.
-
-    sqlite3's default text handling raises on invalid UTF-8 before a row
-    reaches us, which would turn one damaged row into an error on every call.
-    """
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
+def _closed_underneath(exc: BaseException) -> bool:
+    # aiosqlite raises ValueError when its connection was closed underneath.
+    return "connection" in str(exc).lower()
 
 
-@contextmanager
-def _translate(action: str) -> Iterator[None]:
-    try:
-        yield
-    except ConfigurationError:
-        raise
-    except sqlite3.Error as exc:
-        raise BackendError(f"{action} failed: {exc}", backend="sqlite") from exc
-    except ValueError as exc:
-        # aiosqlite raises ValueError when its connection was closed underneath.
-        if "connection" not in str(exc).lower():
-            raise
-        raise BackendError(f"{action} failed: {exc}", backend="sqlite") from exc
+_ERRORS: Final = ErrorMap("sqlite", {sqlite3.Error: None, ValueError: _closed_underneath})

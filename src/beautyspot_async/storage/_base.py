@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import ClassVar, Self
 
 __all__ = ["BlobStorageBase"]
 
@@ -35,6 +35,8 @@ class BlobStorageBase(ABC):
     * Driver errors are raised as :class:`~beautyspot_async.BackendError`
       chained to the driver's exception.
     * ``loop_bound`` has the meaning described on :class:`~beautyspot_async.db.TaskDB`.
+    * :meth:`aclose` is idempotent and the storage reopens on next use;
+      ``async with storage:`` closes it on exit.
     """
 
     loop_bound: ClassVar[bool] = True
@@ -71,6 +73,13 @@ class BlobStorageBase(ABC):
         are only listed. The default has nothing to clean.
         """
         return []
+
+    async def __aenter__(self) -> Self:
+        # Storages open lazily on first use: there is nothing to do yet.
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Release clients and connections. Idempotent."""

@@ -20,7 +20,8 @@ from typing import ClassVar, Final
 
 import anyio.to_thread
 
-from beautyspot_async.exceptions import BackendError, CacheCorruptedError, ConfigurationError
+from beautyspot_async._errormap import ErrorMap
+from beautyspot_async.exceptions import CacheCorruptedError, ConfigurationError
 from beautyspot_async.storage._base import BlobStorageBase
 
 __all__ = ["LocalStorage", "decode_blob", "encode_header"]
@@ -39,6 +40,8 @@ MAX_KEY_LENGTH: Final = 200
 _KEY_RE: Final = re.compile(r"[0-9a-z_\-][0-9a-z._\-]*")
 _SHARD_RE: Final = re.compile(r"[0-9a-z]{2}")
 _TEMP_PREFIX: Final = ".tmp-"
+
+_ERRORS: Final = ErrorMap("local", {OSError: None})
 
 
 def _checksum(data: bytes) -> bytes:
@@ -229,31 +232,26 @@ class LocalStorage(BlobStorageBase):
     async def save(self, key: str, data: bytes) -> str:
         location = self.location_for(key)
         path = self._path_of(location)
-        try:
+        with _ERRORS.translating(f"writing blob {location!r}"):
             await anyio.to_thread.run_sync(self._write, path, bytes(data))
-        except OSError as exc:
-            raise BackendError(f"cannot write blob {location!r}: {exc}", backend="local") from exc
         return location
 
     async def load(self, location: str) -> bytes:
         path = self._path_of(location)
-        try:
-            raw = await anyio.to_thread.run_sync(self._read, path)
-        except FileNotFoundError as exc:
-            raise CacheCorruptedError(f"blob {location!r} is missing") from exc
-        except (IsADirectoryError, NotADirectoryError) as exc:
-            # Not a storage failure that may pass: the entry itself is broken.
-            raise CacheCorruptedError(f"blob {location!r} is not a file") from exc
-        except OSError as exc:
-            raise BackendError(f"cannot read blob {location!r}: {exc}", backend="local") from exc
+        with _ERRORS.translating(f"reading blob {location!r}"):
+            try:
+                raw = await anyio.to_thread.run_sync(self._read, path)
+            except FileNotFoundError as exc:
+                raise CacheCorruptedError(f"blob {location!r} is missing") from exc
+            except (IsADirectoryError, NotADirectoryError) as exc:
+                # Not a storage failure that may pass: the entry itself is broken.
+                raise CacheCorruptedError(f"blob {location!r} is not a file") from exc
         return decode_blob(raw, location)
 
     async def delete(self, location: str) -> None:
         path = self._path_of(location)
-        try:
+        with _ERRORS.translating(f"deleting blob {location!r}"):
             await anyio.to_thread.run_sync(self._unlink, path)
-        except OSError as exc:
-            raise BackendError(f"cannot delete blob {location!r}: {exc}", backend="local") from exc
 
     async def list_locations(self) -> AsyncIterator[str]:
         """Yield every blob's location, one shard directory scanned at a time.
@@ -277,10 +275,8 @@ class LocalStorage(BlobStorageBase):
         before ``older_than`` are taken: a write in progress keeps touching
         its file, and the caller picks a grace period longer than any write.
         """
-        try:
+        with _ERRORS.translating("cleaning temp files"):
             return await anyio.to_thread.run_sync(self._stale_temp, older_than, dry_run)
-        except OSError as exc:
-            raise BackendError(f"cannot clean temp files: {exc}", backend="local") from exc
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -21,12 +21,14 @@ import hashlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 import anyio
 
-from beautyspot_async.exceptions import BackendError, CacheCorruptedError, ConfigurationError
+from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._lazy import LazyClient
+from beautyspot_async.exceptions import CacheCorruptedError, ConfigurationError
 from beautyspot_async.storage._base import BlobStorageBase
 
 try:
@@ -54,6 +56,23 @@ _PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9_.=-]+\Z")
 
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId"})
+
+
+class _Opened(NamedTuple):
+    client: S3Client
+    stack: AsyncExitStack
+
+
+async def _close(opened: _Opened) -> None:
+    with anyio.CancelScope(shield=True):
+        await opened.stack.aclose()
+
+
+def _code(exc: BaseException) -> str:
+    """The S3 error code of a ClientError ("" for anything else)."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
 
 
 def _check_key(key: str) -> str:
@@ -138,10 +157,10 @@ class S3Storage(BlobStorageBase):
         self._max_attempts = max_attempts
         self._page_size = page_size
         self._client_kwargs = client_kwargs
-        self._stack: AsyncExitStack | None = None
-        self._client: S3Client | None = None
-        self._lock: anyio.Lock | None = None
-        self._loop: object = None
+        self._client = LazyClient(self._open, _close)
+        self._errors = ErrorMap(
+            self.backend_name, {BotoCoreError: None, ClientError: None}, detail=self._hint
+        )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> S3Storage:
@@ -165,63 +184,41 @@ class S3Storage(BlobStorageBase):
     # -- client lifecycle -----------------------------------------------------
 
     async def _get_client(self) -> S3Client:
-        import asyncio
+        return (await self._client.get()).client
 
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A client's connection pool belongs to the loop that opened it.
-            self._loop = loop
-            self._client = None
-            self._stack = None
-            self._lock = anyio.Lock()
-        client = self._client
-        if client is not None:
-            return client
-        assert self._lock is not None
-        # Double-checked: two first calls at once must not open two clients.
-        async with self._lock:
-            if self._client is None:
-                kwargs = dict(self._client_kwargs)
-                # total_max_attempts counts the first try; botocore's max_attempts
-                # would count retries only.
-                config = AioConfig(
-                    retries={"mode": "standard", "total_max_attempts": self._max_attempts}
+    async def _open(self) -> _Opened:
+        kwargs = dict(self._client_kwargs)
+        # total_max_attempts counts the first try; botocore's max_attempts
+        # would count retries only.
+        config = AioConfig(retries={"mode": "standard", "total_max_attempts": self._max_attempts})
+        user_config = kwargs.pop("config", None)
+        if user_config is not None:
+            config = config.merge(user_config)
+        if self.endpoint_url is not None:
+            kwargs["endpoint_url"] = self.endpoint_url
+        stack = AsyncExitStack()
+        with self._errors.translating("opening the S3 client"):
+            try:
+                client = await stack.enter_async_context(
+                    get_session().create_client("s3", config=config, **kwargs)
                 )
-                user_config = kwargs.pop("config", None)
-                if user_config is not None:
-                    config = config.merge(user_config)
-                if self.endpoint_url is not None:
-                    kwargs["endpoint_url"] = self.endpoint_url
-                stack = AsyncExitStack()
-                try:
-                    self._client = await stack.enter_async_context(
-                        get_session().create_client("s3", config=config, **kwargs)
-                    )
-                except (BotoCoreError, ClientError) as exc:
+            except BaseException:
+                with anyio.CancelScope(shield=True):
                     await stack.aclose()
-                    raise BackendError(f"cannot open S3 client: {exc}", backend="s3") from exc
-                self._stack = stack
-            return self._client
+                raise
+        return _Opened(client, stack)
 
     async def aclose(self) -> None:
         """Close the client. Idempotent; the storage reopens on next use."""
-        stack, self._stack = self._stack, None
-        self._client = None
-        if stack is not None:
-            with anyio.CancelScope(shield=True):
-                await stack.aclose()
+        await self._client.aclose()
 
-    def _error(self, what: str, exc: Exception) -> BackendError:
-        code = ""
-        if isinstance(exc, ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+    def _hint(self, exc: BaseException) -> str:
+        code = _code(exc)
         if code == "NoSuchBucket":
-            hint = f"bucket {self.bucket!r} does not exist; create it or check endpoint/region"
-        elif code in _DENIED_CODES:
-            hint = f"access to bucket {self.bucket!r} denied; check the credentials and policy"
-        else:
-            hint = str(exc)
-        return BackendError(f"{what} failed: {hint}", backend=self.backend_name)
+            return f"bucket {self.bucket!r} does not exist; create it or check endpoint/region"
+        if code in _DENIED_CODES:
+            return f"access to bucket {self.bucket!r} denied; check the credentials and policy"
+        return str(exc)
 
     # -- operations -----------------------------------------------------------
 
@@ -231,15 +228,13 @@ class S3Storage(BlobStorageBase):
         data = bytes(data)
         metadata = {_CHECKSUM_META: sha256_hex(data)}
         client = await self._get_client()
-        try:
+        with self._errors.translating(f"saving {key!r}"):
             if len(data) <= self.multipart_threshold:
                 await client.put_object(
                     Bucket=self.bucket, Key=object_key, Body=data, Metadata=metadata
                 )
             else:
                 await self._multipart(client, object_key, data, metadata)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(f"saving {key!r}", exc) from exc
         return location_for(key)
 
     async def _multipart(
@@ -287,17 +282,15 @@ class S3Storage(BlobStorageBase):
         """
         object_key = self._object_key_of(location)
         client = await self._get_client()
-        try:
-            response = await client.get_object(Bucket=self.bucket, Key=object_key)
-            async with response["Body"] as body:
-                data = await body.read()
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _MISSING_CODES:
-                raise CacheCorruptedError(f"S3 blob {location!r} is missing") from exc
-            raise self._error(f"loading {location!r}", exc) from exc
-        except BotoCoreError as exc:
-            raise self._error(f"loading {location!r}", exc) from exc
+        with self._errors.translating(f"loading {location!r}"):
+            try:
+                response = await client.get_object(Bucket=self.bucket, Key=object_key)
+                async with response["Body"] as body:
+                    data = await body.read()
+            except ClientError as exc:
+                if _code(exc) in _MISSING_CODES:
+                    raise CacheCorruptedError(f"S3 blob {location!r} is missing") from exc
+                raise
         expected = response.get("Metadata", {}).get(_CHECKSUM_META)
         if expected is None:
             raise CacheCorruptedError(f"S3 blob {location!r} has no {_CHECKSUM_META} metadata")
@@ -309,14 +302,12 @@ class S3Storage(BlobStorageBase):
         """Delete the blob at ``location``; deleting a missing blob is a no-op."""
         object_key = self._object_key_of(location)
         client = await self._get_client()
-        try:
-            await client.delete_object(Bucket=self.bucket, Key=object_key)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code not in _MISSING_CODES:
-                raise self._error(f"deleting {location!r}", exc) from exc
-        except BotoCoreError as exc:
-            raise self._error(f"deleting {location!r}", exc) from exc
+        with self._errors.translating(f"deleting {location!r}"):
+            try:
+                await client.delete_object(Bucket=self.bucket, Key=object_key)
+            except ClientError as exc:
+                if _code(exc) not in _MISSING_CODES:
+                    raise
 
     async def list_locations(self) -> AsyncIterator[str]:
         """Yield the location of every blob under the prefix, page by page.
@@ -327,7 +318,7 @@ class S3Storage(BlobStorageBase):
         client = await self._get_client()
         root = f"{self.prefix}/" if self.prefix else ""
         paginator = client.get_paginator("list_objects_v2")
-        try:
+        with self._errors.translating("listing blobs"):
             async for page in paginator.paginate(
                 Bucket=self.bucket, Prefix=root, PaginationConfig={"PageSize": self._page_size}
             ):
@@ -338,5 +329,3 @@ class S3Storage(BlobStorageBase):
                     except ConfigurationError:
                         continue
                     yield location
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("listing blobs", exc) from exc
