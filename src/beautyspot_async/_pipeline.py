@@ -157,7 +157,14 @@ class Pipeline:
         if not self._probes:
             return UNPROBED
         ids = self.key_for(args, kwargs)
-        value = self._look(ids[1])
+        key = ids[1]
+        # _look(), inlined: this is the hit path of every sync call.
+        engine = self.engine
+        value = engine.recall(key, self._loads)
+        if value is not NO_VALUE:
+            engine.stats.memory_hits += 1
+            return value
+        value = self._accept(key, engine.read_nowait(key))
         if value is NO_VALUE:
             return Miss(ids, False)
         if value is _ABSENT:
