@@ -14,6 +14,8 @@ generator at the step, so ordinary ``try``/``except`` in the pipeline sees
 them -- including cancellation, which is how a cancelled leader hands its
 flight over to a waiter. Cleanup paths only ask for ``Call`` steps: they may
 be running inside a cancelled scope, and a ``Call`` never waits.
+
+(Over 500 lines on purpose: every branch of one call reads top to bottom here.)
 """
 
 from __future__ import annotations
