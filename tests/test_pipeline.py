@@ -372,6 +372,21 @@ class TestCancellation:
         assert engine.landed == [flight]
         assert engine.released == [("k", OWNER)]
 
+    def test_a_closed_pipeline_still_hands_the_flight_over(self) -> None:
+        """A driver garbage-collected mid-call closes the generator, which may not yield."""
+        pipeline, engine = make_pipeline()
+        flight = Flight("k")
+        steps = pipeline.steps((1,), {}, miss())
+        assert name_of(steps.send(None)) == "join_flight"
+        assert name_of(steps.send((flight, True))) == "lease_owner"
+        assert name_of(steps.send(OWNER)) == "lookup"
+        assert name_of(steps.send(Absent.OURS)) == "hold_lease"
+        assert steps.send(None) is EXECUTE
+        steps.close()
+        assert outcome_of(flight).kind is FlightEnd.ABANDONED
+        assert engine.landed == [flight]
+        assert engine.released == [("k", OWNER)]
+
     def test_cancelled_while_waiting_for_durability_still_shares_the_result(self) -> None:
         pipeline, _ = make_pipeline()
         with pytest.raises(Cancelled):

@@ -13,7 +13,8 @@ Exceptions raised while performing a step are thrown back into the
 generator at the step, so ordinary ``try``/``except`` in the pipeline sees
 them -- including cancellation, which is how a cancelled leader hands its
 flight over to a waiter. Cleanup paths only ask for ``Call`` steps: they may
-be running inside a cancelled scope, and a ``Call`` never waits.
+be running inside a cancelled scope, and a ``Call`` never waits (a generator
+being closed cannot yield at all, so there they act at once: ``_clean_up``).
 
 (Over 500 lines on purpose: every branch of one call reads top to bottom here.)
 """
@@ -93,6 +94,18 @@ class Miss(NamedTuple):
 
 #: The probe did not look; the pipeline derives the key and looks itself.
 UNPROBED: Final = Miss(None, False)
+
+
+def _clean_up(exc: BaseException, fn: Callable[..., None], *args: Any) -> Steps:
+    """Ask for ``fn(*args)`` as a ``Call`` step on the way out of a failed step.
+
+    A generator being closed (its driver was garbage-collected mid-call:
+    ``GeneratorExit``) may not yield any more, so then it is done at once.
+    """
+    if isinstance(exc, GeneratorExit):
+        fn(*args)
+        return
+    yield Call(fn, args)
 
 
 def _dumps(serializer: Serializer, result: Any) -> bytes:
@@ -327,7 +340,7 @@ class Pipeline:
                     return value
             result = yield EXECUTE
         except BaseException as exc:
-            yield Call(self._give_up, (flight, key, owner, exc))
+            yield from _clean_up(exc, self._give_up, flight, key, owner, exc)
             raise
 
         engine.stats.misses += 1
@@ -460,10 +473,10 @@ class Pipeline:
                     )
                     yield Call(self._share, (flight, entry, None, False))
                     return result
-                except BaseException:
+                except BaseException as exc:
                     # Cancelled while waiting for durability: the write still
                     # completes on the I/O loop, and the waiters get the value.
-                    yield Call(self._share, (flight, entry, key))
+                    yield from _clean_up(exc, self._share, flight, entry, key)
                     raise
                 yield Call(self._share, (flight, entry, key))
             else:
