@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import beautyspot_async as bs
-from beautyspot_async._memo import MemoEntry, MemoryTier
+from beautyspot_async._memory_tier import MemoryEntry, MemoryTier
 from beautyspot_async.db import MemoryTaskDB, SQLiteTaskDB
 from beautyspot_async.storage import LocalStorage
 from beautyspot_async.testing import FakeClock
@@ -179,8 +179,8 @@ class TestSpotLimiter:
 class TestMemoryTier:
     """The front tier respects its bounds and never evicts unwritten results."""
 
-    def entry(self, size: int) -> MemoEntry:
-        return MemoEntry(b"x" * size, None)
+    def entry(self, size: int) -> MemoryEntry:
+        return MemoryEntry(b"x" * size, None)
 
     def test_entry_bound(self) -> None:
         tier = MemoryTier(max_entries=3, max_bytes=10**6)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ._memo import NO_VALUE
+from ._memory_tier import NO_VALUE
 from .db import TaskDB
 
 __all__ = ["NowaitCoalescer"]

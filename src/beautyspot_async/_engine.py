@@ -1,26 +1,31 @@
 """The shared machinery behind one Spot: store, writer, memory tier, flights.
 
-Every marked function of a Spot shares one engine. The engine's lifecycle
-(open, flush, close) runs on the I/O loop; its hot-path members (memory tier,
-flight registry, writer queue) are safe to touch from any thread.
+Every marked function of a Spot shares one engine. The pipeline reaches it
+only through the methods below, never through its parts. Its lifecycle (open,
+flush, close) runs on the I/O loop; the methods the pipeline calls are safe
+from any thread and never wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
+
 from ._coalesce import NowaitCoalescer
 from ._leases import Leases
-from ._memo import MemoryTier
-from ._portal import io_loop
+from ._memory_tier import NO_VALUE, MemoryEntry, MemoryTier
+from ._portal import Waiter, io_loop
 from ._reader import Reader
-from ._singleflight import FlightRegistry
-from ._store import DEFAULT_BACKEND_TIMEOUT, ResultStore
-from ._writer import Writer
+from ._record import TaskRecord
+from ._singleflight import Flight, FlightRegistry
+from ._store import DEFAULT_BACKEND_TIMEOUT, ResultStore, WriteItem
+from ._writer import ErrorReporter, Submission, Writer
 from .db import TaskDB
 from .storage import BlobStorageBase
 
@@ -91,22 +96,28 @@ class Engine:
         self.store = ResultStore(db, storage, timeout=backend_timeout)
         self.writer = Writer(self.store)
         self.leases = Leases(self.store, lease_ttl)
-        self.reader = Reader(self.store, self.leases.release_soon)
-        self.coalescer = NowaitCoalescer(db)
-        self.memo = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
-        self.flights = FlightRegistry()
+        self._reader = Reader(self.store, self.leases.release_soon)
+        self._coalescer = NowaitCoalescer(db)
+        self._memory = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
+        self._flights = FlightRegistry()
+        #: Counters the pipeline bumps directly: a method call per count would
+        #: cost the hit path more than the count itself.
         self.stats = EngineStats()
         self.blob_threshold = blob_threshold
         self.default_wait = default_wait
-        self.on_backend_error = on_backend_error
+        #: Whether a failing backend runs calls uncached (with a warning).
+        self.bypass_errors = on_backend_error == "bypass"
+        #: Whether reaching the backends takes the I/O loop.
+        self.loop_bound = self.store.loop_bound
         self.clock = clock
         self.ready = False
-        for drain in (self.writer, self.reader, self.leases.releaser):
+        self._read_nowait = db.get_nowait
+        for drain in (self.writer, self._reader, self.leases.releaser):
             drain.revive = self._revive
         # A Spot dropped without aclose() still flushes its queued writes,
         # gives back its leases and closes its connections, instead of
         # leaving its drain tasks to be garbage-collected while pending.
-        weakref.finalize(self, _shut_down, self.reader, self.writer, self.leases, self.store)
+        weakref.finalize(self, _shut_down, self._reader, self.writer, self.leases, self.store)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -125,7 +136,7 @@ class Engine:
             return
         await self.store.open_on_io_loop()
         self.writer.start()
-        self.reader.start()
+        self._reader.start()
         self.leases.start()
         self.ready = True
 
@@ -142,14 +153,123 @@ class Engine:
         if not self.ready and not self.writer.pending and not self.leases.held:
             return
         self.ready = False
-        await _close(self.reader, self.writer, self.leases, self.store)
+        await _close(self._reader, self.writer, self.leases, self.store)
 
     async def history(self, limit: int) -> Any:
         await self.open()
         await self.flush()
         return await io_loop.run(self.store.history, limit)
 
-    # -- used by the pipeline ----------------------------------------------------------
+    # -- the memory tier -------------------------------------------------------------
+
+    def recall(self, key: str, loads: Callable[[bytes], Any]) -> Any:
+        """Return the result the memory tier holds for ``key``, or NO_VALUE."""
+        entry = self._memory.get(key)
+        if entry is None:
+            return NO_VALUE
+        if entry.expires_at is not None and entry.expires_at <= self.clock():
+            self._memory.discard(key)
+            return NO_VALUE
+        if entry.value is not NO_VALUE:
+            return entry.value
+        try:
+            return loads(entry.payload)
+        except Exception:  # a decoder changed under us: forget the entry
+            self._memory.discard(key)
+            return NO_VALUE
+
+    def remember(self, key: str, entry: MemoryEntry) -> None:
+        """Keep ``entry`` in the memory tier, within its bounds."""
+        self._memory.put(key, entry)
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` from the memory tier (its stored entry was deleted)."""
+        self._memory.discard(key)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def read_nowait(self, key: str) -> Any:
+        """The backend's non-waiting read: the record, None (absent) or NO_VALUE (can't tell)."""
+        try:
+            return self._read_nowait(key)
+        except anyio.WouldBlock:
+            return NO_VALUE
+
+    def read_nowait_batched(self, key: str) -> asyncio.Future[Any] | None:
+        """:meth:`read_nowait` shared with the loop's other callers, or None off asyncio."""
+        return self._coalescer.lookup(key)
+
+    def lookup(self, key: str, owner: str | None, waiter: Waiter) -> None:
+        """Settle ``waiter`` with the backend's ``ReadAnswer`` for ``key``, leasing it to ``owner``.
+
+        A ``Wait`` step submit: batched with the lookups of concurrent calls.
+        """
+        self._reader.submit(key, owner, self.leases.ttl or 0.0, waiter)
+
+    async def load_payload(self, record: TaskRecord) -> bytes:
+        """The payload of a stored record, from the blob storage when it is not inline."""
+        return await self.store.load_payload(record)
+
+    # -- flights -------------------------------------------------------------------------
+
+    def join_flight(self, key: str) -> tuple[Flight, bool]:
+        """The flight executing ``key`` and whether the caller leads it."""
+        return self._flights.join(key)
+
+    def land(self, flight: Flight) -> None:
+        """Unregister a finished flight: later callers of its key start afresh."""
+        self._flights.land(flight)
+
+    # -- leases --------------------------------------------------------------------------
+
+    def lease_owner(self) -> str | None:
+        """This process's lease identity, or None when leases are off."""
+        return self.leases.owner()
+
+    def wait_for_lease(self, key: str, owner: str, waiter: Waiter) -> None:
+        """Settle ``waiter`` once ``key``, leased elsewhere, is stored or ours (a Wait submit)."""
+        self.leases.wait(key, owner, waiter)
+
+    def hold_lease(self, key: str, owner: str) -> None:
+        """Keep a freshly granted lease renewed until its result is stored."""
+        self.leases.hold(key, owner)
+
+    def release_lease(self, key: str, owner: str) -> None:
+        """Give a lease back without waiting (safe in a cancelled scope)."""
+        self.leases.release_soon(key, owner)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def write(
+        self, record: TaskRecord, owner: str | None, report: ErrorReporter, waiter: Waiter
+    ) -> None:
+        """Queue a durable write; ``waiter`` is settled once it is (a ``Wait`` submit).
+
+        The key's lease, if ``owner`` holds one, goes with the result.
+        """
+        key = record.cache_key
+        submission = Submission(
+            WriteItem(record, owner),
+            on_complete=lambda _error: self.leases.done(key),
+            report=report,
+        )
+        self.writer.submit_and_notify(submission, waiter)
+
+    def write_behind(
+        self, record: TaskRecord, owner: str | None, entry: MemoryEntry, report: ErrorReporter
+    ) -> None:
+        """Queue a write nobody waits for; the memory tier answers ``entry`` until it is durable."""
+        key = record.cache_key
+        memory = self._memory
+        memory.pin(key, entry)
+
+        def written(_error: BaseException | None) -> None:
+            self.leases.done(key)
+            memory.unpin(key, entry)
+
+        self.writer.submit(Submission(WriteItem(record, owner), on_complete=written, report=report))
+
+    # -- observation ---------------------------------------------------------------------
 
     def statistics(self) -> SpotStatistics:
         s = self.stats
@@ -163,8 +283,8 @@ class Engine:
             pending_writes=self.writer.pending,
             written=self.writer.written,
             write_failures=self.writer.failed,
-            memory_entries=len(self.memo),
-            memory_bytes=self.memo.nbytes,
+            memory_entries=len(self._memory),
+            memory_bytes=self._memory.nbytes,
         )
 
 

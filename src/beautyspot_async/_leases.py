@@ -32,6 +32,7 @@ from typing import Any, Final
 from ._drain import QueueDrain
 from ._holder import holder_is_gone, new_owner, parse_owner
 from ._portal import Outcome, Waiter, io_loop, settle_all
+from ._reader import Absent, read_answer
 from ._record import TaskRecord
 from ._store import ResultStore
 from .db import LeaseHolder
@@ -137,7 +138,7 @@ class Leases:
         self.releaser.submit(key, owner)
 
     def wait(self, key: str, owner: str, waiter: Waiter) -> None:
-        """Settle ``waiter`` once ``key`` is stored (its record) or leased to us (True).
+        """Settle ``waiter`` once ``key`` is stored (its record) or leased to us (``Absent.OURS``).
 
         For a key whose lease another process holds. The step submit of a
         ``Wait``: callable from any thread, never waits.
@@ -257,7 +258,7 @@ class Leases:
             if value is False:
                 continue
             for entry in self._waiting.pop(key, ()):
-                outcomes.append((entry.waiter, value, None))
+                outcomes.append((entry.waiter, read_answer(value), None))
                 leased[id(entry.waiter)] = (key, entry.owner)
         if outcomes:
             settle_all(outcomes, on_abandoned=self._release_if_granted(leased))
@@ -291,7 +292,7 @@ class Leases:
     def _release_if_granted(self, key_of: dict[int, tuple[str, str]]) -> Any:
         def release(waiter: Waiter, value: Any) -> None:
             # The caller went away after the lease came through: give it back.
-            if value is True:
+            if value is Absent.OURS:
                 key, owner = key_of[id(waiter)]
                 self.release_soon(key, owner)
 

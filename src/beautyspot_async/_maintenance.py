@@ -345,7 +345,6 @@ def _forget_in_memory(spot: Spot, cache_key: str) -> None:
     # The Spot's in-process memory tier would keep answering a deleted key
     # for the rest of the process. It has no public eviction yet, so reach
     # for it defensively; a missing attribute just means nothing to evict.
-    memo = getattr(getattr(spot, "_engine", None), "memo", None)
-    discard = getattr(memo, "discard", None)
-    if callable(discard):
-        discard(cache_key)
+    forget = getattr(getattr(spot, "_engine", None), "forget", None)
+    if callable(forget):
+        forget(cache_key)

@@ -15,8 +15,7 @@ import anyio
 
 from ._callables import is_async_callable
 from ._callables import unwrap_partial as _unwrap_partial
-from ._memo import ABSENT, NO_VALUE
-from ._pipeline import Pipeline
+from ._pipeline import Miss, Pipeline
 from ._steps import drive_async, drive_sync
 from .exceptions import ConfigurationError
 
@@ -61,73 +60,40 @@ def _copy_metadata(wrapper: Any, fn: Any) -> None:
 
 
 def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
-    """Return the marked version of ``fn`` driven by ``pipeline``."""
-    stats = pipeline.engine.stats
-    # The memory tier may be consulted before the pipeline starts only when
-    # no hook must see the call and deriving the key does no file I/O.
-    fast = not pipeline.task.hooks and not pipeline.task.keyer.blocking
-    key_for = pipeline.key_for
-    memo_lookup = pipeline.memo_lookup
-    disk_lookup = pipeline.disk_lookup
+    """Return the marked version of ``fn`` driven by ``pipeline``.
+
+    Each wrapper asks the pipeline's probe first and, only when that is a
+    :class:`Miss`, drives the rest of the call: a hit costs one probe.
+    """
+    probe = pipeline.probe
+    aprobe = pipeline.aprobe
     steps = pipeline.steps
-
-    def probe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        """The hit path: memory tier, then the backend's non-waiting read."""
-        if not fast:
-            return None, NO_VALUE
-        ids = key_for(args, kwargs)
-        value = memo_lookup(ids[1])
-        if value is not NO_VALUE:
-            stats.memory_hits += 1
-            return ids, value
-        return ids, disk_lookup(ids[1])
-
-    coalescer = pipeline.engine.coalescer
-    accept = pipeline.accept
-
-    async def async_probe(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        """probe() for async callers: concurrent reads share one query."""
-        if not fast:
-            return None, NO_VALUE
-        ids = key_for(args, kwargs)
-        key = ids[1]
-        value = memo_lookup(key)
-        if value is not NO_VALUE:
-            stats.memory_hits += 1
-            return ids, value
-        pending = coalescer.lookup(key)
-        if pending is None:
-            return ids, disk_lookup(key)
-        return ids, accept(key, await pending)
 
     if is_async_callable(fn):
 
         async def async_marked(*args: Any, **kwargs: Any) -> Any:
-            ids, value = await async_probe(args, kwargs)
-            if value is NO_VALUE or value is ABSENT:
-                return await drive_async(
-                    steps(args, kwargs, ids, value is ABSENT), lambda: fn(*args, **kwargs)
-                )
-            return value
+            found = await aprobe(args, kwargs)
+            if type(found) is Miss:
+                return await drive_async(steps(args, kwargs, found), lambda: fn(*args, **kwargs))
+            return found
 
         _copy_metadata(async_marked, fn)
         return async_marked
 
     def sync_marked(*args: Any, **kwargs: Any) -> Any:
-        ids, value = probe(args, kwargs)
-        if value is NO_VALUE or value is ABSENT:
-            body = functools.partial(fn, *args, **kwargs)
-            return drive_sync(steps(args, kwargs, ids, value is ABSENT), body)
-        return value
+        found = probe(args, kwargs)
+        if type(found) is Miss:
+            return drive_sync(steps(args, kwargs, found), functools.partial(fn, *args, **kwargs))
+        return found
 
     async def acall(*args: Any, **kwargs: Any) -> Any:
-        ids, value = await async_probe(args, kwargs)
-        if value is NO_VALUE or value is ABSENT:
+        found = await aprobe(args, kwargs)
+        if type(found) is Miss:
             body = functools.partial(fn, *args, **kwargs)
             return await drive_async(
-                steps(args, kwargs, ids, value is ABSENT), lambda: anyio.to_thread.run_sync(body)
+                steps(args, kwargs, found), lambda: anyio.to_thread.run_sync(body)
             )
-        return value
+        return found
 
     _copy_metadata(sync_marked, fn)
     sync_marked.acall = acall  # type: ignore[attr-defined]

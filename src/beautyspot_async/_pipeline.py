@@ -1,16 +1,22 @@
-"""The one call pipeline: key -> lookup -> single-flight -> execute -> store.
+"""The one call pipeline: key -> probe -> single-flight -> lookup/lease -> execute -> store.
 
-The pipeline is written once, as a generator that *describes* the I/O it
-needs (the steps of ``_steps``: ``Io``, ``Wait``, ``Blocking``, ``EXECUTE``)
-instead of performing it. Two small drivers perform those steps, one for
-async callers and one for sync callers, so a fix to the pipeline is a fix
-for both.
+The pipeline owns the whole call. :meth:`Pipeline.probe` is the hit path: it
+answers from the memory tier or the backend's non-waiting read without any
+step, and otherwise returns a :class:`Miss` saying what it learned. The rest
+is written once, as a generator that *describes* every side effect it needs
+(the steps of ``_steps``: ``Call``, ``Io``, ``Wait``, ``Blocking``,
+``EXECUTE``) instead of performing it. Two small drivers perform those steps,
+one for async callers and one for sync callers, so a fix to the pipeline is a
+fix for both -- and a test can drive the generator with scripted answers.
 
 Exceptions raised while performing a step are thrown back into the
 generator at the step, so ordinary ``try``/``except`` in the pipeline sees
 them -- including cancellation, which is how a cancelled leader hands its
-flight over to a waiter. Cleanup paths never yield: they may be running
-inside a cancelled scope, so anything they must do is fire-and-forget.
+flight over to a waiter. Cleanup paths only ask for ``Call`` steps: they may
+be running inside a cancelled scope, and a ``Call`` never waits (a generator
+being closed cannot yield at all, so there they act at once: ``_clean_up``).
+
+(Over 500 lines on purpose: every branch of one call reads top to bottom here.)
 """
 
 from __future__ import annotations
@@ -21,17 +27,16 @@ import warnings
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
-
-import anyio
+from typing import Any, Final, NamedTuple
 
 from . import _policy
-from ._memo import ABSENT, IMMUTABLE_TYPES, NO_VALUE, MemoEntry
+from ._engine import Engine
+from ._memory_tier import IMMUTABLE_TYPES, NO_VALUE, MemoryEntry
+from ._reader import Absent
 from ._record import INLINE, TaskRecord
-from ._singleflight import Flight, OutcomeKind
-from ._steps import EXECUTE, Blocking, Io, Step, Steps, Wait
+from ._singleflight import Flight, FlightEnd
+from ._steps import EXECUTE, Blocking, Call, Io, Step, Steps, Wait
 from ._store import WriteItem
-from ._writer import Submission
 from .cachekey import ArgumentKeyer, KeyScope
 from .exceptions import BackendError, CacheCorruptedError, SerializationError
 from .hooks import (
@@ -44,7 +49,7 @@ from .hooks import (
 )
 from .serializer import Serializer, _UnregisteredTypeError
 
-__all__ = ["Pipeline", "TaskConfig"]
+__all__ = ["UNPROBED", "Miss", "Pipeline", "TaskConfig"]
 
 logger = logging.getLogger("beautyspot_async")
 
@@ -56,6 +61,9 @@ logger = logging.getLogger("beautyspot_async")
 #: float is left out: 0.0 == -0.0 and NaN != NaN would break the dict lookup.
 _SIMPLE_TYPES: Final = frozenset({str, bytes, int, bool, type(None)})
 _IDS_CACHE_SIZE: Final = 4096
+
+#: The backend's non-waiting read said the key is not stored.
+_ABSENT: Final[Any] = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,32 @@ class TaskConfig:
     wait: bool | None
     cache_if: Callable[[Any], bool] | None
     hooks: HookSet
+
+
+class Miss(NamedTuple):
+    """What :meth:`Pipeline.probe` learned about a call it could not answer."""
+
+    #: ``(input_id, cache_key)``, or None when the probe did not look: a hook
+    #: must see the call first, or deriving the key does file I/O.
+    ids: tuple[str, str] | None
+    #: The backend's non-waiting read said the key is not stored.
+    absent: bool
+
+
+#: The probe did not look; the pipeline derives the key and looks itself.
+UNPROBED: Final = Miss(None, False)
+
+
+def _clean_up(exc: BaseException, fn: Callable[..., None], *args: Any) -> Steps:
+    """Ask for ``fn(*args)`` as a ``Call`` step on the way out of a failed step.
+
+    A generator being closed (its driver was garbage-collected mid-call:
+    ``GeneratorExit``) may not yield any more, so then it is done at once.
+    """
+    if isinstance(exc, GeneratorExit):
+        fn(*args)
+        return
+    yield Call(fn, args)
 
 
 def _dumps(serializer: Serializer, result: Any) -> bytes:
@@ -94,14 +128,15 @@ def _dumps(serializer: Serializer, result: Any) -> bytes:
 class Pipeline:
     """The call pipeline of one marked function, bound to its Spot's engine."""
 
-    def __init__(self, engine: Any, task: TaskConfig) -> None:
-        from ._engine import Engine
-
-        assert isinstance(engine, Engine)
+    def __init__(self, engine: Engine, task: TaskConfig) -> None:
         self.engine = engine
         self.task = task
+        self._loads = task.serializer.loads
         self._keyer_blocking = task.keyer.blocking
         self._scope = KeyScope(task.identity, task.version)
+        # The probe may answer before the pipeline starts only when no hook
+        # must see the call and deriving the key does no file I/O.
+        self._probes = not task.hooks and not task.keyer.blocking
         # Ids of calls whose arguments are all plain values of exact builtin
         # types, keyed by (types, values): for those, the canonical encoding
         # is a function of exactly that, so remembering the ids is exact --
@@ -109,7 +144,7 @@ class Pipeline:
         self._ids_cacheable = task.keyer.by_value_only
         self._ids: dict[tuple[Any, ...], tuple[str, str]] = {}
 
-    # -- the fast path ------------------------------------------------------------
+    # -- the hit path -------------------------------------------------------------
 
     def key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
         """Return ``(input_id, cache_key)`` of a call (may do file I/O for some key functions)."""
@@ -129,40 +164,61 @@ class Pipeline:
             self._ids[remember] = ids
         return ids
 
-    def memo_lookup(self, key: str) -> Any:
-        """Return the result held in memory for ``key``, or NO_VALUE."""
-        engine = self.engine
-        entry = engine.memo.get(key)
-        if entry is None:
-            return NO_VALUE
-        if entry.expires_at is not None and entry.expires_at <= engine.clock():
-            engine.memo.discard(key)
-            return NO_VALUE
-        if entry.value is not NO_VALUE:
-            return entry.value
-        try:
-            return self.task.serializer.loads(entry.payload)
-        except Exception:  # a decoder changed under us: forget the entry
-            engine.memo.discard(key)
-            return NO_VALUE
+    def probe(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The hit path, without waiting: the call's result, or a :class:`Miss`.
 
-    def disk_lookup(self, key: str) -> Any:
-        """Answer a hit from the backend's non-waiting read, without a flight.
-
-        Returns the value, ABSENT when the backend says the key is not
-        stored, or NO_VALUE when it cannot tell without waiting (the
-        pipeline then asks it properly, off this thread).
+        A hit returns the value itself, so answering one allocates nothing.
         """
-        try:
-            record = self.engine.store.db.get_nowait(key)
-        except anyio.WouldBlock:
-            return NO_VALUE
-        return self.accept(key, record)
+        if not self._probes:
+            return UNPROBED
+        ids = self.key_for(args, kwargs)
+        key = ids[1]
+        # _look(), inlined: this is the hit path of every sync call.
+        engine = self.engine
+        value = engine.recall(key, self._loads)
+        if value is not NO_VALUE:
+            engine.stats.memory_hits += 1
+            return value
+        value = self._accept(key, engine.read_nowait(key))
+        if value is NO_VALUE:
+            return Miss(ids, False)
+        if value is _ABSENT:
+            return Miss(ids, True)
+        return value
 
-    def accept(self, key: str, record: Any) -> Any:
-        """Turn a non-waiting read's answer for ``key`` into a value, ABSENT or NO_VALUE."""
+    async def aprobe(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """:meth:`probe` for async callers: concurrent non-waiting reads share one query."""
+        if not self._probes:
+            return UNPROBED
+        ids = self.key_for(args, kwargs)
+        key = ids[1]
+        engine = self.engine
+        value = engine.recall(key, self._loads)
+        if value is not NO_VALUE:
+            engine.stats.memory_hits += 1
+            return value
+        pending = engine.read_nowait_batched(key)
+        record = engine.read_nowait(key) if pending is None else await pending
+        value = self._accept(key, record)
+        if value is NO_VALUE:
+            return Miss(ids, False)
+        if value is _ABSENT:
+            return Miss(ids, True)
+        return value
+
+    def _look(self, key: str) -> Any:
+        """The memory tier, then the backend's non-waiting read: a value, _ABSENT or NO_VALUE."""
+        engine = self.engine
+        value = engine.recall(key, self._loads)
+        if value is not NO_VALUE:
+            engine.stats.memory_hits += 1
+            return value
+        return self._accept(key, engine.read_nowait(key))
+
+    def _accept(self, key: str, record: Any) -> Any:
+        """Turn a non-waiting read's answer for ``key`` into a value, _ABSENT or NO_VALUE."""
         if record is None:
-            return ABSENT
+            return _ABSENT
         if record is NO_VALUE:
             return NO_VALUE
         engine = self.engine
@@ -175,41 +231,30 @@ class Pipeline:
         ):
             return NO_VALUE
         try:
-            value = self.task.serializer.loads(payload)
+            value = self._loads(payload)
         except Exception:
             # Corrupt (the pipeline logs it and rewrites the entry) or of an
             # unregistered type (the pipeline raises): either way, not here.
             return NO_VALUE
         engine.stats.hits += 1
         entry_value = value if type(value) in IMMUTABLE_TYPES else NO_VALUE
-        engine.memo.put(key, MemoEntry(payload, record.expires_at, entry_value))
+        engine.remember(key, MemoryEntry(payload, record.expires_at, entry_value))
         return value
 
     # -- the pipeline --------------------------------------------------------------
 
-    def steps(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        ids: tuple[str, str] | None = None,
-        absent: bool = False,
-    ) -> Steps:
-        """The whole call.
-
-        ``ids`` is ``(input_id, cache_key)`` when the caller already derived
-        them and found nothing in the memory tier or through the backend's
-        non-waiting read; ``absent`` when that read said "not stored".
-        """
+    def steps(self, args: tuple[Any, ...], kwargs: dict[str, Any], miss: Miss) -> Steps:
+        """The rest of a call :meth:`probe` could not answer."""
         task = self.task
         engine = self.engine
-        if ids is None:
+        if miss.ids is None:
             if self._keyer_blocking:
                 input_id = yield Blocking(task.keyer.input_id, (args, kwargs))
             else:
                 input_id = task.keyer.input_id(args, kwargs)
             key = self._scope(input_id)
         else:
-            input_id, key = ids
+            input_id, key = miss.ids
         base: dict[str, Any] | None = None
         if task.hooks:
             base = {
@@ -222,32 +267,32 @@ class Pipeline:
             }
             yield from self._fire("pre_execute", PreExecuteContext(**base))
 
-        if ids is None:
-            value = self.memo_lookup(key)
-            if value is not NO_VALUE:
-                engine.stats.memory_hits += 1
+        absent = miss.absent
+        if miss.ids is None:  # the probe did not look: look now
+            value = yield Call(self._look, (key,))
+            if value is not NO_VALUE and value is not _ABSENT:
                 if base is not None:
                     yield from self._fire("on_cache_hit", CacheHitContext(**base, result=value))
                 return value
+            absent = value is _ABSENT
 
         while True:
-            flight, leader = engine.flights.join(key)
+            flight, leader = yield Call(engine.join_flight, (key,))
             if leader:
                 break
             outcome = yield Wait(flight.add_waiter, ())
-            if outcome.kind is OutcomeKind.RESOLVED:
+            if outcome.kind is FlightEnd.RESOLVED:
                 engine.stats.joins += 1
                 value = outcome.share()
                 if base is not None:
                     yield from self._fire("on_cache_hit", CacheHitContext(**base, result=value))
                 return value
-            if outcome.kind is OutcomeKind.FAILED:
+            if outcome.kind is FlightEnd.FAILED:
                 assert outcome.error is not None
                 raise outcome.error
             # ABANDONED: the leader was cancelled; race the other waiters to lead.
 
-        nowait = None if ids is None else absent
-        return (yield from self._lead(flight, key, input_id, args, kwargs, base, nowait))
+        return (yield from self._lead(flight, key, input_id, args, kwargs, base, absent))
 
     def _lead(
         self,
@@ -257,23 +302,21 @@ class Pipeline:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         base: dict[str, Any] | None,
-        nowait: bool | None,
+        absent: bool,
     ) -> Steps:
         task = self.task
         engine = self.engine
-        store = engine.store
-        on_io = store.loop_bound
         owner: str | None = None
         bypass = False
         try:
             try:
                 if not engine.ready:
                     yield Io(engine.open, (), False)
-                record, owner = yield from self._lookup(key, nowait)
+                record, owner = yield from self._lookup(key, absent)
                 if owner is not None:
-                    engine.leases.hold(key, owner)
+                    yield Call(engine.hold_lease, (key, owner))
             except BackendError as exc:
-                if engine.on_backend_error != "bypass":
+                if not engine.bypass_errors:
                     raise
                 bypass = True
                 record = None
@@ -283,69 +326,51 @@ class Pipeline:
                     stacklevel=2,
                 )
             if record is not None:
-                value, payload = yield from self._decode(record, on_io)
+                value, payload = yield from self._decode(record)
                 if value is not NO_VALUE:
                     engine.stats.hits += 1
-                    entry = MemoEntry(
+                    entry = MemoryEntry(
                         payload,
                         record.expires_at,
                         value if type(value) in IMMUTABLE_TYPES else NO_VALUE,
                     )
-                    engine.memo.put(key, entry)
-                    self._settle_resolved(flight, entry)
+                    yield Call(self._share, (flight, entry, key))
                     if base is not None:
                         yield from self._fire("on_cache_hit", CacheHitContext(**base, result=value))
                     return value
             result = yield EXECUTE
         except BaseException as exc:
-            engine.flights.land(flight)
-            if isinstance(exc, Exception):
-                flight.fail(exc)
-            else:  # cancelled or interrupted: a waiter takes over
-                flight.abandon()
-            if owner is not None:
-                engine.leases.release_soon(key, owner)
+            yield from _clean_up(exc, self._give_up, flight, key, owner, exc)
             raise
 
         engine.stats.misses += 1
         return (yield from self._store(flight, key, input_id, result, owner, base, bypass))
 
     def _lookup(
-        self, key: str, nowait: bool | None
+        self, key: str, absent: bool
     ) -> Generator[Step, Any, tuple[TaskRecord | None, str | None]]:
         """Find ``key`` in the backend; on a miss, take its cross-process lease.
 
-        ``nowait`` is the outcome of a non-waiting read the caller already
-        made (True: absent, False: unknown), or None when none was made.
+        ``absent``: the non-waiting read already said the key is not stored.
         Returns ``(record, lease_owner)``; the owner is set when this process
         now holds the key's lease and must release it after storing.
         """
         engine = self.engine
-        store = engine.store
-        owner = engine.leases.owner()
-        if nowait is None:
-            try:
-                record = store.db.get_nowait(key)
-            except anyio.WouldBlock:
-                pass
-            else:
-                if record is not None or owner is None:
-                    return record, None
-        elif nowait and owner is None:
+        owner: str | None = yield Call(engine.lease_owner, ())
+        if absent and owner is None:
             return None, None
-        ttl = engine.leases.ttl or 0.0
-        found = yield Wait(engine.reader.submit, (key, owner, ttl))
-        if found is False:
+        answer = yield Wait(engine.lookup, (key, owner))
+        if answer is Absent.THEIRS:
             # Another process is executing this key: wait for its result, or
             # for its lease to come free (released, lapsed, or its holder dead).
             assert owner is not None
             engine.stats.lease_waits += 1
-            found = yield Wait(engine.leases.wait, (key, owner))
-        if isinstance(found, TaskRecord):
-            return found, None
-        return None, owner if found else None
+            answer = yield Wait(engine.wait_for_lease, (key, owner))
+        if answer is Absent.OURS:
+            return None, owner
+        return answer, None
 
-    def _decode(self, record: TaskRecord, on_io: bool) -> Generator[Step, Any, tuple[Any, bytes]]:
+    def _decode(self, record: TaskRecord) -> Generator[Step, Any, tuple[Any, bytes]]:
         """Decode a stored record into ``(value, payload)``.
 
         A corrupt or expired record reads as ``(NO_VALUE, b"")``. An intact
@@ -361,12 +386,12 @@ class Pipeline:
             if record.result_type == INLINE and record.result_data is not None:
                 payload = record.result_data
             else:
-                payload = yield Io(engine.store.load_payload, (record,), on_io)
-            return self.task.serializer.loads(payload), payload
+                payload = yield Io(engine.load_payload, (record,), engine.loop_bound)
+            return self._loads(payload), payload
         except _UnregisteredTypeError:
             raise
         except BackendError as exc:  # the blob storage failed or did not answer in time
-            if engine.on_backend_error != "bypass":
+            if not engine.bypass_errors:
                 raise
             warnings.warn(
                 f"{exc}; running {self.task.identity} uncached (on_backend_error='bypass')",
@@ -401,26 +426,25 @@ class Pipeline:
             store_it = bypass is False and (task.cache_if is None or bool(task.cache_if(result)))
             payload = _dumps(task.serializer, result)
         except Exception as exc:
-            engine.flights.land(flight)
-            if owner is not None:
-                engine.leases.release_soon(key, owner)
+            yield Call(self._let_go, (flight, key, owner))
             if base is not None:
                 yield from self._fire(
                     "on_save_error", SaveErrorContext(**base, result=result, error=exc)
                 )
             if wait:
-                flight.fail(exc)
+                yield Call(flight.fail, (exc,))
                 raise
             logger.error("result of %s could not be stored: %s", task.identity, exc)
-            flight.resolve(lambda: copy.deepcopy(result))
+            yield Call(flight.resolve, (lambda: copy.deepcopy(result),))
             return result
 
         expires = _policy.expires_at(engine.clock(), task.ttl)
-        entry = MemoEntry(payload, expires, result if type(result) in IMMUTABLE_TYPES else NO_VALUE)
+        entry = MemoryEntry(
+            payload, expires, result if type(result) in IMMUTABLE_TYPES else NO_VALUE
+        )
         if not store_it:
-            if owner is not None:
-                engine.leases.release_soon(key, owner)
-            self._settle_resolved(flight, entry)
+            yield Call(self._let_go, (flight, key, owner))
+            yield Call(self._share, (flight, entry, None, False))
         else:
             record = TaskRecord(
                 cache_key=key,
@@ -437,60 +461,70 @@ class Pipeline:
             )
             report = self._reporter(base, result)
             if wait:
-                submission = Submission(
-                    WriteItem(record, owner),
-                    on_complete=lambda _error: engine.leases.done(key),
-                    report=report,
-                )
                 try:
-                    yield Wait(engine.writer.submit_and_notify, (submission,))
+                    yield Wait(engine.write, (record, owner, report))
                 except BackendError as exc:
-                    engine.flights.land(flight)
-                    if engine.on_backend_error != "bypass":
-                        flight.fail(exc)
+                    yield Call(engine.land, (flight,))
+                    if not engine.bypass_errors:
+                        yield Call(flight.fail, (exc,))
                         raise
                     warnings.warn(
                         f"{exc}; result of {task.identity} not cached", RuntimeWarning, stacklevel=2
                     )
-                    self._settle_resolved(flight, entry, land=False)
+                    yield Call(self._share, (flight, entry, None, False))
                     return result
-                except BaseException:
+                except BaseException as exc:
                     # Cancelled while waiting for durability: the write still
                     # completes on the I/O loop, and the waiters get the value.
-                    engine.memo.put(key, entry)
-                    self._settle_resolved(flight, entry)
+                    yield from _clean_up(exc, self._share, flight, entry, key)
                     raise
-                engine.memo.put(key, entry)
-                self._settle_resolved(flight, entry)
+                yield Call(self._share, (flight, entry, key))
             else:
-                engine.memo.pin(key, entry)
-                engine.writer.submit(
-                    Submission(
-                        WriteItem(record, owner),
-                        on_complete=lambda _error: self._written_behind(key, entry),
-                        report=report,
-                    )
-                )
-                self._settle_resolved(flight, entry)
+                yield Call(engine.write_behind, (record, owner, entry, report))
+                yield Call(self._share, (flight, entry))
         if base is not None:
             yield from self._fire("on_cache_miss", CacheMissContext(**base, result=result))
         return result
 
-    # -- helpers ------------------------------------------------------------------------
+    # -- how a flight ends (performed as Call steps) ---------------------------------------
 
-    def _written_behind(self, key: str, entry: MemoEntry) -> None:
-        self.engine.leases.done(key)
-        self.engine.memo.unpin(key, entry)
+    def _share(
+        self, flight: Flight, entry: MemoryEntry, remember_as: str | None = None, land: bool = True
+    ) -> None:
+        """End ``flight`` with ``entry``'s value for every joined caller.
 
-    def _settle_resolved(self, flight: Flight, entry: MemoEntry, *, land: bool = True) -> None:
+        ``remember_as``: also keep the entry in the memory tier under that key.
+        ``land``: unregister the flight (False when that was done already).
+        """
+        engine = self.engine
+        if remember_as is not None:
+            engine.remember(remember_as, entry)
         if land:
-            self.engine.flights.land(flight)
+            engine.land(flight)
         if entry.value is not NO_VALUE:
             value = entry.value
             flight.resolve(lambda: value)
         else:
-            loads, payload = self.task.serializer.loads, entry.payload
+            loads, payload = self._loads, entry.payload
             flight.resolve(lambda: loads(payload))
+
+    def _let_go(self, flight: Flight, key: str, owner: str | None) -> None:
+        """Unregister ``flight`` and give back the key's lease, if we hold it."""
+        self.engine.land(flight)
+        if owner is not None:
+            self.engine.release_lease(key, owner)
+
+    def _give_up(self, flight: Flight, key: str, owner: str | None, error: BaseException) -> None:
+        """The leader failed or was cancelled: fail the flight, or hand it to a waiter."""
+        self.engine.land(flight)
+        if isinstance(error, Exception):
+            flight.fail(error)
+        else:  # cancelled or interrupted: a waiter takes over
+            flight.abandon()
+        if owner is not None:
+            self.engine.release_lease(key, owner)
+
+    # -- helpers ------------------------------------------------------------------------
 
     def _reporter(
         self, base: dict[str, Any] | None, result: Any

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from ._drain import QueueDrain
@@ -17,11 +18,29 @@ from ._portal import Outcome, Waiter, settle_all
 from ._record import TaskRecord
 from ._store import ResultStore
 
-__all__ = ["Lookup", "Reader"]
+__all__ = ["Absent", "Lookup", "ReadAnswer", "Reader", "read_answer"]
 
-#: What a lookup resolves to: the stored record; True (not stored, lease
-#: taken or no lease needed); False (another process holds the lease).
-LookupResult = TaskRecord | bool
+
+class Absent(Enum):
+    """A key that is not stored, and who may execute it."""
+
+    #: This caller: the key's lease is now ours (or leases are off).
+    OURS = "ours"
+    #: Another process holds the key's lease and is executing it.
+    THEIRS = "theirs"
+
+
+#: What a read-and-lease answers: the stored record, or who executes the key.
+ReadAnswer = TaskRecord | Absent
+
+
+def read_answer(found: TaskRecord | bool) -> ReadAnswer:
+    """Name one answer of ``TaskDB.lookup_or_lease`` (True: leased, False: held elsewhere)."""
+    if found is True:
+        return Absent.OURS
+    if found is False:
+        return Absent.THEIRS
+    return found
 
 
 @dataclass(slots=True)
@@ -51,9 +70,9 @@ class Reader(QueueDrain[Lookup]):
         """Queue a lookup of ``key``; callable from any thread, never waits."""
         self._enqueue(Lookup(key, owner, ttl, waiter))
 
-    def _answer(self, found: dict[str, TaskRecord | bool], key: str) -> LookupResult:
+    def _answer(self, found: dict[str, TaskRecord | bool], key: str) -> ReadAnswer:
         # A key the backend left out needs no lease and is not stored.
-        return found.get(key, True)
+        return read_answer(found.get(key, True))
 
     async def _drain_once(self) -> None:
         while self._queue:
@@ -85,7 +104,7 @@ class Reader(QueueDrain[Lookup]):
         def release(waiter: Waiter, value: Any) -> None:
             # The caller was cancelled after its lease was granted: give the
             # lease back now instead of making other processes wait it out.
-            if value is True:
+            if value is Absent.OURS:
                 self._release(key_of[id(waiter)], owner)
 
         return release

@@ -15,20 +15,20 @@ from typing import Any
 
 from ._portal import Waiter, settle, settle_all
 
-__all__ = ["Flight", "FlightRegistry", "Outcome", "OutcomeKind"]
+__all__ = ["Flight", "FlightRegistry", "FlightOutcome", "FlightEnd"]
 
 
-class OutcomeKind(Enum):
+class FlightEnd(Enum):
     RESOLVED = "resolved"
     FAILED = "failed"
     ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class FlightOutcome:
     """How a flight ended, as seen by the callers that joined it."""
 
-    kind: OutcomeKind
+    kind: FlightEnd
     #: For RESOLVED: returns a fresh copy of the result for each waiter, so no
     #: two callers ever share one mutable object.
     share: Callable[[], Any] | None = None
@@ -42,13 +42,13 @@ class Flight:
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self._outcome: Outcome | None = None
+        self._outcome: FlightOutcome | None = None
         self._waiters: list[Waiter] = []
 
     def add_waiter(self, waiter: Waiter) -> None:
         """Have ``waiter`` settled with this flight's outcome (now, if it is over)."""
         self._waiters.append(waiter)
-        # Appending before reading the outcome, while _settle writes the
+        # Appending before reading the outcome, while _finish writes the
         # outcome before copying the list, means no waiter is ever missed;
         # one may be settled twice, which Waiter ignores.
         outcome = self._outcome
@@ -56,16 +56,16 @@ class Flight:
             settle(waiter, outcome)
 
     def resolve(self, share: Callable[[], Any]) -> None:
-        self._settle(Outcome(OutcomeKind.RESOLVED, share=share))
+        self._finish(FlightOutcome(FlightEnd.RESOLVED, share=share))
 
     def fail(self, error: BaseException) -> None:
-        self._settle(Outcome(OutcomeKind.FAILED, error=error))
+        self._finish(FlightOutcome(FlightEnd.FAILED, error=error))
 
     def abandon(self) -> None:
         """The executing caller went away (cancelled): a waiter takes over."""
-        self._settle(Outcome(OutcomeKind.ABANDONED))
+        self._finish(FlightOutcome(FlightEnd.ABANDONED))
 
-    def _settle(self, outcome: Outcome) -> None:
+    def _finish(self, outcome: FlightOutcome) -> None:
         if self._outcome is not None:
             return
         self._outcome = outcome
@@ -96,6 +96,3 @@ class FlightRegistry:
         """
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
-
-    def __len__(self) -> int:
-        return len(self._flights)

@@ -248,9 +248,7 @@ class Spot:
                 cache_if=cache_if,
                 hooks=self._hooks.merged(task_hooks),
             )
-            marked = wrap(func, Pipeline(self._engine, task))
-            marked.spot = self  # type: ignore[attr-defined]
-            return marked
+            return wrap(func, Pipeline(self._engine, task))
 
         return decorate if fn is None else decorate(fn)
 

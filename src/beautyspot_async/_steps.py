@@ -1,10 +1,12 @@
 """The steps a pipeline asks for, and the two drivers that perform them.
 
-A pipeline is a generator that yields these steps instead of doing I/O;
-:func:`drive_async` performs them on the caller's event loop (asyncio or
-trio), :func:`drive_sync` by blocking the caller's thread and sending I/O
-through the portal. Exceptions raised while performing a step are thrown
-back into the generator at that step.
+A pipeline is a generator that yields these steps instead of acting itself:
+every side effect -- a read, a write queued, a flight landed, the user's
+function run -- is a step. :func:`drive_async` performs them on the caller's
+event loop (asyncio or trio), :func:`drive_sync` by blocking the caller's
+thread and sending I/O through the portal. Exceptions raised while performing
+a step are thrown back into the generator at that step. Because the generator
+only describes, a test can drive it with scripted answers and no backend.
 """
 
 from __future__ import annotations
@@ -17,14 +19,35 @@ import anyio
 
 from ._portal import Waiter, io_loop
 
-__all__ = ["EXECUTE", "Blocking", "Io", "Step", "Steps", "Wait", "drive_async", "drive_sync"]
+__all__ = [
+    "EXECUTE",
+    "Blocking",
+    "Call",
+    "Io",
+    "Step",
+    "Steps",
+    "Wait",
+    "drive_async",
+    "drive_sync",
+]
 
 
 # -- the steps a pipeline can ask for ------------------------------------------
 
 
+class Call(NamedTuple):
+    """Call ``fn(*args)`` right here: an in-process effect that never waits.
+
+    Drivers perform it without a checkpoint, so a pipeline may ask for it
+    from a cleanup path that runs inside a cancelled scope.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
 class Io(NamedTuple):
-    """Await ``fn(*args)``; on the I/O loop when ``io_loop`` is true."""
+    """Await ``fn(*args)``; on the I/O loop when ``on_io_loop`` is true."""
 
     fn: Callable[..., Coroutine[Any, Any, Any]]
     args: tuple[Any, ...]
@@ -57,7 +80,7 @@ class _Execute:
 
 EXECUTE: Final = _Execute()
 
-Step = Io | Wait | Blocking | _Execute
+Step = Call | Io | Wait | Blocking | _Execute
 Steps = Generator[Step, Any, Any]
 
 
@@ -75,7 +98,9 @@ async def drive_async(steps: Steps, execute: Callable[[], Awaitable[Any]]) -> An
             return stop.value
         value = error = None
         try:
-            if step is EXECUTE:
+            if type(step) is Call:
+                value = step.fn(*step.args)
+            elif step is EXECUTE:
                 value = await execute()
             elif type(step) is Io:
                 if step.on_io_loop:
@@ -105,7 +130,9 @@ def drive_sync(steps: Steps, execute: Callable[[], Any]) -> Any:
             return stop.value
         value = error = None
         try:
-            if step is EXECUTE:
+            if type(step) is Call:
+                value = step.fn(*step.args)
+            elif step is EXECUTE:
                 value = execute()
             elif type(step) is Io:
                 value = io_loop.call(step.fn, *step.args)

@@ -57,7 +57,7 @@ def _sqlite_file(path: str | os.PathLike[str], spec: Any) -> SQLiteTaskDB:
     return SQLiteTaskDB(absolute)
 
 
-def resolve_db(spec: Any, name: str, *, clock: Any = None) -> TaskDB:
+def resolve_db(spec: Any, name: str) -> TaskDB:
     """Return the task database an explicit ``db=`` (or the environment) names.
 
     Relative paths are resolved against the working directory now, when the

@@ -12,7 +12,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = [
     "CacheHitContext",
@@ -103,8 +103,6 @@ class HookSet:
 
     __slots__ = ("_async", "_sync")
 
-    EMPTY: ClassVar[HookSet]
-
     def __init__(self, hooks: Iterable[Any]) -> None:
         self._sync: dict[str, list[_Handler]] = {}
         self._async: dict[str, list[_Handler]] = {}
@@ -154,6 +152,3 @@ class HookSet:
             for event, handlers in src._async.items():
                 combined._async.setdefault(event, []).extend(handlers)
         return combined
-
-
-HookSet.EMPTY = HookSet(())

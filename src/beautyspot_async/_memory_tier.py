@@ -20,18 +20,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["ABSENT", "IMMUTABLE_TYPES", "NO_VALUE", "MemoEntry", "MemoryTier"]
+__all__ = ["IMMUTABLE_TYPES", "NO_VALUE", "MemoryEntry", "MemoryTier"]
 
+#: No value here (not held, expired, or it would not decode).
 NO_VALUE: Final[Any] = object()
-#: Like NO_VALUE, and the backend has just said the key is not stored at all.
-ABSENT: Final[Any] = object()
 
-#: Results of these exact types are returned without decoding on a memo hit.
+#: Results of these exact types are returned without decoding on a memory-tier hit.
 IMMUTABLE_TYPES: Final = frozenset({str, int, float, bool, bytes, type(None), complex})
 
 
 @dataclass(frozen=True, slots=True)
-class MemoEntry:
+class MemoryEntry:
     payload: bytes
     expires_at: float | None
     value: Any = NO_VALUE
@@ -43,7 +42,7 @@ class MemoEntry:
 
 
 class MemoryTier:
-    """A bounded map of cache key -> :class:`MemoEntry`."""
+    """A bounded map of cache key -> :class:`MemoryEntry`."""
 
     def __init__(self, *, max_entries: int, max_bytes: int) -> None:
         if max_entries < 0 or max_bytes < 0:
@@ -52,18 +51,18 @@ class MemoryTier:
             raise ConfigurationError("memory tier bounds must be >= 0 (0 disables it)")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._entries: dict[str, MemoEntry] = {}
-        self._pinned: dict[str, MemoEntry] = {}
+        self._entries: dict[str, MemoryEntry] = {}
+        self._pinned: dict[str, MemoryEntry] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> MemoEntry | None:
+    def get(self, key: str) -> MemoryEntry | None:
         entry = self._entries.get(key)
         if entry is None and self._pinned:
             entry = self._pinned.get(key)
         return entry
 
-    def put(self, key: str, entry: MemoEntry) -> None:
+    def put(self, key: str, entry: MemoryEntry) -> None:
         size = entry.size
         if size > self.max_bytes or self.max_entries == 0:
             return
@@ -75,12 +74,12 @@ class MemoryTier:
             self._bytes += size
             self._evict_locked()
 
-    def pin(self, key: str, entry: MemoEntry) -> None:
+    def pin(self, key: str, entry: MemoryEntry) -> None:
         """Hold ``entry`` until :meth:`unpin`, regardless of the bounds."""
         with self._lock:
             self._pinned[key] = entry
 
-    def unpin(self, key: str, entry: MemoEntry) -> None:
+    def unpin(self, key: str, entry: MemoryEntry) -> None:
         """Release a pinned entry into the bounded tier."""
         with self._lock:
             if self._pinned.get(key) is entry:
@@ -93,11 +92,6 @@ class MemoryTier:
             if old is not None:
                 self._bytes -= old.size
             self._pinned.pop(key, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
 
     def _evict_locked(self) -> None:
         entries = self._entries
