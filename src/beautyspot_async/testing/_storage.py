@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
@@ -106,12 +107,33 @@ async def _check_blob_hostile(storage: BlobStorageBase) -> None:
     )
 
 
+async def _check_blob_stale_temp_files(storage: BlobStorageBase) -> None:
+    """remove_stale_temp_files lists temporary files only, never a stored blob.
+
+    It returns a list of names; nothing is older than the epoch, so
+    ``older_than=0`` removes nothing; a dry run removes nothing either, and
+    a stored blob is never among the names. (Not exercised: removing a real
+    leftover, which only the storage itself can fake.)
+    """
+    location = await storage.save(_blob_key(), b"kept")
+    assert await storage.remove_stale_temp_files(older_than=0.0) == [], (
+        "remove_stale_temp_files(older_than=0) must find nothing"
+    )
+    names = await storage.remove_stale_temp_files(older_than=time.time() + 3600, dry_run=True)
+    assert isinstance(names, list), f"remove_stale_temp_files must return a list, not {names!r}"
+    assert all(isinstance(name, str) for name in names), f"names must be str: {names!r}"
+    assert location not in names, "a stored blob is not a temporary file"
+    assert await storage.load(location) == b"kept", "a dry run must remove nothing"
+    await storage.delete(location)
+
+
 _BLOB_CHECKS: tuple[_BlobCheck, ...] = (
     _check_blob_round_trip,
     _check_blob_overwrite,
     _check_blob_delete,
     _check_blob_list,
     _check_blob_hostile,
+    _check_blob_stale_temp_files,
 )
 
 

@@ -22,6 +22,7 @@ from ._common import (
     overrides,
     save,
     save_fields,
+    unopened,
 )
 from ._leases import LEASE_CHECKS
 from ._nowait import NOWAIT_CHECKS
@@ -306,8 +307,26 @@ async def _check_concurrent_saves(db: TaskDB, clock: FakeClock | None) -> None:
     assert set(found) == set(keys), f"{len(keys) - len(found)} concurrent saves were lost"
 
 
+@unopened
+async def _check_schema_exists(db: TaskDB, clock: FakeClock | None) -> None:
+    """schema_exists answers read-only, and True once init_schema has run.
+
+    Before ``init_schema`` it may answer either way (the store may be shared,
+    and the base class's default cannot tell and says ``True``), but it
+    creates nothing: an answer of ``False`` stays ``False`` until
+    ``init_schema`` runs.
+    """
+    before = await db.schema_exists()
+    assert isinstance(before, bool), f"schema_exists must return a bool, not {before!r}"
+    if before is False:
+        assert await db.schema_exists() is False, "schema_exists must not create the schema"
+    await db.init_schema()
+    assert await db.schema_exists() is True, "schema_exists must be True after init_schema"
+
+
 RECORD_CHECKS: tuple[Check, ...] = (
     _check_init_schema_idempotent,
+    _check_schema_exists,
     _check_get_missing,
     _check_round_trip,
     _check_timestamps,
@@ -341,7 +360,7 @@ async def check_taskdb(
 
     The checks are the specification: each one's docstring states the rule
     it enforces. They cover the records (save, get, upserts, batches,
-    expiry, history), the non-waiting reads (``get_nowait``,
+    expiry, history, ``schema_exists``), the non-waiting reads (``get_nowait``,
     ``get_many_nowait``), and the lease methods (``acquire_lease``,
     ``release_lease``, ``release_leases``, ``renew_leases``,
     ``lease_holders``, ``take_over_leases``, ``lookup_or_lease``,
