@@ -7,6 +7,7 @@ every database it made. Import the fixtures into a test module by name.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from tests._services import POSTGRES_URL, REDIS_URL, require_service
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from beautyspot_async.db import PostgresTaskDB, RedisTaskDB
+    from beautyspot_async.db import PostgresTaskDB, RedisTaskDB, TaskDB
 
 
 @pytest.fixture
@@ -113,3 +114,25 @@ async def until_blocked(db: Any, key: str) -> None:
     with anyio.fail_after(10):
         while not is_blocked(db, key):
             await anyio.sleep(0.005)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def save_row(db: TaskDB, key: str, **extra: Any) -> None:
+    """Save an inline row under ``key`` (payload ``b"\\x00payload\\xff"``), ``extra`` overriding."""
+    fields: dict[str, Any] = {
+        "cache_key": key,
+        "func_name": "tests.fn",
+        "input_id": "i",
+        "version": None,
+        "result_type": "inline",
+        "content_type": None,
+        "result_data": b"\x00payload\xff",
+    }
+    fields.update(extra)
+    await db.save(**fields)

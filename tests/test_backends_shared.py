@@ -18,7 +18,7 @@ import pytest
 from beautyspot_async._record import TaskRecord
 from beautyspot_async.db._base import TaskDB
 from tests import _backends
-from tests._backends import is_blocked, until_blocked
+from tests._backends import is_blocked, save_row, until_blocked
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 
@@ -51,18 +51,6 @@ async def _holder_and_waiter(make_db: Factory) -> tuple[TaskDB, TaskDB]:
     return holder, waiter
 
 
-async def _save(db: TaskDB, key: str) -> None:
-    await db.save(
-        cache_key=key,
-        func_name="tests.fn",
-        input_id="i",
-        version=None,
-        result_type="inline",
-        content_type=None,
-        result_data=b"\x00payload\xff",
-    )
-
-
 class TestWaitForResult:
     """wait_for_result wakes on a notification well before its timeout."""
 
@@ -72,7 +60,7 @@ class TestWaitForResult:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(waiter.wait_for_result, "k", 60.0)
                 await until_blocked(waiter, "k")
-                await _save(holder, "k")
+                await save_row(holder, "k")
         assert await waiter.get("k") is not None
 
     async def test_woken_by_save_many(self, make_db: Factory) -> None:
@@ -96,7 +84,7 @@ class TestWaitForResult:
         async with anyio.create_task_group() as tg:
             tg.start_soon(waiter.wait_for_result, "k", 60.0)
             await until_blocked(waiter, "k")
-            await _save(holder, "other")
+            await save_row(holder, "other")
             # A notification arrives asynchronously: a round trip on each
             # side makes it likely to have been read by now.
             await holder.acquire_lease("k", "holder", 60)
@@ -107,7 +95,7 @@ class TestWaitForResult:
     async def test_returns_at_once_when_settled(self, make_db: Factory) -> None:
         db = make_db()
         await db.init_schema()
-        await _save(db, "done")
+        await save_row(db, "done")
         with anyio.fail_after(5):
             await db.wait_for_result("done", 60.0)  # row exists
             await db.wait_for_result("free", 60.0)  # no lease held

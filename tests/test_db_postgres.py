@@ -7,7 +7,6 @@ and drops it at the end.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable
 
@@ -15,7 +14,7 @@ import anyio
 import pytest
 
 from tests import _backends
-from tests._backends import until_blocked
+from tests._backends import closed_port, save_row, until_blocked
 from tests._services import POSTGRES_URL
 
 pytest.importorskip("asyncpg")
@@ -50,24 +49,6 @@ async def _admin(query: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def _save(db: PostgresTaskDB, key: str, data: bytes = b"payload") -> None:
-    await db.save(
-        cache_key=key,
-        func_name="tests.fn",
-        input_id="i",
-        version=None,
-        result_type="inline",
-        content_type=None,
-        result_data=data,
-    )
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TestConformance:
     """PostgresTaskDB passes the TaskDB suite, alone and as two instances on one schema."""
 
@@ -96,7 +77,7 @@ class TestSchema:
         async with anyio.create_task_group() as tg:
             for db in dbs:
                 tg.start_soon(db.init_schema)
-        await _save(dbs[0], "k")
+        await save_row(dbs[0], "k")
         assert (await dbs[3].get("k")) is not None
 
     async def test_newer_version_is_refused(self, make_db: Factory, postgres_schema: str) -> None:
@@ -112,7 +93,7 @@ class TestSchema:
         a, b = make_db(table_prefix="a_"), make_db(table_prefix="b_")
         await a.init_schema()
         await b.init_schema()
-        await _save(a, "k")
+        await save_row(a, "k")
         assert await b.get("k") is None
 
     @pytest.mark.parametrize("bad", ['x"; DROP TABLE y; --', "1abc", "a b", ""])
@@ -128,14 +109,14 @@ class TestConnectionLoss:
         app = f"bs-test-{uuid.uuid4().hex[:8]}"
         db = make_db(server_settings={"application_name": app}, min_size=2)
         await db.init_schema()
-        await _save(db, "before")
+        await save_row(db, "before")
         killed = await _admin(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
             app,
         )
         assert killed, "no connection of the database under test was found to terminate"
         assert await db.get("before") is not None
-        await _save(db, "after")
+        await save_row(db, "after")
         assert await db.get("after") is not None
 
     async def test_connection_dying_mid_call_is_retried(self, make_db: Factory) -> None:
@@ -173,11 +154,11 @@ class TestConnectionLoss:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(waiter.wait_for_result, "k", 60.0)
                 await until_blocked(waiter, "k")
-                await _save(holder, "k")
+                await save_row(holder, "k")
 
     async def test_down_server_raises_backend_error(self) -> None:
         db = PostgresTaskDB(
-            f"postgresql://postgres@127.0.0.1:{_closed_port()}/test", retry_delays=(0.01, 0.01)
+            f"postgresql://postgres@127.0.0.1:{closed_port()}/test", retry_delays=(0.01, 0.01)
         )
         with pytest.raises(BackendError) as info:
             await db.get("k")

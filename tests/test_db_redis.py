@@ -9,13 +9,13 @@ the shared server.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from tests import _backends
+from tests._backends import closed_port, save_row
 from tests._services import REDIS_URL
 
 pytest.importorskip("redis")
@@ -43,26 +43,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def _save(db: RedisTaskDB, key: str, **extra: object) -> None:
-    fields: dict[str, object] = {
-        "cache_key": key,
-        "func_name": "tests.fn",
-        "input_id": "i",
-        "version": None,
-        "result_type": "inline",
-        "content_type": None,
-        "result_data": b"\x00payload\xff",
-    }
-    fields.update(extra)
-    await db.save(**fields)  # type: ignore[arg-type]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TestConformance:
     """RedisTaskDB passes the TaskDB suite, alone and as two instances on one prefix."""
 
@@ -81,7 +61,7 @@ class TestLayout:
     ) -> None:
         db = make_db()
         await db.init_schema()
-        await _save(db, "k", expires_at=123.5)
+        await save_row(db, "k", expires_at=123.5)
         assert await redis_client.type(f"{redis_prefix}:rec:k") == b"hash"
         assert await redis_client.hget(f"{redis_prefix}:rec:k", "result_data") == b"\x00payload\xff"
         record = await db.get("k")
@@ -90,15 +70,15 @@ class TestLayout:
             record.updated_at
         )
         assert await redis_client.zscore(f"{redis_prefix}:idx:expires", "k") == 123.5
-        await _save(db, "k", expires_at=None)
+        await save_row(db, "k", expires_at=None)
         assert await redis_client.zscore(f"{redis_prefix}:idx:expires", "k") is None
         assert await db.delete("k")
         assert await redis_client.zcard(f"{redis_prefix}:idx:updated") == 0
 
     async def test_none_fields_are_cleared_on_overwrite(self, make_db: Factory) -> None:
         db = make_db()
-        await _save(db, "k", version="v1", content_type="text/plain", result_value="x")
-        await _save(db, "k", version=None, content_type=None, result_value=None)
+        await save_row(db, "k", version="v1", content_type="text/plain", result_value="x")
+        await save_row(db, "k", version=None, content_type=None, result_value=None)
         record = await db.get("k")
         assert record is not None
         assert (record.version, record.content_type, record.result_value) == (None, None, None)
@@ -107,7 +87,7 @@ class TestLayout:
         self, make_db: Factory, redis_client: aioredis.Redis, redis_prefix: str
     ) -> None:
         db = make_db()
-        await _save(db, "indexed")
+        await save_row(db, "indexed")
         # A record hash missing from the index is invisible to history: no SCAN.
         await redis_client.hset(f"{redis_prefix}:rec:stray", mapping={"func_name": "f"})
         frame = await db.get_history()
@@ -117,7 +97,7 @@ class TestLayout:
         other_prefix = f"bs-test-{uuid.uuid4().hex[:12]}"
         a, b = make_db(), make_db(prefix=other_prefix)
         try:
-            await _save(a, "k")
+            await save_row(a, "k")
             assert await b.get("k") is None
             assert len(await b.get_history()) == 0
         finally:
@@ -146,18 +126,18 @@ class TestConnectionLoss:
     ) -> None:
         name = f"bs-test-{uuid.uuid4().hex[:8]}"
         db = make_db(client_name=name)
-        await _save(db, "before")
+        await save_row(db, "before")
         clients = await redis_client.client_list()
         mine = [c["id"] for c in clients if c.get("name") == name]
         assert mine, "no connection of the database under test was found to kill"
         for client_id in mine:
             await redis_client.client_kill_filter(_id=client_id)
         assert await db.get("before") is not None
-        await _save(db, "after")
+        await save_row(db, "after")
         assert await db.get("after") is not None
 
     async def test_down_server_raises_backend_error(self) -> None:
-        db = RedisTaskDB(f"redis://127.0.0.1:{_closed_port()}/0", retries=2, backoff_base=0.01)
+        db = RedisTaskDB(f"redis://127.0.0.1:{closed_port()}/0", retries=2, backoff_base=0.01)
         with pytest.raises(BackendError) as info:
             await db.get("k")
         assert info.value.backend == "redis"
