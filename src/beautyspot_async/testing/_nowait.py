@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 
 import anyio
 import anyio.to_thread
@@ -49,17 +50,17 @@ async def _assert_nowait_answers(
 ) -> None:
     where = " from another thread" if other_thread else ""
     for k, expected in stored.items():
-        got = await _in_thread(lambda k=k: _get_nowait(db, k), other_thread)  # type: ignore[misc]
+        got = await _in_thread(partial(_get_nowait, db, k), other_thread)
         if got is _DECLINED:
             continue
         assert got is not None, f"get_nowait{where} reported stored key {k} as missing"
         assert got == expected, f"get_nowait{where} answered {got!r}, get() reads {expected!r}"
-    got = await _in_thread(lambda: _get_nowait(db, missing), other_thread)
+    got = await _in_thread(partial(_get_nowait, db, missing), other_thread)
     assert got is None or got is _DECLINED, f"get_nowait{where} of a missing key answered {got!r}"
 
     asked = [*stored, missing, *stored]
     try:
-        many = await _in_thread(lambda: db.get_many_nowait(asked), other_thread)
+        many = await _in_thread(partial(db.get_many_nowait, asked), other_thread)
     except anyio.WouldBlock:
         raise AssertionError(
             "get_many_nowait must leave out the keys it cannot answer, not raise WouldBlock"
@@ -73,7 +74,7 @@ async def _assert_nowait_answers(
             assert value == stored[k], (
                 f"get_many_nowait{where} answered {value!r} for {k}, get() reads {stored[k]!r}"
             )
-    assert await _in_thread(lambda: db.get_many_nowait([]), other_thread) == {}
+    assert await _in_thread(partial(db.get_many_nowait, []), other_thread) == {}
 
 
 async def _check_nowait_reads(db: TaskDB, clock: FakeClock | None) -> None:
