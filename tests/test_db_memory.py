@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import anyio
@@ -11,7 +12,7 @@ import pytest
 
 from beautyspot_async._record import TaskRecord
 from beautyspot_async.db._memory import MemoryTaskDB
-from beautyspot_async.testing import FakeClock, check_taskdb
+from beautyspot_async.testing import FakeClock, check_taskdb, check_taskdb_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -31,6 +32,12 @@ class TestConformance:
             return MemoryTaskDB(clock=clock)
 
         await check_taskdb(factory, clock=clock)
+
+    async def test_pair_is_one_shared_instance(self) -> None:
+        # One process sees a MemoryTaskDB: two "instances of one store" are one instance.
+        clock = FakeClock()
+        db = MemoryTaskDB(clock=clock)
+        await check_taskdb_pair(lambda: (db, db), clock=clock)
 
 
 class TestSharedInstance:
@@ -111,6 +118,68 @@ class _TruncatesLargePayloads(MemoryTaskDB):
         return replace(record, result_data=record.result_data[: 1 << 16])
 
 
+class _LyingNowait(MemoryTaskDB):
+    async def get(self, cache_key: str) -> TaskRecord | None:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            return self._rows.get(cache_key)
+
+    def get_nowait(self, cache_key: str) -> TaskRecord | None:
+        return None
+
+
+class _NowaitRaisesWouldBlock(MemoryTaskDB):
+    def get_many_nowait(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord | None]:
+        raise anyio.WouldBlock
+
+
+class _ReleasesAnyOwner(MemoryTaskDB):
+    async def release_leases(self, cache_keys: Sequence[str], owner: str) -> None:
+        for key in cache_keys:
+            self._leases.pop(key, None)
+
+
+class _GrantsWithoutLeasing(MemoryTaskDB):
+    async def lookup_or_lease(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        found: dict[str, TaskRecord | bool] = dict(await self.get_many(cache_keys))
+        return {key: found.get(key, True) for key in cache_keys}
+
+
+class _SavesWithoutReleasing(MemoryTaskDB):
+    async def save_and_release(
+        self, records: Sequence[TaskRecord], leases: Mapping[str, Sequence[str]]
+    ) -> None:
+        await self.save_many(records)
+
+
+class _NoReRead(MemoryTaskDB):
+    """Reads, then leases, without re-reading: a key stored in between is granted."""
+
+    async def lookup_or_lease(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        found: dict[str, TaskRecord | bool] = dict(await self.get_many(cache_keys))
+        for key in cache_keys:
+            if key not in found:
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                found[key] = await self.acquire_lease(key, owner, ttl)
+        return found
+
+
+class _TwoOwnersWin(MemoryTaskDB):
+    """Every instance keeps its own leases, as if each process had its own table."""
+
+    async def lookup_or_lease(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        found: dict[str, TaskRecord | bool] = dict(await self.get_many(cache_keys))
+        await anyio.lowlevel.checkpoint()
+        return {key: found.get(key, True) for key in cache_keys}
+
+
 class TestSuiteCatchesBugs:
     """check_taskdb fails, naming the check, for a backend that breaks the contract."""
 
@@ -121,9 +190,24 @@ class TestSuiteCatchesBugs:
             (_OldestFirst, "history"),
             (_GreedyLeases, "leases"),
             (_TruncatesLargePayloads, "round_trip"),
+            (_LyingNowait, "nowait_reads"),
+            (_NowaitRaisesWouldBlock, "nowait_reads"),
+            (_ReleasesAnyOwner, "release_leases"),
+            (_GrantsWithoutLeasing, "lookup_or_lease"),
+            (_SavesWithoutReleasing, "save_and_release"),
         ],
     )
     async def test_broken_backend_fails(self, broken: type[MemoryTaskDB], check: str) -> None:
         clock = FakeClock()
         with pytest.raises(AssertionError, match=rf"check_taskdb\[{check}\]"):
             await check_taskdb(lambda: broken(clock=clock), clock=clock)
+
+    @pytest.mark.parametrize(
+        ("broken", "check"),
+        [(_TwoOwnersWin, "lookup_or_lease_race"), (_NoReRead, "saved_is_a_record")],
+    )
+    async def test_broken_pair_fails(self, broken: type[MemoryTaskDB], check: str) -> None:
+        clock = FakeClock()
+        db = broken(clock=clock)
+        with pytest.raises(AssertionError, match=rf"check_taskdb_pair\[{check}\]"):
+            await check_taskdb_pair(lambda: (db, db), clock=clock)

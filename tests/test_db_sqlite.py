@@ -25,7 +25,7 @@ import pytest
 from beautyspot_async._record import BLOB, TaskRecord
 from beautyspot_async.db._sqlite import SCHEMA_VERSION, SQLiteTaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
-from beautyspot_async.testing import FakeClock, check_taskdb
+from beautyspot_async.testing import FakeClock, check_taskdb, check_taskdb_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -79,6 +79,13 @@ class TestConformance:
     async def test_shared_file(self, tmp_path: Path) -> None:
         clock = FakeClock()
         await check_taskdb(lambda: SQLiteTaskDB(tmp_path / "shared.db", clock=clock), clock=clock)
+
+    async def test_two_instances_one_file(self, tmp_path: Path) -> None:
+        clock = FakeClock()
+        path = tmp_path / "pair.db"
+        await check_taskdb_pair(
+            lambda: (SQLiteTaskDB(path, clock=clock), SQLiteTaskDB(path, clock=clock)), clock=clock
+        )
 
 
 class TestSchema:
@@ -237,24 +244,6 @@ class TestHistory:
         await db.get("big")
         assert ("tasks", "result_data") in reads
         await conn.set_authorizer(None)
-
-
-class TestLeases:
-    """Leases in one file are exclusive between instances and expire by the clock."""
-
-    async def test_two_instances_one_file(self, tmp_path: Path) -> None:
-        clock = FakeClock()
-        first = SQLiteTaskDB(tmp_path / "l.db", clock=clock)
-        second = SQLiteTaskDB(tmp_path / "l.db", clock=clock)
-        try:
-            assert await first.acquire_lease("k", "a", 10) is True
-            assert await second.acquire_lease("k", "b", 10) is False
-            clock.advance(10)
-            assert await second.acquire_lease("k", "b", 10) is True
-            assert await first.acquire_lease("k", "a", 10) is False
-        finally:
-            await first.aclose()
-            await second.aclose()
 
 
 class TestGetNowait:
