@@ -15,15 +15,13 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 
-from tests._services import POSTGRES_URL, require_service
-
-pytest.importorskip("asyncpg")
-
-import asyncpg
-
-from beautyspot_async.db._postgres import SCHEMA_VERSION, PostgresTaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 from beautyspot_async.testing import check_taskdb
+from tests._services import POSTGRES_URL, require_module, require_service
+
+asyncpg = require_module("asyncpg", extra="postgres")
+
+from beautyspot_async.db._postgres import SCHEMA_VERSION, PostgresTaskDB  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 

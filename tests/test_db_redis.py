@@ -17,16 +17,14 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 
-from tests._services import REDIS_URL, require_service
-
-pytest.importorskip("redis")
-
-import redis.asyncio as aioredis
-
 from beautyspot_async._record import TaskRecord
-from beautyspot_async.db._redis import SCHEMA_VERSION, RedisTaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 from beautyspot_async.testing import check_taskdb
+from tests._services import REDIS_URL, require_module, require_service
+
+aioredis = require_module("redis.asyncio", extra="redis")
+
+from beautyspot_async.db._redis import SCHEMA_VERSION, RedisTaskDB  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 

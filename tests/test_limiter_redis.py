@@ -23,15 +23,15 @@ import pytest
 import beautyspot_async.limiter as limiter_module
 from beautyspot_async.exceptions import BackendError, RateLimitError
 from beautyspot_async.limiter import Limiter
-from tests._services import REDIS_URL, require_service
+from tests._services import REDIS_URL, require_module, require_service
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 
 
 @pytest.fixture
 def redis_key() -> Iterator[str]:
-    require_service("redis", "127.0.0.1", 6379)
-    import redis
+    redis = require_module("redis", extra="redis")
+    require_service("Redis", "127.0.0.1", 6379)
 
     key = f"test-{uuid.uuid4().hex}"
     yield key

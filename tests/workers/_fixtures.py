@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests._services import POSTGRES_URL, REDIS_URL, require_service
+from tests._services import POSTGRES_URL, REDIS_URL, require_module, require_service
 
 
 def require(name: str, url: str, port: int) -> None:
@@ -43,6 +43,7 @@ def delete_redis_prefix(prefix: str) -> None:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A unique PostgreSQL schema, dropped with everything in it afterwards."""
+    require_module("asyncpg", extra="postgres")
     require("PostgreSQL", POSTGRES_URL, 5432)
     import asyncpg
 
@@ -62,6 +63,7 @@ def pg_schema() -> Iterator[str]:
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A unique Redis key prefix; every key under it is deleted afterwards."""
+    require_module("redis", extra="redis")
     require("Redis", REDIS_URL, 6379)
     name = f"bs-mp-{uuid.uuid4().hex[:12]}"
     yield name
@@ -71,6 +73,7 @@ def redis_prefix() -> Iterator[str]:
 @pytest.fixture
 def limiter_key() -> Iterator[str]:
     """A unique shared-limiter budget name; its Redis state is deleted afterwards."""
+    require_module("redis", extra="redis")
     require("Redis", REDIS_URL, 6379)
     import redis
 
