@@ -160,6 +160,7 @@ class TestProcesses:
     """Several real processes sharing one key never exceed the budget together."""
 
     @pytest.mark.slow
+    @pytest.mark.timeout(300)  # four interpreters, each may take its 30 s
     @pytest.mark.parametrize("anyio_backend", ["asyncio"])
     def test_four_processes(self, redis_key: str, anyio_backend: str) -> None:
         src = os.path.dirname(os.path.dirname(os.path.abspath(limiter_module.__file__)))

@@ -33,7 +33,7 @@ from tests.workers._harness import (
 )
 from tests.workers.memo_worker import WorkerConfig, expected_value
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # up to ~30 s each under load
 
 WORKERS = 4
 DISTINCT_KEYS = 250  # 4 workers x 250 calls = 1 000 calls, each key wanted by every worker
