@@ -495,6 +495,8 @@ class TestGuard:
 
     @pytest.fixture(params=["asyncio", "trio"])
     def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        if request.param == "trio":
+            require_module("trio", extra="dev")
         return str(request.param)
 
     async def test_lookup_and_write_time_out(self, tmp_path: Path) -> None:

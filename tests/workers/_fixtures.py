@@ -20,9 +20,14 @@ import pytest
 
 from tests._services import POSTGRES_URL, REDIS_URL, require_module, require_service
 
+#: The driver each server needs, and the extra that installs it.
+_DRIVERS = {"PostgreSQL": ("asyncpg", "postgres"), "Redis": ("redis", "redis")}
+
 
 def require(name: str, url: str, port: int) -> None:
-    """``require_service`` for the host and port of ``url``."""
+    """The server's driver (``require_module``), then ``require_service`` for ``url``."""
+    module, extra = _DRIVERS[name]
+    require_module(module, extra=extra)
     parts = urlsplit(url)
     require_service(name, parts.hostname or "127.0.0.1", parts.port or port)
 
@@ -43,7 +48,6 @@ def delete_redis_prefix(prefix: str) -> None:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A unique PostgreSQL schema, dropped with everything in it afterwards."""
-    require_module("asyncpg", extra="postgres")
     require("PostgreSQL", POSTGRES_URL, 5432)
     import asyncpg
 
@@ -63,7 +67,6 @@ def pg_schema() -> Iterator[str]:
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A unique Redis key prefix; every key under it is deleted afterwards."""
-    require_module("redis", extra="redis")
     require("Redis", REDIS_URL, 6379)
     name = f"bs-mp-{uuid.uuid4().hex[:12]}"
     yield name
@@ -73,7 +76,6 @@ def redis_prefix() -> Iterator[str]:
 @pytest.fixture
 def limiter_key() -> Iterator[str]:
     """A unique shared-limiter budget name; its Redis state is deleted afterwards."""
-    require_module("redis", extra="redis")
     require("Redis", REDIS_URL, 6379)
     import redis
 
