@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 
-from tests._services import POSTGRES_URL, REDIS_URL, require_service
+from tests._services import POSTGRES_URL, REDIS_URL, require_module, require_service
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 @pytest.fixture
 async def postgres_schema() -> AsyncIterator[str]:
     """A unique schema name, dropped with everything in it afterwards."""
-    asyncpg = pytest.importorskip("asyncpg")
+    asyncpg = require_module("asyncpg", extra="postgres")
     url = urlsplit(POSTGRES_URL)
     require_service("PostgreSQL", url.hostname or "127.0.0.1", url.port or 5432)
     name = f"bs_test_{uuid.uuid4().hex[:12]}"
@@ -61,7 +61,7 @@ async def make_postgres(postgres_schema: str) -> AsyncIterator[Callable[..., Pos
 @pytest.fixture
 async def redis_client() -> AsyncIterator[aioredis.Redis]:
     """A plain client for inspecting and tampering with the server."""
-    pytest.importorskip("redis")
+    require_module("redis", extra="redis")
     import redis.asyncio as aioredis
 
     url = urlsplit(REDIS_URL)

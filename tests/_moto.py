@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests._services import require_module
+
 _DUMMY_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -26,10 +28,7 @@ _DUMMY_ENV = {
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """Start moto's server on 127.0.0.1 (a free port) with dummy credentials."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        pytest.skip("moto[server] is not installed")
+    moto_server = require_module("moto.server", extra="dev")
     with pytest.MonkeyPatch.context() as mp:
         for name, value in _DUMMY_ENV.items():
             mp.setenv(name, value)
@@ -37,7 +36,7 @@ def moto_endpoint() -> Iterator[str]:
         # redirect the tests away from the local server.
         for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
             mp.delenv(name, raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
         try:
@@ -48,9 +47,8 @@ def moto_endpoint() -> Iterator[str]:
 
 def s3_client(endpoint: str) -> Any:
     """An aiobotocore S3 client context manager for ``endpoint`` (raw access)."""
-    from aiobotocore.session import get_session
-
-    return get_session().create_client(
+    session = require_module("aiobotocore.session", extra="s3")
+    return session.get_session().create_client(
         "s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
     )
 

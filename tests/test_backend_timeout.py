@@ -35,7 +35,7 @@ from beautyspot_async._store import ResultStore, WriteItem
 from beautyspot_async.db import MemoryTaskDB, TaskDB
 from beautyspot_async.storage import LocalStorage
 from tests._proxy import FreezableProxy, freezable_proxy
-from tests._services import POSTGRES_URL, REDIS_URL, require_service
+from tests._services import POSTGRES_URL, REDIS_URL, require_module, require_service
 
 pytestmark = [pytest.mark.anyio]
 
@@ -115,6 +115,8 @@ def _redis(proxy: FreezableProxy) -> tuple[TaskDB, Callable[[], None]]:
 
 
 _SERVERS = {"postgresql": (POSTGRES_URL, 5432, _postgres), "redis": (REDIS_URL, 6379, _redis)}
+#: The driver module each server's backend needs, and the extra that installs it.
+_DRIVERS = {"postgresql": ("asyncpg", "postgres"), "redis": ("redis", "redis")}
 
 
 @pytest.fixture(params=sorted(_SERVERS))
@@ -126,6 +128,8 @@ def frozen_db(
     url, port, make = _SERVERS[name]
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or port
+    module, extra = _DRIVERS[name]
+    require_module(module, extra=extra)
     require_service(name, host, port)
     with freezable_proxy(host, port) as proxy:
         db, cleanup = make(proxy)
@@ -296,7 +300,7 @@ def _free_port() -> int:
 @pytest.fixture
 def moto_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A moto server in a subprocess (so it can be SIGSTOPped), killed afterwards."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    require_module("moto.server", extra="dev")
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -491,6 +495,8 @@ class TestGuard:
 
     @pytest.fixture(params=["asyncio", "trio"])
     def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        if request.param == "trio":
+            require_module("trio", extra="dev")
         return str(request.param)
 
     async def test_lookup_and_write_time_out(self, tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ async def assert_stored(tmp_path: Path, count: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~40 s on two busy cores
 def test_100k_write_behind_results_survive_aclose(tmp_path: Path) -> None:
     """100 000 write-behind results, with an ``aclose()`` after every 5 000."""
     rounds, per_round = 20, 5_000

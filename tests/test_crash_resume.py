@@ -31,7 +31,7 @@ import pytest
 from tests._services import POSTGRES_URL, REDIS_URL
 from tests.workers import _fixtures
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # worker processes
 
 pg_schema = _fixtures.pg_schema
 redis_prefix = _fixtures.redis_prefix

@@ -9,8 +9,14 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("httpx")
+import beautyspot_async as bs
+from beautyspot_async.cli import app as cli_app
+
+from ._services import require_module
+from .test_cli import BIG, Built, build, runner
+
+require_module("starlette", extra="dashboard")
+require_module("httpx", extra="dev")
 
 with warnings.catch_warnings():
     # starlette >= 1.x prefers "httpx2" and warns about httpx, which the [dev]
@@ -18,12 +24,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2.*")
     from starlette.testclient import TestClient
 
-import beautyspot_async as bs
-from beautyspot_async.cli import app as cli_app
-from beautyspot_async.dashboard import create_app
-from beautyspot_async.dashboard._app import render_index
-
-from .test_cli import BIG, Built, build, runner
+from beautyspot_async.dashboard import create_app  # noqa: E402  (needs the dashboard extra)
+from beautyspot_async.dashboard._app import render_index  # noqa: E402
 
 
 @pytest.fixture

@@ -13,17 +13,15 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from tests import _backends
-from tests._backends import closed_port, save_row, until_blocked
-from tests._services import POSTGRES_URL
-
-pytest.importorskip("asyncpg")
-
-import asyncpg
-
-from beautyspot_async.db._postgres import SCHEMA_VERSION, PostgresTaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 from beautyspot_async.testing import check_taskdb, check_taskdb_pair
+from tests import _backends
+from tests._backends import closed_port, save_row, until_blocked
+from tests._services import POSTGRES_URL, require_module
+
+asyncpg = require_module("asyncpg", extra="postgres")
+
+from beautyspot_async.db._postgres import SCHEMA_VERSION, PostgresTaskDB  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 

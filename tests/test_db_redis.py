@@ -14,17 +14,15 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tests import _backends
-from tests._backends import closed_port, save_row
-from tests._services import REDIS_URL
-
-pytest.importorskip("redis")
-
-import redis.asyncio as aioredis
-
-from beautyspot_async.db._redis import SCHEMA_VERSION, RedisTaskDB
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 from beautyspot_async.testing import check_taskdb, check_taskdb_pair
+from tests import _backends
+from tests._backends import closed_port, save_row
+from tests._services import REDIS_URL, require_module
+
+aioredis = require_module("redis.asyncio", extra="redis")
+
+from beautyspot_async.db._redis import SCHEMA_VERSION, RedisTaskDB  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 

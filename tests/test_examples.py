@@ -23,7 +23,7 @@ from tests._services import REDIS_URL
 from tests.workers import _fixtures
 from tests.workers._fixtures import S3Target
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # runs scripts in processes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PIPELINE = EXAMPLES / "all_in_one_pipeline.py"

@@ -30,7 +30,7 @@ import pytest
 
 import beautyspot_async as bs
 from beautyspot_async.db import MemoryTaskDB, SQLiteTaskDB
-from tests._services import POSTGRES_URL, REDIS_URL, require_service
+from tests._services import POSTGRES_URL, REDIS_URL, require_module, require_service
 
 pytestmark = [pytest.mark.anyio]
 
@@ -121,6 +121,7 @@ async def redis_connection_count(client_name: str) -> int:
 @pytest.fixture
 async def pg_spot(tmp_path: Path) -> AsyncIterator[tuple[bs.Spot, str]]:
     """A Spot on PostgreSQL in a unique schema whose connections carry a unique name."""
+    require_module("asyncpg", extra="postgres")
     _require("PostgreSQL", POSTGRES_URL, 5432)
     from beautyspot_async.db import PostgresTaskDB
 
@@ -145,6 +146,7 @@ async def pg_spot(tmp_path: Path) -> AsyncIterator[tuple[bs.Spot, str]]:
 @pytest.fixture
 async def redis_spot(tmp_path: Path) -> AsyncIterator[tuple[bs.Spot, str]]:
     """A Spot on Redis under a unique prefix whose connections carry a unique name."""
+    require_module("redis", extra="redis")
     _require("Redis", REDIS_URL, 6379)
     from beautyspot_async.db import RedisTaskDB
 

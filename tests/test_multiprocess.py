@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests import _moto
-from tests._services import POSTGRES_URL, REDIS_URL
+from tests._services import POSTGRES_URL, REDIS_URL, require_module
 from tests.workers import _fixtures
 from tests.workers._fixtures import S3Target
 from tests.workers._harness import (
@@ -33,7 +33,9 @@ from tests.workers._harness import (
 )
 from tests.workers.memo_worker import WorkerConfig, expected_value
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # up to ~30 s each under load
+
+require_module("trio", extra="dev")  # half of the workers run on trio
 
 WORKERS = 4
 DISTINCT_KEYS = 250  # 4 workers x 250 calls = 1 000 calls, each key wanted by every worker

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import beautyspot_async as bs
 from beautyspot_async import cli
-from tests._services import POSTGRES_URL, REDIS_URL, require_service
+from tests._services import POSTGRES_URL, REDIS_URL, require_module, require_service
 
 pytestmark = [pytest.mark.services]
 
@@ -63,7 +63,7 @@ def fresh_store(request: pytest.FixtureRequest) -> Iterator[tuple[Callable[[], b
     name = f"bs_ro_{uuid.uuid4().hex[:12]}"
     leftovers: Callable[[str], Any]
     if request.param == "postgresql":
-        pytest.importorskip("asyncpg")
+        require_module("asyncpg", extra="postgres")
         _require(POSTGRES_URL, "PostgreSQL", 5432)
         from beautyspot_async.db import PostgresTaskDB
 
@@ -72,7 +72,7 @@ def fresh_store(request: pytest.FixtureRequest) -> Iterator[tuple[Callable[[], b
 
         leftovers = _postgres_leftovers
     else:
-        pytest.importorskip("redis")
+        require_module("redis", extra="redis")
         _require(REDIS_URL, "Redis", 6379)
         from beautyspot_async.db import RedisTaskDB
 

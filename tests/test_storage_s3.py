@@ -16,20 +16,26 @@ from typing import Any
 import anyio
 import pytest
 
-pytest.importorskip("aiobotocore")
-pytest.importorskip("moto")
-
-from botocore.exceptions import ClientError
-
 from beautyspot_async.exceptions import (
     BackendError,
     CacheCorruptedError,
     ConfigurationError,
 )
-from beautyspot_async.storage._s3 import S3Storage, location_for, parse_location
 from beautyspot_async.testing import check_blob_storage
 from tests import _moto
 from tests._moto import s3_client
+from tests._services import require_module
+
+require_module("aiobotocore", extra="s3")
+require_module("moto.server", extra="dev")
+
+from botocore.exceptions import ClientError  # noqa: E402  (after the extras guard)
+
+from beautyspot_async.storage._s3 import (  # noqa: E402  (needs the s3 extra)
+    S3Storage,
+    location_for,
+    parse_location,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 

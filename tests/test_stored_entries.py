@@ -461,9 +461,9 @@ class TestWronglyTypedServiceRows:
         import uuid
         from urllib.parse import urlsplit
 
-        from tests._services import POSTGRES_URL, require_service
+        from tests._services import POSTGRES_URL, require_module, require_service
 
-        asyncpg = pytest.importorskip("asyncpg")
+        asyncpg = require_module("asyncpg", extra="postgres")
         url = urlsplit(POSTGRES_URL)
         require_service("PostgreSQL", url.hostname or "127.0.0.1", url.port or 5432)
         from beautyspot_async.db._postgres import PostgresTaskDB
@@ -528,10 +528,9 @@ class TestWronglyTypedServiceRows:
         import uuid
         from urllib.parse import urlsplit
 
-        from tests._services import REDIS_URL, require_service
+        from tests._services import REDIS_URL, require_module, require_service
 
-        pytest.importorskip("redis")
-        import redis.asyncio as aioredis
+        aioredis = require_module("redis.asyncio", extra="redis")
 
         url = urlsplit(REDIS_URL)
         require_service("Redis", url.hostname or "127.0.0.1", url.port or 6379)

@@ -18,11 +18,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests._services import POSTGRES_URL, REDIS_URL, require_service
+from tests._services import POSTGRES_URL, REDIS_URL, require_module, require_service
+
+#: The driver each server needs, and the extra that installs it.
+_DRIVERS = {"PostgreSQL": ("asyncpg", "postgres"), "Redis": ("redis", "redis")}
 
 
 def require(name: str, url: str, port: int) -> None:
-    """``require_service`` for the host and port of ``url``."""
+    """The server's driver (``require_module``), then ``require_service`` for ``url``."""
+    module, extra = _DRIVERS[name]
+    require_module(module, extra=extra)
     parts = urlsplit(url)
     require_service(name, parts.hostname or "127.0.0.1", parts.port or port)
 

@@ -47,7 +47,8 @@ class Worker:
             text=True,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     @property
     def pid(self) -> int:
@@ -55,8 +56,9 @@ class Worker:
 
     def _pump(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(line.rstrip("\n"))
+        with self.process.stdout:  # closed here, at end of file: the reader owns it
+            for line in self.process.stdout:
+                self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
 
     def _fail(self, why: str) -> WorkerFailed:
@@ -111,6 +113,7 @@ class Worker:
         if self.process.stdin is not None and not self.process.stdin.closed:
             with contextlib.suppress(BrokenPipeError):  # the worker is gone already
                 self.process.stdin.close()
+        self._pump_thread.join(timeout=STEP_TIMEOUT)  # it closes stdout at end of file
         self._stderr.close()
 
 

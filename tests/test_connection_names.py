@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from ._services import POSTGRES_URL, REDIS_URL, require_service
+from ._services import POSTGRES_URL, REDIS_URL, require_module, require_service
 
 pytestmark = [pytest.mark.anyio, pytest.mark.services]
 
@@ -19,13 +19,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class TestConnectionNames:
-    """PostgreSQL and Redis connections are named beautyspot-async by default."""
+class TestDefaultName:
+    """Without configuration, every server connection is named beautyspot-async."""
 
     async def test_postgres_application_name(self) -> None:
+        asyncpg = require_module("asyncpg", extra="postgres")
         require_service("PostgreSQL", "127.0.0.1", 5432)
-        import asyncpg
-
         from beautyspot_async.db import PostgresTaskDB
 
         prefix = f"names_{uuid.uuid4().hex[:8]}_"
@@ -43,16 +42,9 @@ class TestConnectionNames:
                 await admin.execute(f'DROP TABLE IF EXISTS "{prefix}{table}"')
             await admin.close()
 
-    async def test_explicit_postgres_name_wins(self) -> None:
-        from beautyspot_async.db import PostgresTaskDB
-
-        db = PostgresTaskDB(POSTGRES_URL, server_settings={"application_name": "mine"})
-        assert db._connect_kwargs["server_settings"] == {"application_name": "mine"}
-
     async def test_redis_client_name(self) -> None:
+        aioredis = require_module("redis.asyncio", extra="redis")
         require_service("Redis", "127.0.0.1", 6379)
-        import redis.asyncio as aioredis
-
         from beautyspot_async.db import RedisTaskDB
 
         prefix = f"names-{uuid.uuid4().hex[:8]}"
@@ -68,3 +60,14 @@ class TestConnectionNames:
             async for key in admin.scan_iter(match=f"{prefix}*"):
                 await admin.delete(key)
             await admin.aclose()
+
+
+class TestExplicitName:
+    """A name the caller sets is kept, not replaced by the default."""
+
+    async def test_explicit_postgres_name_wins(self) -> None:
+        require_module("asyncpg", extra="postgres")
+        from beautyspot_async.db import PostgresTaskDB
+
+        db = PostgresTaskDB(POSTGRES_URL, server_settings={"application_name": "mine"})
+        assert db._connect_kwargs["server_settings"] == {"application_name": "mine"}
