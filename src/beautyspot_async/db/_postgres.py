@@ -441,6 +441,9 @@ class PostgresTaskDB(RecordTaskDB):
             INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
             SELECT k, $2, extract(epoch FROM clock_timestamp()) + $3
             FROM unnest($1::text[]) AS k
+            -- One lock order for every process: two batches leasing
+            -- overlapping keys in different orders would deadlock.
+            ORDER BY k
             ON CONFLICT (cache_key) DO UPDATE
                 SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
                 WHERE l.expires_at <= extract(epoch FROM clock_timestamp())

@@ -335,19 +335,28 @@ class RedisTaskDB(RecordTaskDB):
         h = await self._call(op, "get")
         return _from_hash(cache_key, h) if h else None
 
+    async def _pipelined(
+        self, keys: Sequence[str], queue: Callable[[Any, str], object], what: str
+    ) -> list[Any]:
+        """Queue ``queue(pipe, key)`` for every key; send them in one round trip."""
+
+        async def op(r: aioredis.Redis) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    queue(pipe, key)
+                return await pipe.execute()
+
+        return await self._call(op, what)
+
     async def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord]:
         """Return the records found among ``cache_keys`` in one pipelined round trip."""
         keys = list(dict.fromkeys(cache_keys))
         if not keys:
             return {}
 
-        async def op(r: aioredis.Redis) -> list[Any]:
-            async with r.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hgetall(self._rec + key.encode())
-                return await pipe.execute()
-
-        hashes = await self._call(op, "get_many")
+        hashes = await self._pipelined(
+            keys, lambda pipe, key: pipe.hgetall(self._rec + key.encode()), "get_many"
+        )
         return {k: _from_hash(k, h) for k, h in zip(keys, hashes, strict=True) if h}
 
     def _save_args(self, r: TaskRecord) -> tuple[list[bytes], list[Any]]:
@@ -519,14 +528,11 @@ class RedisTaskDB(RecordTaskDB):
         if not keys:
             return {}
 
-        async def op(r: aioredis.Redis) -> list[Any]:
-            async with r.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(self._lease + key.encode())
-                    pipe.pttl(self._lease + key.encode())
-                return await pipe.execute()
+        def queue(pipe: Any, key: str) -> None:
+            pipe.get(self._lease + key.encode())
+            pipe.pttl(self._lease + key.encode())
 
-        replies = await self._call(op, "lease_holders")
+        replies = await self._pipelined(keys, queue, "lease_holders")
         found: dict[str, LeaseHolder] = {}
         for i, key in enumerate(keys):
             holder, pttl = replies[2 * i], replies[2 * i + 1]
