@@ -165,19 +165,13 @@ class Leases:
         belong to was closed under them.
         """
         renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        await _cancel(renewer)
         held, self._held = self._held, {}
         for key, owner in held.items():
             self.releaser.submit(key, owner)
         await self.releaser.stop()
         task, self._wait_task = self._wait_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(task)
         waiting, self._waiting = self._waiting, {}
         error = BackendError(
             "the Spot was closed while this call waited for another process's result",
@@ -314,6 +308,13 @@ class Leases:
                 _describe(owner),
                 max(h.expires_in for h in leases),
             )
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _describe(owner: str) -> str:

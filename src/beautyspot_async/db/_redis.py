@@ -123,33 +123,26 @@ end
 return 0
 """
 
+
+def _if_holder(action: str) -> str:
+    """A lease script that runs ``action`` only while ARGV[1] holds KEYS[1]; 1 if it ran."""
+    return (
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+        f"    {action}\n"
+        "    return 1\n"
+        "end\n"
+        "return 0\n"
+    )
+
+
 # KEYS: lease key. ARGV: owner, channel, cache_key. Only the holder releases.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('DEL', KEYS[1])
-    redis.call('PUBLISH', ARGV[2], ARGV[3])
-    return 1
-end
-return 0
-"""
+_RELEASE = _if_holder("redis.call('DEL', KEYS[1]); redis.call('PUBLISH', ARGV[2], ARGV[3])")
 
 # KEYS: lease key. ARGV: owner, ttl in ms. Extend our own lease only.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return 1
-end
-return 0
-"""
+_RENEW = _if_holder("redis.call('PEXPIRE', KEYS[1], ARGV[2])")
 
 # KEYS: lease key. ARGV: dead owner, new owner, ttl in ms. Swap only while the dead one holds it.
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
-end
-return 0
-"""
+_TAKE_OVER = _if_holder("redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])")
 
 _EXPIRE_BATCH = 500
 

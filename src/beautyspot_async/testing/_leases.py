@@ -28,6 +28,18 @@ from ._common import (
 __all__ = ["LEASE_CHECKS"]
 
 
+async def assert_exclusive(a: TaskDB, b: TaskDB, key: str, ttl: float) -> None:
+    """owner-a (through ``a``) holds ``key`` until it releases it; then owner-b gets it."""
+    assert await a.acquire_lease(key, "owner-a", ttl) is True, "the holder is (re-)granted"
+    assert await b.acquire_lease(key, "owner-b", ttl) is False, "a held lease is exclusive"
+    await b.release_lease(key, "owner-b")
+    assert await b.acquire_lease(key, "owner-b", ttl) is False, (
+        "release_lease by a non-holder must not free the lease"
+    )
+    await a.release_lease(key, "owner-a")
+    assert await b.acquire_lease(key, "owner-b", ttl) is True, "a released lease is free"
+
+
 async def _check_leases(db: TaskDB, clock: FakeClock | None) -> None:
     """acquire_lease is exclusive, re-granted to its holder, and expires after ttl.
 
@@ -41,14 +53,8 @@ async def _check_leases(db: TaskDB, clock: FakeClock | None) -> None:
     key = new_key("lease")
     ttl = TTL
     assert await db.acquire_lease(key, "owner-a", ttl) is True, "a free lease must be granted"
-    assert await db.acquire_lease(key, "owner-b", ttl) is False, "a held lease is exclusive"
-    assert await db.acquire_lease(key, "owner-a", ttl) is True, "the holder is re-granted"
-    await db.release_lease(key, "owner-b")
-    assert await db.acquire_lease(key, "owner-b", ttl) is False, (
-        "release_lease by a non-holder must not free the lease"
-    )
-    await db.release_lease(key, "owner-a")
-    assert await db.acquire_lease(key, "owner-b", ttl) is True, "a released lease is free"
+    # The holder is re-granted, and the lease stays exclusive until released.
+    await assert_exclusive(db, db, key, ttl)
 
     # The lease just taken by owner-b must expire after ttl.
     if clock is not None:

@@ -30,6 +30,7 @@ from ._common import (
     record,
     save,
 )
+from ._leases import assert_exclusive
 
 __all__ = ["check_taskdb_pair"]
 
@@ -61,14 +62,7 @@ async def _check_pair_leases_exclusive(a: TaskDB, b: TaskDB, clock: FakeClock | 
     if not a.supports_leases:
         return
     k = new_key("pair-lease")
-    assert await a.acquire_lease(k, "owner-a", TTL) is True
-    assert await b.acquire_lease(k, "owner-b", TTL) is False, "a held lease is exclusive"
-    await b.release_lease(k, "owner-b")
-    assert await b.acquire_lease(k, "owner-b", TTL) is False, (
-        "release_lease by a non-holder must not free the lease"
-    )
-    await a.release_lease(k, "owner-a")
-    assert await b.acquire_lease(k, "owner-b", TTL) is True, "a released lease is free"
+    await assert_exclusive(a, b, k, TTL)
     await b.release_lease(k, "owner-b")
 
 
