@@ -298,11 +298,8 @@ class ResultStore:
     async def _release_quietly(self, owners: dict[str, list[str]]) -> None:
         # A lease left behind only delays other processes until it expires.
         for owner, keys in owners.items():
-            with (
-                contextlib.suppress(BeautySpotError),
-                self.guard(self.db.backend_name, "releasing leases"),
-            ):
-                await self.db.release_leases(keys, owner)
+            with contextlib.suppress(BeautySpotError):
+                await self.release_many({owner: keys})
 
     async def history(self, limit: int) -> Any:
         with self.guard(self.db.backend_name, "reading history"):
