@@ -28,15 +28,18 @@ __all__ = [
     "BUILTIN_CODES",
     "FROZENSET_CODE",
     "MAX_DEPTH",
+    "NAMED_CODE",
     "NATIVE_TYPES",
     "RESERVED_CODES",
     "SET_CODE",
     "TUPLE_CODE",
     "USER_CODES",
     "Frozen",
+    "NamedRegistration",
     "Registration",
     "TooDeepError",
     "UnknownCodeError",
+    "UnknownNameError",
     "UnknownTypeError",
     "qualname",
     "user_types_hint",
@@ -67,6 +70,9 @@ DECIMAL_CODE: Final = 119
 UUID_CODE: Final = 120
 COMPLEX_CODE: Final = 121
 BIGINT_CODE: Final = 122
+#: A value of a class known by name (registered by class, or reached from a
+#: marked function's annotation): ``[name, data]``.
+NAMED_CODE: Final = 123
 
 # Built-in types with an exact encoding of their own; `int` is absent because
 # only ints beyond 64 bits reach the serializer, and users cannot register int.
@@ -91,7 +97,16 @@ NATIVE_TYPES: Final[frozenset[type]] = frozenset(
 
 # Built-in codes whose payload is itself msgpack (the others are raw bytes).
 _MSGPACK_PAYLOADS: Final = frozenset(
-    {TUPLE_CODE, SET_CODE, FROZENSET_CODE, DATETIME_CODE, DATE_CODE, TIME_CODE, TIMEDELTA_CODE}
+    {
+        TUPLE_CODE,
+        SET_CODE,
+        FROZENSET_CODE,
+        DATETIME_CODE,
+        DATE_CODE,
+        TIME_CODE,
+        TIMEDELTA_CODE,
+        NAMED_CODE,
+    }
 )
 
 _COMPLEX_STRUCT: Final = struct.Struct("<dd")
@@ -115,6 +130,14 @@ class UnknownTypeError(SerializationError):
 
 class TooDeepError(SerializationError):
     """Internal: a value or payload nests more than MAX_DEPTH extension levels."""
+
+
+class UnknownNameError(SerializationError):
+    """Internal: decoding met a type name this process does not know."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown type name {name!r}")
+        self.name = name
 
 
 class UnknownCodeError(SerializationError):
@@ -250,6 +273,20 @@ class Registration:
     decoder: Callable[[Any], Any]
 
 
+@dataclass(frozen=True, slots=True)
+class NamedRegistration:
+    """Instances of ``type_`` travel as ``[name, dump(value)]`` under :data:`NAMED_CODE`.
+
+    ``dump`` turns a value into data the serializer can encode; ``load``
+    receives that data back, decoded, and rebuilds the value.
+    """
+
+    type_: type
+    name: str
+    dump: Callable[[Any], Any]
+    load: Callable[[Any], Any]
+
+
 class _Levels(dict[int, _C]):
     """One callback per nesting level, each made on first use.
 
@@ -290,14 +327,18 @@ class Frozen:
         "_decoders",
         "_defaults",
         "_hooks",
+        "_names",
         "_resolved",
         "_user",
         "default",
         "ext_hook",
     )
 
-    def __init__(self, user: tuple[Registration, ...]) -> None:
+    def __init__(
+        self, user: tuple[Registration, ...], named: tuple[NamedRegistration, ...] = ()
+    ) -> None:
         self._user = {r.type_: r for r in user}
+        self._names = {r.name: r for r in named}
         self._resolved: dict[type, tuple[int, _Encode]] = {}
 
         pack = self._pack
@@ -335,6 +376,9 @@ class Frozen:
         for reg in user:
             by_type[reg.type_] = (reg.code, self._user_encoder(reg))
             decoders[reg.code] = self._user_decoder(reg)
+        for named_reg in named:
+            by_type.setdefault(named_reg.type_, (NAMED_CODE, self._named_encoder(named_reg)))
+        decoders[NAMED_CODE] = self._decode_named
         self._by_type = by_type
         self._decoders = decoders
         self._defaults: _Levels[Callable[[Any], ExtType]] = _Levels(self._default_at)
@@ -382,6 +426,42 @@ class Frozen:
                 ) from exc
 
         return decode
+
+    def _named_encoder(self, reg: NamedRegistration) -> _Encode:
+        dump = reg.dump
+        name = reg.name
+        pack = self._pack
+
+        def encode(obj: Any, level: int) -> bytes:
+            try:
+                data = dump(obj)
+            except SerializationError:
+                raise
+            except Exception as exc:
+                raise SerializationError(
+                    f"the encoder registered for {name} raised {type(exc).__name__} on a "
+                    f"{qualname(type(obj))} value: {exc}"
+                ) from exc
+            return pack([name, data], level)
+
+        return encode
+
+    def _decode_named(self, data: bytes, level: int) -> Any:
+        item = self._unpack(data, level)
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not str:
+            raise SerializationError("malformed named-type payload")
+        name, value = item
+        reg = self._names.get(name)
+        if reg is None:
+            raise UnknownNameError(name)
+        try:
+            return reg.load(value)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"the decoder registered for {name} raised {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _default_at(self, level: int) -> Callable[[Any], ExtType]:
         """The ``default`` callback for values met ``level`` ext values deep."""
@@ -452,6 +532,9 @@ class Frozen:
 
     def user_types(self) -> dict[int, type]:
         return {r.code: r.type_ for r in self._user.values()}
+
+    def named_types(self) -> dict[str, type]:
+        return {r.name: r.type_ for r in self._names.values()}
 
 
 def well_formed(data: bytes, level: int = 0) -> bool:

@@ -24,7 +24,7 @@ from uuid import UUID
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
-from ._codecs import FROZENSET_CODE, MAX_DEPTH, SET_CODE, TUPLE_CODE
+from ._codecs import FROZENSET_CODE, MAX_DEPTH, NAMED_CODE, SET_CODE, TUPLE_CODE
 from ._record import BLOB
 from .serializer import MsgpackSerializer
 
@@ -59,6 +59,14 @@ class UnknownExt:
         return f"<unknown msgpack ext code {self.code}, {self.size} bytes>"
 
 
+@dataclass(frozen=True, slots=True)
+class NamedValue:
+    """Stands in for a value of a class known by name that this process does not know."""
+
+    name: str
+    data: Any
+
+
 def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None]:
     """Decode ``data`` with ``serializer``; never raise.
 
@@ -66,13 +74,18 @@ def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None
     When the serializer refuses the data (typically an ext code registered in
     the program that wrote it but not here), the data is decoded again as
     plain msgpack with each undecodable extension replaced by an
-    :class:`UnknownExt`, and ``problem`` says why. When even that fails,
+    :class:`UnknownExt`, and ``problem`` says why. A value of a class stored
+    by name that this process does not know is shown as a :class:`NamedValue`
+    (its name and plain data), which is no problem. When even that fails,
     ``value`` is ``None``.
     """
     try:
         return serializer.loads(data), None
     except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
+        # A class known by name elsewhere but not here is no problem for a
+        # viewer: its data is plain and shown as such (with its name).
+        named_only = getattr(exc, "type_name", None) is not None
+        problem: str | None = None if named_only else f"{type(exc).__name__}: {exc}"
 
     level = 0
 
@@ -101,12 +114,25 @@ def decode_lenient(serializer: Serializer, data: bytes) -> tuple[Any, str | None
                 return serializer._decode_ext(code, payload, level)
             return serializer.loads(msgpack.packb(msgpack.ExtType(code, payload)))
         except Exception:
-            return UnknownExt(code, len(payload))
+            pass
+        if code == NAMED_CODE:
+            # The class is not known here, but its data is plain: show it.
+            level += 1
+            try:
+                item = msgpack.unpackb(payload, ext_hook=ext_hook, strict_map_key=False, raw=False)
+            except Exception:
+                item = None
+            finally:
+                level -= 1
+            if type(item) is list and len(item) == 2 and type(item[0]) is str:
+                return NamedValue(item[0], item[1])
+        return UnknownExt(code, len(payload))
 
     try:
         value = msgpack.unpackb(data, ext_hook=ext_hook, strict_map_key=False, raw=False)
     except Exception as exc:
-        return None, f"{problem} (not readable as msgpack either: {type(exc).__name__})"
+        why = problem or "cannot decode"
+        return None, f"{why} (not readable as msgpack either: {type(exc).__name__})"
     return value, problem
 
 
@@ -175,6 +201,9 @@ def to_jsonable(
             return f"{type(v).__qualname__}.{v.name}"
         if isinstance(v, UnknownExt):
             return repr(v)
+        if isinstance(v, NamedValue):
+            data = render(v.data, depth)
+            return {"__type__": v.name, **(data if isinstance(data, dict) else {"value": data})}
         if depth >= max_depth:
             return _truncate(repr(v), max_str)
         if isinstance(v, Mapping):

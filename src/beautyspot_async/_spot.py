@@ -19,6 +19,7 @@ from ._marked import SyncMarked, check_markable, wrap
 from ._pipeline import Pipeline, TaskConfig
 from ._portal import io_loop
 from ._store import DEFAULT_BACKEND_TIMEOUT, check_timeout
+from ._typed import typed_serializer
 from ._urls import resolve_db, resolve_storage
 from .cachekey import ArgumentKeyer, function_identity, underlying_function
 from .db import TaskDB
@@ -239,7 +240,9 @@ class Spot:
                 identity=identity,
                 version=version,
                 keyer=ArgumentKeyer(func, input_key_fn=key_fn),
-                serializer=serializer if serializer is not None else self.serializer,
+                serializer=typed_serializer(
+                    func, serializer if serializer is not None else self.serializer
+                ),
                 save_blob=save_blob,
                 content_type=content_type,
                 ttl=ttl_seconds,
@@ -292,28 +295,47 @@ class Spot:
     def register_type(
         self,
         type_: type,
-        code: int,
-        encoder: Callable[[Any], Any],
-        decoder: Callable[[Any], Any],
+        code: int | None = None,
+        encoder: Callable[[Any], Any] | None = None,
+        decoder: Callable[[Any], Any] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
-        """Teach the Spot's msgpack serializer a custom type (ext ``code`` 0..111)."""
+        """Teach the Spot's msgpack serializer a type: by class, or by ext ``code`` 0..111.
+
+        ``spot.register_type(type_=Model)`` is enough for a pydantic model,
+        dataclass, NamedTuple or Enum: it is stored under ``module.qualname``
+        (or ``name=``). Other classes need ``encoder=``/``decoder=``; the
+        seed's numeric form ``code=`` keeps working. Types named by a marked
+        function's return annotation need no registration at all.
+        """
         if not isinstance(self.serializer, MsgpackSerializer):
             raise ConfigurationError(
                 "register_type needs the default msgpack serializer; this Spot uses "
                 f"{type(self.serializer).__qualname__}"
             )
-        self.serializer.register_type(type_=type_, code=code, encoder=encoder, decoder=decoder)
+        self.serializer.register_type(
+            type_=type_, code=code, encoder=encoder, decoder=decoder, name=name
+        )
 
     def register(
         self,
-        code: int,
-        encoder: Callable[[Any], Any],
-        decoder: Callable[[Any], Any],
+        code: int | None = None,
+        encoder: Callable[[Any], Any] | None = None,
+        decoder: Callable[[Any], Any] | None = None,
+        *,
+        name: str | None = None,
     ) -> Callable[[T], T]:
-        """Class-decorator form of :meth:`register_type`."""
+        """Class-decorator form of :meth:`register_type`: ``@spot.register()`` on a class."""
 
         def decorate(cls: T) -> T:
-            self.register_type(type_=cls, code=code, encoder=encoder, decoder=decoder)
+            self.register_type(
+                type_=cls,
+                code=code,
+                encoder=encoder,
+                decoder=decoder,
+                name=name,
+            )
             return cls
 
         return decorate

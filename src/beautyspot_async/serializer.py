@@ -78,16 +78,20 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
+from . import _schema
 from ._codecs import (
     BUILTIN_CODES,
     MAX_DEPTH,
+    NAMED_CODE,
     NATIVE_TYPES,
     RESERVED_CODES,
     USER_CODES,
     Frozen,
+    NamedRegistration,
     Registration,
     TooDeepError,
     UnknownCodeError,
+    UnknownNameError,
     UnknownTypeError,
     qualname,
     user_types_hint,
@@ -121,16 +125,32 @@ class Serializer(Protocol):
 
 
 class _UnregisteredTypeError(SerializationError):
-    """Stored data is intact but uses an ext code not registered in this process.
+    """Stored data is intact but names a type this process does not know.
 
     Not corruption: the entry must be kept and the function not re-run (it
     may be a paid call), so the pipeline re-raises this instead of
-    recomputing. ``code`` is the ext code found.
+    recomputing. ``code`` is the ext code found, ``type_name`` the stored
+    type name (for types registered by class).
     """
 
-    def __init__(self, message: str, *, code: int) -> None:
+    def __init__(self, message: str, *, code: int, type_name: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.type_name = type_name
+
+
+def _unknown_name_message(name: str) -> str:
+    module, _, qual = name.rpartition(".")
+    # With name= spelled out the line is right whether the stored name is a
+    # class's default module.qualname or one chosen at registration.
+    fix = f'spot.register_type(type_={qual if module else "YourClass"}, name="{name}")'
+    return (
+        f"stored data holds a value of type {name!r}, which this process does not know: "
+        "it is neither registered here nor reachable from the marked function's return "
+        "annotation, and stored data never makes beautyspot-async import a module. The entry "
+        f"is kept and the function was not run (that could re-bill a paid call). Fix: {fix} "
+        "before the call, or annotate the function's return type with it"
+    )
 
 
 def _unregistered_message(code: int) -> str:
@@ -188,10 +208,23 @@ def _unknown_type_message(root: Any, value: object) -> str:
             f" It subclasses {qualname(builtin_base)}, but only the exact built-in type is "
             "encoded, so that the cached value does not come back as a different type."
         )
+    if _schema.is_structured(cls):
+        base = next((b for b in cls.__mro__[1:] if _schema.is_structured(b)), None)
+        if base is not None and not issubclass(base, tuple):
+            note = (
+                f" It subclasses {qualname(base)}, but a return annotation or a registration "
+                "covers exactly the class it names, not its subclasses."
+            )
+        return (
+            f"cannot serialize a value of type {name}{where}: the marked function's return "
+            f"annotation does not name it and it is not registered (pickle is never used).{note} "
+            f"Register it by class, once per process: spot.register_type(type_={cls.__qualname__})"
+            f", or annotate the function's return type with it"
+        )
     return (
         f"cannot serialize a value of type {name}{where}: no encoder is registered for it "
         f"(pickle is never used).{note} Register it, e.g. "
-        f"spot.register_type(type_={cls.__qualname__}, code=<{user_types_hint()}>, "
+        f"spot.register_type(type_={cls.__qualname__}, "
         "encoder=lambda v: ..., decoder=lambda data: ...)"
     )
 
@@ -207,111 +240,193 @@ class MsgpackSerializer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._registrations: tuple[Registration, ...] = ()
+        self._named: tuple[NamedRegistration, ...] = ()
         self._frozen = Frozen(())
 
     def __repr__(self) -> str:
-        types = ", ".join(
-            f"{code}={qualname(t)}" for code, t in sorted(self._frozen.user_types().items())
-        )
-        return f"{type(self).__name__}({types})"
+        types = [f"{code}={qualname(t)}" for code, t in sorted(self._frozen.user_types().items())]
+        types += [f"{name!r}={qualname(t)}" for name, t in self._frozen.named_types().items()]
+        return f"{type(self).__name__}({', '.join(types)})"
 
     # -- registry --------------------------------------------------------------
 
     def register_type(
         self,
         type_: type,
-        code: int,
-        encoder: Callable[[Any], Any],
-        decoder: Callable[[Any], Any],
+        code: int | None = None,
+        encoder: Callable[[Any], Any] | None = None,
+        decoder: Callable[[Any], Any] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
-        """Encode instances of ``type_`` (and of its subclasses) as ext ``code``.
+        """Teach the serializer ``type_``, by class name or by numeric ext code.
 
-        ``encoder(value)`` may return any value this serializer can encode,
-        including bytes, tuples and other registered types; ``decoder``
-        receives exactly that value back and returns the reconstructed object.
-        Subclasses without their own registration use the nearest registered
-        base along the MRO and decode to whatever that base's decoder returns.
+        **By class** (no ``code``): instances are stored as
+        ``[name, data]`` under a name that does not change between processes,
+        ``module.qualname`` unless ``name=`` says otherwise. A pydantic model,
+        dataclass, ``NamedTuple`` or ``Enum`` needs nothing else: its fields
+        are the data. Any other class needs ``encoder``/``decoder``. Only the
+        class itself is covered; register subclasses on their own.
+
+        **By code** (the seed's form): instances of ``type_`` (and of its
+        subclasses) travel as ext ``code`` in ``0..111``. ``encoder(value)``
+        may return any value this serializer can encode, including bytes,
+        tuples and other registered types; ``decoder`` receives exactly that
+        value back. Subclasses without their own registration use the nearest
+        code-registered base along the MRO.
 
         Raises :class:`ConfigurationError` for a code outside ``0..111``
-        (``112..127`` are :data:`RESERVED_CODES`), a code or a type already
-        registered, a type msgpack or this serializer already encodes, or a
-        non-callable encoder/decoder.
+        (``112..127`` are :data:`RESERVED_CODES`), a code, name or type already
+        registered, a type msgpack or this serializer already encodes, or
+        missing or non-callable encoder/decoder.
         """
         if not isinstance(type_, type):
             raise ConfigurationError(
                 f"register_type(type_=...) needs a class, got {type_!r}; "
                 "pass the class itself, e.g. type_=MyModel"
             )
-        name = qualname(type_)
-        if isinstance(code, bool) or not isinstance(code, int):
-            raise ConfigurationError(
-                f"register_type(code=...) for {name} needs an int, got {code!r}; "
-                f"use {user_types_hint()}"
-            )
-        if code in RESERVED_CODES:
-            raise ConfigurationError(
-                f"ext code {code} (asked for {name}) is reserved by the serializer for its own "
-                f"encodings of built-in types (codes {RESERVED_CODES.start}.."
-                f"{RESERVED_CODES.stop - 1}); use {user_types_hint()}"
-            )
-        if code not in USER_CODES:
-            raise ConfigurationError(
-                f"ext code {code} (asked for {name}) is out of range: msgpack ext codes run "
-                f"0..127 and negative codes belong to the msgpack spec; use {user_types_hint()}"
-            )
+        type_name = qualname(type_)
         if type_ in NATIVE_TYPES:
             raise ConfigurationError(
-                f"{name} is encoded natively by msgpack, so an encoder for it would never run; "
-                "register your own subclass or wrapper type instead"
+                f"{type_name} is encoded natively by msgpack, so an encoder for it would never "
+                "run; register your own subclass or wrapper type instead"
             )
         builtin_code = BUILTIN_CODES.get(type_)
         if builtin_code is not None:
             raise ConfigurationError(
-                f"{name} already has an exact built-in encoding (reserved code {builtin_code}); "
-                "it needs no registration. To encode it differently, wrap it in your own type"
+                f"{type_name} already has an exact built-in encoding (reserved code "
+                f"{builtin_code}); it needs no registration. To encode it differently, wrap it "
+                "in your own type"
+            )
+        if code is None:
+            self._register_named(type_, name, encoder, decoder)
+            return
+        if name is not None:
+            raise ConfigurationError(
+                f"register_type for {type_name}: pass code= (the numeric form) or name= (the "
+                "by-class form), not both"
+            )
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise ConfigurationError(
+                f"register_type(code=...) for {type_name} needs an int, got {code!r}; "
+                f"use {user_types_hint()}, or leave code= out to register by class name"
+            )
+        if code in RESERVED_CODES:
+            raise ConfigurationError(
+                f"ext code {code} (asked for {type_name}) is reserved by the serializer for its "
+                f"own encodings of built-in types (codes {RESERVED_CODES.start}.."
+                f"{RESERVED_CODES.stop - 1}); use {user_types_hint()}"
+            )
+        if code not in USER_CODES:
+            raise ConfigurationError(
+                f"ext code {code} (asked for {type_name}) is out of range: msgpack ext codes run "
+                f"0..127 and negative codes belong to the msgpack spec; use {user_types_hint()}"
             )
         if not callable(encoder) or not callable(decoder):
             raise ConfigurationError(
-                f"register_type for {name} needs callable encoder= and decoder= "
+                f"register_type for {type_name} needs callable encoder= and decoder= "
                 f"(got encoder={encoder!r}, decoder={decoder!r})"
             )
         with self._lock:
+            self._check_free(type_)
             for reg in self._registrations:
                 if reg.code == code:
                     raise ConfigurationError(
                         f"ext code {code} is already registered for {qualname(reg.type_)}; "
-                        f"pick another code for {name} ({self._free_codes_hint()})"
-                    )
-                if reg.type_ is type_:
-                    raise ConfigurationError(
-                        f"{name} is already registered with ext code {reg.code}; "
-                        "a type takes exactly one code (use a fresh serializer, or copy() one "
-                        "made before the first registration, to change it)"
+                        f"pick another code for {type_name} ({self._free_codes_hint()})"
                     )
             registrations = (*self._registrations, Registration(type_, code, encoder, decoder))
-            # Build the whole new lookup before publishing it: readers see the
-            # old snapshot or the new one, never a half-built one.
-            frozen = Frozen(registrations)
-            self._registrations = registrations
-            self._frozen = frozen
+            self._publish(registrations, self._named)
+
+    def _register_named(
+        self,
+        type_: type,
+        name: str | None,
+        encoder: Callable[[Any], Any] | None,
+        decoder: Callable[[Any], Any] | None,
+    ) -> None:
+        type_name = qualname(type_)
+        if name is None:
+            name = _schema.type_name(type_)
+        elif not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"register_type(name=...) for {type_name} needs a non-empty str, got {name!r}"
+            )
+        if encoder is None and decoder is None:
+            node = _schema.class_node(type_)
+            if node is None:
+                raise ConfigurationError(
+                    f"{type_name} is not a pydantic model, dataclass, NamedTuple or Enum, so "
+                    "its data cannot be derived from its fields; pass encoder= and decoder= "
+                    f"too: spot.register_type(type_={type_.__qualname__}, encoder=lambda v: ..., "
+                    "decoder=lambda data: ...)"
+                )
+            encoder, decoder = node.dump, node.load
+        elif not callable(encoder) or not callable(decoder):
+            raise ConfigurationError(
+                f"register_type for {type_name} needs both encoder= and decoder= as callables, "
+                f"or neither for a pydantic model or dataclass (got encoder={encoder!r}, "
+                f"decoder={decoder!r})"
+            )
+        with self._lock:
+            self._check_free(type_)
+            for named in self._named:
+                if named.name == name:
+                    raise ConfigurationError(
+                        f"the name {name!r} is already registered for {qualname(named.type_)}; "
+                        f"give {type_name} another one with name=..."
+                    )
+            named_regs = (*self._named, NamedRegistration(type_, name, encoder, decoder))
+            self._publish(self._registrations, named_regs)
+
+    def _check_free(self, type_: type) -> None:
+        for reg in self._registrations:
+            if reg.type_ is type_:
+                raise ConfigurationError(
+                    f"{qualname(type_)} is already registered with ext code {reg.code}; "
+                    "a type is registered once (use a fresh serializer, or copy() one made "
+                    "before the first registration, to change it)"
+                )
+        for named in self._named:
+            if named.type_ is type_:
+                raise ConfigurationError(
+                    f"{qualname(type_)} is already registered by class, as {named.name!r}; "
+                    "a type is registered once"
+                )
+
+    def _publish(
+        self, registrations: tuple[Registration, ...], named: tuple[NamedRegistration, ...]
+    ) -> None:
+        # Build the whole new lookup before publishing it: readers see the
+        # old snapshot or the new one, never a half-built one.
+        frozen = Frozen(registrations, named)
+        self._registrations = registrations
+        self._named = named
+        self._frozen = frozen
 
     def register(
         self,
-        code: int,
-        encoder: Callable[[Any], Any],
-        decoder: Callable[[Any], Any],
+        code: int | None = None,
+        encoder: Callable[[Any], Any] | None = None,
+        decoder: Callable[[Any], Any] | None = None,
+        *,
+        name: str | None = None,
     ) -> Callable[[type[_T]], type[_T]]:
         """Class-decorator form of :meth:`register_type`; returns the class unchanged."""
 
         def decorate(cls: type[_T]) -> type[_T]:
-            self.register_type(type_=cls, code=code, encoder=encoder, decoder=decoder)
+            self.register_type(type_=cls, code=code, encoder=encoder, decoder=decoder, name=name)
             return cls
 
         return decorate
 
     def registered_types(self) -> Mapping[int, type]:
-        """The user registrations as ``{code: type}`` (a fresh dict)."""
+        """The registrations by code as ``{code: type}`` (a fresh dict)."""
         return self._frozen.user_types()
+
+    def registered_names(self) -> Mapping[str, type]:
+        """The registrations by class as ``{name: type}`` (a fresh dict)."""
+        return self._frozen.named_types()
 
     def copy(self) -> MsgpackSerializer:
         """An independent serializer with the same registrations.
@@ -320,10 +435,19 @@ class MsgpackSerializer:
         """
         clone = MsgpackSerializer()
         with self._lock:
-            registrations = self._registrations
-        clone._registrations = registrations
-        clone._frozen = Frozen(registrations)
+            registrations, named = self._registrations, self._named
+        clone._publish(registrations, named)
         return clone
+
+    def scoped(self, scope: Mapping[str, _schema.ClassNode]) -> Serializer:
+        """This serializer, also knowing the classes of one annotation by name.
+
+        Used for a marked function: the classes its return annotation reaches
+        may be stored (where the annotation alone does not pin the class) and
+        read back by name, without being registered. Registrations made on
+        this serializer later are seen too.
+        """
+        return _Scoped(self, scope)
 
     def _free_codes_hint(self) -> str:
         used = {r.code for r in self._registrations}
@@ -344,6 +468,8 @@ class MsgpackSerializer:
             return self._frozen.hook_at(level)(code, payload)
         except UnknownCodeError as exc:
             raise SerializationError(_unregistered_message(exc.code)) from None
+        except UnknownNameError as exc:
+            raise SerializationError(_unknown_name_message(exc.name)) from None
         except SerializationError:
             raise
         except Exception as exc:
@@ -360,30 +486,7 @@ class MsgpackSerializer:
         inside containers) when a value has no encoding; nothing is returned
         in that case, so no partial payload can be stored.
         """
-        frozen = self._frozen
-        try:
-            packed: bytes = msgpack.packb(
-                obj, default=frozen.default, use_bin_type=True, strict_types=True
-            )
-            return packed
-        except UnknownTypeError as exc:
-            raise SerializationError(_unknown_type_message(obj, exc.value)) from None
-        except TooDeepError:
-            raise SerializationError(
-                f"cannot serialize the value: it nests more than {MAX_DEPTH} levels of tuples, "
-                "sets, dates or registered types, deeper than can be decoded safely, or a "
-                "registered encoder returns a value of its own type. Flatten it (plain lists "
-                "and dicts do not count towards the limit)"
-            ) from None
-        except SerializationError:
-            raise
-        except RecursionError as exc:
-            raise SerializationError(
-                "cannot serialize the value: it nests too deeply, contains a reference cycle, "
-                "or a registered encoder returns a value of its own type"
-            ) from exc
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise SerializationError(f"cannot serialize the value: {exc}") from exc
+        return _dump(self._frozen, obj)
 
     def loads(self, data: bytes | bytearray | memoryview) -> Any:
         """Decode bytes produced by :meth:`dumps` (with the same registrations).
@@ -391,44 +494,133 @@ class MsgpackSerializer:
         Truncated or garbage input, trailing bytes, nesting deeper than
         :data:`MAX_DEPTH` or a failing decoder raise :class:`SerializationError`;
         the underlying error, if any, is chained as ``__cause__``. Intact data
-        that merely uses an ext code not registered here raises one too, whose
-        message names the code and how to register it: that entry is not
-        corrupt, and the pipeline keeps it.
+        that merely names a type or ext code not registered here raises one
+        too, whose message names the type and how to register it: that entry
+        is not corrupt, and the pipeline keeps it.
         """
-        frozen = self._frozen
-        try:
-            return msgpack.unpackb(data, ext_hook=frozen.ext_hook, strict_map_key=False, raw=False)
-        except UnknownCodeError as exc:
-            if well_formed(bytes(data)):
-                raise _UnregisteredTypeError(
-                    _unregistered_message(exc.code), code=exc.code
-                ) from None
-            raise SerializationError(
-                f"cannot decode {len(data)} bytes of msgpack data: they are damaged (and "
-                f"mention ext code {exc.code}); the entry is corrupt"
-            ) from exc
-        except TooDeepError:
-            raise SerializationError(
-                f"stored data nests more than {MAX_DEPTH} levels of extension values, deeper "
-                "than can be decoded safely (dumps never writes that); the entry is corrupt"
+        return _load(self._frozen, data)
+
+
+class _Scoped:
+    """A serializer that also knows one annotation's classes by name; see ``scoped``."""
+
+    __slots__ = ("_made", "_parent", "_scope")
+
+    def __init__(self, parent: MsgpackSerializer, scope: Mapping[str, _schema.ClassNode]) -> None:
+        self._parent = parent
+        self._scope = dict(scope)
+        self._made: tuple[Frozen | None, Frozen] = (None, parent._frozen)
+
+    def _frozen(self) -> Frozen:
+        base = self._parent._frozen
+        made_from, frozen = self._made
+        if made_from is not base:
+            frozen = self._build()
+            self._made = (base, frozen)
+        return frozen
+
+    def _build(self) -> Frozen:
+        parent = self._parent
+        with parent._lock:
+            registrations, named = parent._registrations, parent._named
+        taken = {r.type_ for r in registrations} | {n.type_ for n in named}
+        names = {n.name for n in named}
+        extra = tuple(
+            NamedRegistration(node.cls, name, node.dump, node.load)
+            for name, node in self._scope.items()
+            if node.cls not in taken and name not in names
+        )
+        return Frozen(registrations, (*named, *extra))
+
+    def dumps(self, obj: Any) -> bytes:
+        return _dump(self._frozen(), obj)
+
+    def loads(self, data: bytes | bytearray | memoryview) -> Any:
+        return _load(self._frozen(), data)
+
+
+def _dump(frozen: Frozen, obj: Any) -> bytes:
+    """Encode ``obj`` to bytes.
+
+    Raises :class:`SerializationError` naming the type (and where it sits
+    inside containers) when a value has no encoding; nothing is returned
+    in that case, so no partial payload can be stored.
+    """
+    try:
+        packed: bytes = msgpack.packb(
+            obj, default=frozen.default, use_bin_type=True, strict_types=True
+        )
+        return packed
+    except UnknownTypeError as exc:
+        raise SerializationError(_unknown_type_message(obj, exc.value)) from None
+    except TooDeepError:
+        raise SerializationError(
+            f"cannot serialize the value: it nests more than {MAX_DEPTH} levels of tuples, "
+            "sets, dates or registered types, deeper than can be decoded safely, or a "
+            "registered encoder returns a value of its own type. Flatten it (plain lists "
+            "and dicts do not count towards the limit)"
+        ) from None
+    except SerializationError:
+        raise
+    except RecursionError as exc:
+        raise SerializationError(
+            "cannot serialize the value: it nests too deeply, contains a reference cycle, "
+            "or a registered encoder returns a value of its own type"
+        ) from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise SerializationError(f"cannot serialize the value: {exc}") from exc
+
+
+def _load(frozen: Frozen, data: bytes | bytearray | memoryview) -> Any:
+    """Decode bytes produced by :meth:`dumps` (with the same registrations).
+
+    Truncated or garbage input, trailing bytes, nesting deeper than
+    :data:`MAX_DEPTH` or a failing decoder raise :class:`SerializationError`;
+    the underlying error, if any, is chained as ``__cause__``. Intact data
+    that merely uses an ext code not registered here raises one too, whose
+    message names the code and how to register it: that entry is not
+    corrupt, and the pipeline keeps it.
+    """
+    try:
+        return msgpack.unpackb(data, ext_hook=frozen.ext_hook, strict_map_key=False, raw=False)
+    except UnknownNameError as exc:
+        if well_formed(bytes(data)):
+            raise _UnregisteredTypeError(
+                _unknown_name_message(exc.name), code=NAMED_CODE, type_name=exc.name
             ) from None
-        except SerializationError:
-            raise
-        except Exception as exc:
-            # Corrupt input can surface as any of msgpack's errors, a bad
-            # payload inside a built-in ext (ValueError, struct.error...) or an
-            # unhashable decoded key (TypeError): all mean "cannot decode".
-            # A wrongly typed stored field may hand us a non-bytes value too.
-            what = (
-                f"{len(data)} bytes of msgpack data"
-                if isinstance(data, bytes | bytearray | memoryview)
-                else f"a {type(data).__name__} (not bytes)"
-            )
-            raise SerializationError(
-                f"cannot decode {what} "
-                f"({type(exc).__name__}: {exc}); the entry is corrupt or was written "
-                "with different type registrations"
-            ) from exc
+        raise SerializationError(
+            f"cannot decode {len(data)} bytes of msgpack data: they are damaged; the entry "
+            "is corrupt"
+        ) from exc
+    except UnknownCodeError as exc:
+        if well_formed(bytes(data)):
+            raise _UnregisteredTypeError(_unregistered_message(exc.code), code=exc.code) from None
+        raise SerializationError(
+            f"cannot decode {len(data)} bytes of msgpack data: they are damaged (and "
+            f"mention ext code {exc.code}); the entry is corrupt"
+        ) from exc
+    except TooDeepError:
+        raise SerializationError(
+            f"stored data nests more than {MAX_DEPTH} levels of extension values, deeper "
+            "than can be decoded safely (dumps never writes that); the entry is corrupt"
+        ) from None
+    except SerializationError:
+        raise
+    except Exception as exc:
+        # Corrupt input can surface as any of msgpack's errors, a bad
+        # payload inside a built-in ext (ValueError, struct.error...) or an
+        # unhashable decoded key (TypeError): all mean "cannot decode".
+        # A wrongly typed stored field may hand us a non-bytes value too.
+        what = (
+            f"{len(data)} bytes of msgpack data"
+            if isinstance(data, bytes | bytearray | memoryview)
+            else f"a {type(data).__name__} (not bytes)"
+        )
+        raise SerializationError(
+            f"cannot decode {what} "
+            f"({type(exc).__name__}: {exc}); the entry is corrupt or was written "
+            "with different type registrations"
+        ) from exc
 
 
 def default_serializer() -> MsgpackSerializer:
