@@ -41,7 +41,9 @@ code  type                payload
 120   ``UUID``            the 16 raw bytes
 121   ``complex``         two little-endian IEEE-754 doubles
 122   ``int`` > 64 bits   two's-complement big-endian bytes
-123-127                   reserved for future built-in encodings
+123   a named class       ``[name, data]``: a class registered by name, or
+                          reached from a marked function's annotation
+124-127                   reserved for future built-in encodings
 ====  ==================  ==================================================
 
 ``tz`` is ``None`` for naive values, else ``[offset_us, name, zone_key]``:
@@ -56,6 +58,11 @@ levels overflow the stack and kill the interpreter, so :meth:`~MsgpackSerializer
 refuses deeper values and :meth:`~MsgpackSerializer.loads` refuses deeper
 data as corrupt. Plain lists and dicts do not count: msgpack walks them
 without recursing.
+
+Classes can also be registered by name (``register_type`` without
+``code=``): the payload is ``[name, data]`` and decoding resolves the name
+only against this serializer's registrations (and, for a marked function,
+the classes its return annotation reaches): never by importing anything.
 
 User codes are ``0..111``. The payload of a user extension is the msgpack
 encoding of whatever the encoder returned, so the decoder receives exactly
