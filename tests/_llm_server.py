@@ -3,8 +3,10 @@
 The real ``openai`` SDK talks to it over real HTTP, so nothing is patched.
 Today it serves ``POST /v1/chat/completions`` with one realistic, deterministic
 ``ChatCompletion`` per request (the answer depends on the prompt only) and
-counts the requests. Streaming (SSE) and rate limiting (429) will be added
-here as further routes or options of :class:`LLMServer`.
+counts the requests; ``LLMServer(vendor_extras=True)`` adds fields beyond
+OpenAI's schema, as OpenAI-compatible servers (vLLM) do. Streaming (SSE) and
+rate limiting (429) will be added here as further routes or options of
+:class:`LLMServer`.
 
 Register the fixture in a test module by assignment (``llm_server =
 _llm_server.llm_server``), or use :meth:`LLMServer.running` directly::
@@ -47,15 +49,19 @@ def answer_text(prompt: str) -> str:
     return f"Echo: {prompt}"
 
 
-def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
-    """The JSON of a non-streaming chat completion answering ``body``'s last message."""
+def chat_completion(body: dict[str, Any], *, vendor_extras: bool = False) -> dict[str, Any]:
+    """The JSON of a non-streaming chat completion answering ``body``'s last message.
+
+    ``vendor_extras`` adds the fields an OpenAI-compatible server such as vLLM
+    sends beyond OpenAI's schema (the SDK's models keep them as extras).
+    """
     messages = body.get("messages") or [{"content": ""}]
     prompt = str(messages[-1].get("content", ""))
     content = answer_text(prompt)
     digest = hashlib.sha256(prompt.encode()).hexdigest()
     prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
     completion_tokens = len(content.split())
-    return {
+    completion: dict[str, Any] = {
         "id": f"chatcmpl-{digest[:24]}",
         "object": "chat.completion",
         "created": CREATED,
@@ -88,12 +94,20 @@ def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
         "service_tier": "default",
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
+    if vendor_extras:
+        completion["prompt_logprobs"] = None
+        completion["kv_transfer_params"] = {"do_remote_decode": False, "tokens": [1, 2, 3]}
+        choice = completion["choices"][0]
+        choice["stop_reason"] = None
+        choice["message"]["reasoning_content"] = "The user wants an echo."
+    return completion
 
 
 class LLMServer:
     """The mock endpoint: the app, the request log, and a uvicorn thread to serve it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, vendor_extras: bool = False) -> None:
+        self.vendor_extras = vendor_extras
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
@@ -118,7 +132,7 @@ class LLMServer:
                 {"error": {"message": "streaming is not served yet", "type": "invalid_request"}},
                 status_code=400,
             )
-        return JSONResponse(chat_completion(body))
+        return JSONResponse(chat_completion(body, vendor_extras=self.vendor_extras))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[LLMServer]:

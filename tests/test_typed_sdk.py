@@ -287,6 +287,30 @@ class TestOpenAIChatCompletion:
             assert hit.model_fields_set == original.model_fields_set
         assert report["dump_unset"] == original.model_dump(mode="json", exclude_unset=True)
 
+    async def test_fields_beyond_the_schema_survive(
+        self, tmp_path: Path, anyio_backend: str
+    ) -> None:
+        """An OpenAI-compatible server (vLLM) sends fields the SDK keeps as model extras.
+
+        The SDK's models allow extra fields (``model_extra``); a hit has the
+        same extras, at the top level and nested, with the same values.
+        """
+        with LLMServer(vendor_extras=True).running() as server:
+            original, warm, reread, report = await self.round_trip(tmp_path, server, anyio_backend)
+        assert original.model_extra is not None
+        assert "kv_transfer_params" in original.model_extra
+        message = original.choices[0].message
+        assert message.model_extra == {"reasoning_content": "The user wants an echo."}
+        for hit in (warm, reread):
+            assert type(hit) is ChatCompletion
+            assert hit.model_extra == original.model_extra
+            assert hit.choices[0].model_extra == original.choices[0].model_extra
+            assert hit.choices[0].message.model_extra == message.model_extra
+            assert hit.model_dump() == original.model_dump()
+            assert shape(hit) == shape(original)
+        assert report["dump"] == original.model_dump(mode="json")
+        assert report["shape"] == shape(original)
+
 
 class TestStructuredOutput:
     """``analyze(text) -> Analysis``: a nested instructor-style model, cached typed."""
@@ -336,3 +360,46 @@ class TestStructuredOutput:
         assert report["equal_to_local"] is True
         assert report["shape"] == shape(expected)
         assert report["dump"] == expected.model_dump(mode="json")
+
+    async def test_containers_of_models(self, tmp_path: Path, anyio_backend: str) -> None:
+        """``list[Analysis]``, ``Optional[Analysis]`` and ``dict[str, Entity]`` annotations."""
+        calls = BodyCalls()
+
+        def mark_all(spot: bs.Spot) -> tuple[Any, Any, Any]:
+            @spot.mark(name="tests.typed_sdk.analyze_many")
+            async def analyze_many(texts: tuple[str, ...]) -> list[Analysis]:
+                calls.count += 1
+                return [build_analysis(text) for text in texts]
+
+            @spot.mark(name="tests.typed_sdk.maybe_analyze")
+            async def maybe_analyze(text: str) -> Optional[Analysis]:  # noqa: UP045
+                calls.count += 1
+                return build_analysis(text) if text else None
+
+            @spot.mark(name="tests.typed_sdk.entities_by_name")
+            async def entities_by_name(text: str) -> dict[str, Entity]:
+                calls.count += 1
+                return {entity.name: entity for entity in build_analysis(text).entities}
+
+            return analyze_many, maybe_analyze, entities_by_name
+
+        texts = ("first text", "second text")
+        expected_many = [build_analysis(text) for text in texts]
+        expected_entities = {e.name: e for e in build_analysis("x").entities}
+        for _ in range(2):  # a miss then a hit through a second Spot over the same files
+            spot = open_spot(tmp_path)
+            analyze_many, maybe_analyze, entities_by_name = mark_all(spot)
+            async with spot:
+                many = await analyze_many(texts)
+                some = await maybe_analyze("a text")
+                none = await maybe_analyze("")
+                entities = await entities_by_name("x")
+            assert type(many) is list
+            assert many == expected_many
+            assert shape(many) == shape(expected_many)
+            assert type(some) is Analysis
+            assert some == build_analysis("a text")
+            assert none is None
+            assert entities == expected_entities
+            assert shape(entities) == shape(expected_entities)
+        assert calls.count == 4, "a hit ran a body"
