@@ -24,12 +24,15 @@ on anyio and works under trio as well as asyncio.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import sqlite3
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import anyio.to_thread
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 import pytest
 
 import beautyspot_async as bs
@@ -204,6 +207,29 @@ def shape(value: Any) -> Any:
     return name
 
 
+def stored_rows(workdir: Path, func_name: str) -> list[Any]:
+    """The inline payloads of ``func_name`` in the tests' SQLite file, decoded by plain msgpack.
+
+    No extension hook: an extension value (a registered type, a pickled
+    object) comes back as ``msgpack.ExtType``.
+    """
+    with contextlib.closing(sqlite3.connect(workdir / "tasks.db")) as conn:
+        rows = conn.execute(
+            "SELECT result_data FROM tasks WHERE func_name = ? AND result_type = 'inline'",
+            (func_name,),
+        ).fetchall()
+    return [msgpack.unpackb(data, raw=False, strict_map_key=False) for (data,) in rows]
+
+
+def leaves(value: Any) -> list[Any]:
+    """Every key and scalar inside ``value`` (plain msgpack data: dicts, lists, scalars)."""
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in (*leaves(k), *leaves(v))]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
+
+
 # --- the tests ---------------------------------------------------------------
 
 
@@ -268,6 +294,20 @@ class TestOpenAIChatCompletion:
             f"Name three uses of memoization ({anyio_backend})"
         )
         assert report["shape"] == shape(original)
+
+    async def test_stored_form_is_plain_data(
+        self, tmp_path: Path, llm_server: LLMServer, anyio_backend: str
+    ) -> None:
+        """The row holds plain msgpack data: no extension type, no class name."""
+        calls = BodyCalls()
+        spot = open_spot(tmp_path)
+        async with spot:
+            original = await make_ask(spot, llm_server.base_url, calls)("What is stored?")
+        (stored,) = stored_rows(tmp_path, ASK_NAME)
+        found = leaves(stored)
+        assert not [leaf for leaf in found if isinstance(leaf, msgpack.ExtType)]
+        assert original.choices[0].message.content in found
+        assert not [leaf for leaf in found if isinstance(leaf, str) and "ChatCompletion" in leaf]
 
     async def test_hit_keeps_which_fields_the_api_set(
         self, tmp_path: Path, llm_server: LLMServer, anyio_backend: str
