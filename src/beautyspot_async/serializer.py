@@ -41,7 +41,12 @@ code  type                payload
 120   ``UUID``            the 16 raw bytes
 121   ``complex``         two little-endian IEEE-754 doubles
 122   ``int`` > 64 bits   two's-complement big-endian bytes
-123-127                   reserved for future built-in encodings
+123                       reserved for a future built-in encoding
+124   numpy ndarray,      u32 header length, msgpack header (dtype string,
+      numpy scalars       shape, order), padding to 16, the raw memory
+125   pandas DataFrame,   msgpack ``[kind, ...]``: index, columns, values
+      Series, Index       (ndarrays or Python items), names, attrs
+126-127                   reserved for future built-in encodings
 ====  ==================  ==================================================
 
 ``tz`` is ``None`` for naive values, else ``[offset_us, name, zone_key]``:
