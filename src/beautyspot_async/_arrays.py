@@ -106,7 +106,7 @@ def decode(code: int, data: bytes, unpack: _Unpack) -> Any:
 
 
 def _check_dtype(dtype: Any, what: str) -> None:
-    if dtype.hasobject or dtype.kind == "O":
+    if dtype.kind == "O":
         raise SerializationError(
             f"cannot serialize {what} of dtype object: its items are arbitrary Python objects "
             "(pickle is never used). Convert it to a supported dtype (e.g. .astype(float) or "
@@ -117,8 +117,8 @@ def _check_dtype(dtype: Any, what: str) -> None:
             f"cannot serialize {what} of dtype {dtype}: only bool, integer, float, complex, "
             "datetime64, timedelta64 and fixed-width str (U) / bytes (S) dtypes are encoded "
             "(structured, void and variable-width string dtypes are not). Convert it to one of "
-            "those (e.g. split a structured array into one array per field) or to a list "
-            "with .tolist()"
+            "those (e.g. .astype(str) for StringDType, one array per field of a structured "
+            "array) or to a list with .tolist()"
         )
     if dtype.itemsize == 0:
         raise SerializationError(f"cannot serialize {what} of the unsized dtype {dtype}")
@@ -242,7 +242,10 @@ def _encode_tz(tz: Any) -> list[Any]:
         return ["utc"]
     if type(tz) is _dt.timezone:
         offset = tz.utcoffset(None)
-        return ["fixed", offset // _dt.timedelta(microseconds=1), tz.tzname(None)]
+        own = tz.tzname(None)
+        # Only a name the user chose is kept; the default one is derived again.
+        name = None if own == _dt.timezone(offset).tzname(None) else own
+        return ["fixed", offset // _dt.timedelta(microseconds=1), name]
     if _module_is(type(tz), "pytz"):
         zone = getattr(tz, "zone", None)
         if isinstance(zone, str):
@@ -261,7 +264,8 @@ def _decode_tz(raw: Any) -> Any:
     if kind == "zoneinfo":
         return ZoneInfo(raw[1])
     if kind == "fixed":
-        return _dt.timezone(_dt.timedelta(microseconds=raw[1]), raw[2])
+        offset = _dt.timedelta(microseconds=raw[1])
+        return _dt.timezone(offset) if raw[2] is None else _dt.timezone(offset, raw[2])
     if kind == "pytz":
         # pytz zones come from pandas < 3; pytz is imported by name so that
         # type checking does not depend on whether it is installed.

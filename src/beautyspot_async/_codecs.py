@@ -91,19 +91,9 @@ NATIVE_TYPES: Final[frozenset[type]] = frozenset(
 )
 
 # Built-in codes whose payload is itself msgpack (the others are raw bytes).
-# (numpy's payload is a header plus raw memory: a leaf, see _arrays.)
 _MSGPACK_PAYLOADS: Final = frozenset(
-    {
-        TUPLE_CODE,
-        SET_CODE,
-        FROZENSET_CODE,
-        DATETIME_CODE,
-        DATE_CODE,
-        TIME_CODE,
-        TIMEDELTA_CODE,
-        _arrays.PANDAS_CODE,
-    }
-)
+    {TUPLE_CODE, SET_CODE, FROZENSET_CODE, DATETIME_CODE, DATE_CODE, TIME_CODE, TIMEDELTA_CODE}
+) | {_arrays.PANDAS_CODE}  # numpy's (124) is a header plus raw memory: a leaf
 
 _COMPLEX_STRUCT: Final = struct.Struct("<dd")
 
