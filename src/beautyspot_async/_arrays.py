@@ -89,7 +89,7 @@ def encoder_for(cls: type) -> tuple[int, _Encode] | None:
             return PANDAS_CODE, _encode_frame
         if cls is pd.Series:
             return PANDAS_CODE, _encode_series
-        if issubclass(cls, pd.Index) and _module_is(cls, "pandas"):
+        if issubclass(cls, pd.Index):
             return PANDAS_CODE, _encode_index_value
     return None
 
@@ -212,8 +212,9 @@ def _decode_numpy(data: bytes, unpack: _Unpack) -> Any:
             f"numpy array of shape {tuple(shape)} and dtype {dtype} needs "
             f"{count * dtype.itemsize} data bytes, the payload has {nbytes}"
         )
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset) if count else None
-    if flat is None:
+    if count:
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    else:  # frombuffer refuses count=0
         flat = np.empty(0, dtype=dtype)
     arr = flat.reshape(shape, order="F" if fortran else "C")
     # frombuffer over immutable bytes is read-only: copy only when the
