@@ -212,10 +212,7 @@ def _decode_numpy(data: bytes, unpack: _Unpack) -> Any:
             f"numpy array of shape {tuple(shape)} and dtype {dtype} needs "
             f"{count * dtype.itemsize} data bytes, the payload has {nbytes}"
         )
-    if count:
-        flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    else:  # frombuffer refuses count=0
-        flat = np.empty(0, dtype=dtype)
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     arr = flat.reshape(shape, order="F" if fortran else "C")
     # frombuffer over immutable bytes is read-only: copy only when the
     # original was writable; a read-only original keeps the zero-copy view.
