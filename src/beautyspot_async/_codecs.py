@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 from msgpack import ExtType
 
+from . import _arrays
 from .exceptions import SerializationError
 
 __all__ = [
@@ -106,8 +107,9 @@ _MSGPACK_PAYLOADS: Final = frozenset(
         TIME_CODE,
         TIMEDELTA_CODE,
         NAMED_CODE,
+        _arrays.PANDAS_CODE,
     }
-)
+)  # numpy's (124) is a header plus raw memory: a leaf
 
 _COMPLEX_STRUCT: Final = struct.Struct("<dd")
 
@@ -372,6 +374,12 @@ class Frozen:
             UUID_CODE: lambda d, lv: uuid.UUID(bytes=bytes(d)),
             COMPLEX_CODE: lambda d, lv: _decode_complex(d),
             BIGINT_CODE: lambda d, lv: _decode_bigint(d),
+            _arrays.NDARRAY_CODE: lambda d, lv: _arrays.decode(
+                _arrays.NDARRAY_CODE, d, lambda b: unpack(b, lv)
+            ),
+            _arrays.PANDAS_CODE: lambda d, lv: _arrays.decode(
+                _arrays.PANDAS_CODE, d, lambda b: unpack(b, lv)
+            ),
         }
         for reg in user:
             by_type[reg.type_] = (reg.code, self._user_encoder(reg))
@@ -495,6 +503,12 @@ class Frozen:
 
     def _resolve(self, obj: Any) -> tuple[int, _Encode]:
         cls = type(obj)
+        arrays = _arrays.encoder_for(cls)
+        if arrays is not None:
+            code, encode_array = arrays
+            entry = (code, lambda v, lv: encode_array(v, lambda x: self._pack(x, lv)))
+            self._resolved[cls] = entry
+            return entry
         for base in cls.__mro__[1:]:
             reg = self._user.get(base)
             if reg is not None:

@@ -43,7 +43,11 @@ code  type                payload
 122   ``int`` > 64 bits   two's-complement big-endian bytes
 123   a named class       ``[name, data]``: a class registered by name, or
                           reached from a marked function's annotation
-124-127                   reserved for future built-in encodings
+124   numpy ndarray,      u32 header length, msgpack header (dtype string,
+      numpy scalars       shape, order), padding to 16, the raw memory
+125   pandas DataFrame,   msgpack ``[kind, ...]``: index, columns, values
+      Series, Index       (ndarrays or Python items), names, attrs
+126-127                   reserved for future built-in encodings
 ====  ==================  ==================================================
 
 ``tz`` is ``None`` for naive values, else ``[offset_us, name, zone_key]``:
