@@ -11,13 +11,14 @@ import enum
 import sqlite3
 import subprocess
 import sys
+import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, NewType, Optional, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel
 
 import beautyspot_async as bs
 from beautyspot_async.serializer import MsgpackSerializer
@@ -448,3 +449,81 @@ class TestInspection:
         value, problem = decode_lenient(MsgpackSerializer(), payload)
         assert problem is None
         assert to_jsonable(value) == {"__type__": "tests.typed_models.Point", "x": 1, "y": 2}
+
+
+# -- more shapes, at the serializer level --------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Item(BaseModel):
+    n: int
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+
+
+class Items(RootModel[list[Item]]):
+    pass
+
+
+class WithPrivate(BaseModel):
+    a: int
+    _secret: str = PrivateAttr(default="unset")
+
+    def model_post_init(self, context: Any) -> None:
+        self._secret = "initialised"
+
+
+class FrozenModel(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    x: int
+    ids: tuple[uuid.UUID, ...] = Field(default_factory=tuple)
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Slotted:
+    a: int
+    items: Annotated[list[Item], "metadata is ignored"]
+
+
+@dataclasses.dataclass
+class Holder(Generic[T]):
+    value: T
+    kind: Literal["a", "b"] = "a"
+
+
+ItemId = NewType("ItemId", Item)
+
+SHAPES: list[tuple[str, Any, Any]] = [
+    ("generic model", Page[Item], Page[Item](items=[Item(n=1)], total=1)),
+    ("root model", Items, Items([Item(n=2)])),
+    ("private attribute + post_init", WithPrivate, WithPrivate(a=1)),
+    ("frozen model + factory", FrozenModel, FrozenModel(x=3, ids=(uuid.uuid4(),))),
+    ("slotted frozen dataclass", Slotted, Slotted(1, [Item(n=3)])),
+    ("NewType", ItemId, Item(n=4)),
+    ("generic dataclass", Holder[Item], Holder(Item(n=5))),
+    ("nested containers", dict[str, list[tuple[Item, int]]], {"a": [(Item(n=6), 1)]}),
+    ("set of frozen models", frozenset[FrozenModel], frozenset({FrozenModel(x=1)})),
+    ("union in a list", list[Item | Slotted], [Item(n=1), Slotted(1, [])]),
+    ("optional, None", Item | None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"), [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES]
+)
+def test_shapes_round_trip(annotation: Any, value: Any) -> None:
+    from beautyspot_async._typed import TypedResults
+
+    def fn() -> None: ...
+
+    fn.__annotations__ = {"return": annotation}
+    typed = TypedResults(MsgpackSerializer(), fn)
+    got = typed.loads(typed.dumps(value))
+    assert got == value
+    assert type(got) is type(value)
+    if isinstance(value, list):
+        assert [type(v) for v in got] == [type(v) for v in value]

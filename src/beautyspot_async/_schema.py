@@ -232,29 +232,29 @@ class _Fields:
         return out
 
     def load(self, data: dict[Any, Any]) -> dict[str, Any]:
-        converting = self.converting
-        if not converting:
-            return data
-        return {
-            name: (value if (node := converting.get(name)) is None else node.load(value))
-            for name, value in data.items()
-        }
+        """Convert the typed fields of freshly decoded ``data``, in place (nobody else holds it)."""
+        for name, node in self.converting.items():
+            if name in data:
+                data[name] = node.load(data[name])
+        return data
 
 
 class _Model(ClassNode):
     """A pydantic v2 model: its set fields (and extras) as a dict."""
 
-    __slots__ = ("allow_extra", "defaults", "fields")
+    __slots__ = ("allow_extra", "computed", "defaults", "direct", "fields", "order", "template")
 
     def field_hints(self) -> Mapping[str, Any]:
         return {name: f.annotation for name, f in self.cls.model_fields.items()}
 
     def complete(self, build: Callable[[Any], Node], hints: Mapping[str, Any]) -> None:
-        model_fields = self.cls.model_fields
+        cls = self.cls
+        model_fields = cls.model_fields
         nodes = {name: build(hints.get(name, Any)) for name in model_fields}
         self.fields = _Fields(
             nodes, frozenset(n for n, f in model_fields.items() if f.is_required())
         )
+        self.order = tuple(model_fields)
         # A field left unset that still holds its static default is not
         # stored: rebuilding gives it the same default and leaves it unset,
         # so model_dump(exclude_unset=True) and the SDKs' to_dict() agree.
@@ -263,7 +263,29 @@ class _Model(ClassNode):
             for name, f in model_fields.items()
             if not f.is_required() and f.default_factory is None
         }
-        self.allow_extra = self.cls.model_config.get("extra") == "allow"
+        self.allow_extra = cls.model_config.get("extra") == "allow"
+        # Every field in order, with its default where that default is an
+        # immutable constant: merging the stored values over it fills in
+        # the fields that were not stored. Defaults pydantic must copy or
+        # call are left to it.
+        self.template = {
+            name: self.defaults[name] if _constant_default(self.defaults, name) else _MISSING
+            for name in model_fields
+        }
+        self.computed = frozenset(
+            name
+            for name, f in model_fields.items()
+            if not f.is_required() and self.template[name] is _MISSING
+        )
+        # model_construct is pure Python and walks aliases for every field:
+        # most of a typed hit. Models with nothing for it to do beyond
+        # filling __dict__ (no private attributes, no model_post_init, not a
+        # RootModel) are filled here directly, the way it does.
+        self.direct = (
+            not getattr(cls, "__pydantic_root_model__", False)
+            and not cls.__private_attributes__
+            and cls.__pydantic_post_init__ is None
+        )
 
     def dump(self, value: Any) -> Any:
         if type(value) is not self.cls:
@@ -271,7 +293,7 @@ class _Model(ClassNode):
         values = value.__dict__
         fields_set = value.__pydantic_fields_set__
         defaults = self.defaults
-        names = [n for n in self.fields.nodes if n in fields_set or _differs(values, n, defaults)]
+        names = [n for n in self.order if n in fields_set or _differs(values, n, defaults)]
         out = self.fields.dump(values, names)
         extra = value.__pydantic_extra__
         if extra:
@@ -280,14 +302,52 @@ class _Model(ClassNode):
 
     def build(self, data: dict[Any, Any]) -> Any:
         fields = self.fields
-        if not fields.required <= data.keys():
-            missing = ", ".join(sorted(fields.required - data.keys()))
+        keys = data.keys()
+        fields_set = set(keys)
+        if len(fields_set) == len(self.order) and self.direct and fields_set <= fields.names:
+            # The common case, every field stored and no extras: nothing to check or fill.
+            return self._new(fields.load(data), fields_set, None)
+        if not fields.required <= fields_set:
+            missing = ", ".join(sorted(fields.required - fields_set))
             raise self.unfit(data, f"no value for required field(s) {missing}")
-        if not self.allow_extra and not data.keys() <= fields.names:
-            unknown = ", ".join(sorted(map(str, data.keys() - fields.names)))
-            raise self.unfit(data, f"unknown field(s) {unknown}")
         values = fields.load(data)
-        return self.cls.model_construct(_fields_set=set(values), **values)
+        extra: dict[str, Any] | None = None
+        if not fields_set <= fields.names:
+            if not self.allow_extra:
+                unknown = ", ".join(sorted(map(str, fields_set - fields.names)))
+                raise self.unfit(data, f"unknown field(s) {unknown}")
+            names = fields.names
+            extra = {k: v for k, v in values.items() if k not in names}
+            values = {k: v for k, v in values.items() if k in names}
+        if not self.direct or (len(values) != len(self.order) and not self.computed <= fields_set):
+            return self.cls.model_construct(_fields_set=fields_set, **values, **(extra or {}))
+        if len(values) != len(self.order):
+            values = self.template | values
+        return self._new(values, fields_set, extra)
+
+    def _new(self, values: dict[str, Any], fields_set: set[str], extra: Any) -> Any:
+        # BaseModel has no __new__ of its own; its __setattr__ would validate.
+        obj = _object_new(self.cls)
+        _set = _object_setattr
+        _set(obj, "__dict__", values)
+        _set(obj, "__pydantic_fields_set__", fields_set)
+        _set(obj, "__pydantic_extra__", (extra or {}) if self.allow_extra else None)
+        _set(obj, "__pydantic_private__", None)
+        return obj
+
+
+_object_new: Final = object.__new__
+_object_setattr: Final = object.__setattr__
+
+_IMMUTABLE: Final = frozenset({type(None), bool, int, float, str, bytes, complex})
+
+
+def _constant_default(defaults: Mapping[str, Any], name: str) -> bool:
+    """Whether the default of ``name`` can be shared by every instance as it is."""
+    if name not in defaults:
+        return False
+    default = defaults[name]
+    return type(default) in _IMMUTABLE or isinstance(default, enum.Enum)
 
 
 def _differs(values: Mapping[str, Any], name: str, defaults: Mapping[str, Any]) -> bool:
@@ -433,6 +493,8 @@ class _TypedDict(ClassNode):
 
 
 def _kind(cls: type) -> type[ClassNode] | None:
+    if cls.__module__ in _FRAMEWORK_MODULES:
+        return None  # Enum, BaseModel, RootModel...: bases, never a value's own class
     if isinstance(cls, type) and issubclass(cls, enum.Enum):
         return _Enum
     if typing.is_typeddict(cls):
@@ -445,6 +507,11 @@ def _kind(cls: type) -> type[ClassNode] | None:
     if pydantic is not None and issubclass(cls, pydantic.BaseModel):
         return _Model
     return None
+
+
+_FRAMEWORK_MODULES: Final = frozenset(
+    {"enum", "typing", "builtins", "pydantic.main", "pydantic.root_model"}
+)
 
 
 def is_structured(cls: Any) -> bool:
@@ -477,6 +544,8 @@ class _Compiler:
         self.globalns = dict(globalns or {})
         self.localns = dict(localns or {})
         self.memo: dict[Any, ClassNode] = {}
+        #: The type variables of the generic class being compiled, bound.
+        self.typevars: dict[Any, Any] = {}
         self.scope: dict[str, ClassNode] = {}
 
     def build(self, tp: Any, globalns: Mapping[str, Any] | None = None) -> Node:
@@ -484,7 +553,10 @@ class _Compiler:
             tp = ForwardRef(tp)
         if isinstance(tp, ForwardRef):
             tp = self.resolve(tp, globalns)
-        if tp is None or tp is _NONE_TYPE or tp is Any or isinstance(tp, typing.TypeVar):
+        if isinstance(tp, typing.TypeVar):
+            bound = self.typevars.get(tp)
+            return ANY if bound is None else self.build(bound, globalns)
+        if tp is None or tp is _NONE_TYPE or tp is Any:
             return ANY
         supertype = getattr(tp, "__supertype__", None)  # NewType
         if supertype is not None:
@@ -520,9 +592,16 @@ class _Compiler:
             for a in args:
                 self.build(a, globalns)
             return ANY
+        if isinstance(origin, type) and _kind(origin) is not None:
+            # A parametrized generic class (Box[Item]): the class, with its
+            # type variables bound to the arguments (in the current binding).
+            params = getattr(origin, "__parameters__", ())
+            bound = tuple(
+                self.typevars.get(a, a) if isinstance(a, typing.TypeVar) else a for a in args
+            )
+            return self._class(origin, dict(zip(params, bound, strict=False)))
         if origin is not None:
-            # A parametrized generic class (Box[int]): the class itself.
-            return self.build(origin, globalns)
+            return ANY
         if isinstance(tp, type):
             return self._class(tp)
         return ANY
@@ -545,25 +624,29 @@ class _Compiler:
         # so the serializer stores each typed value under its class name.
         return ANY
 
-    def _class(self, cls: type) -> Node:
-        node = self.memo.get(cls)
+    def _class(self, cls: type, typevars: Mapping[Any, Any] | None = None) -> Node:
+        memo_key = (cls, tuple(typevars.items())) if typevars else cls
+        node = self.memo.get(memo_key)
         if node is not None:
             return node
         kind = _kind(cls)
         if kind is None:
             return ANY
         node = kind(cls)
-        self.memo[cls] = node
+        self.memo[memo_key] = node
         self.scope.setdefault(node.name, node)
         globalns = _module_globals(cls)
 
         def build_field(tp: Any) -> Node:
+            outer, self.typevars = self.typevars, dict(typevars or {})
             try:
                 return self.build(tp, globalns)
             except Exception:
                 # A field annotation that cannot be resolved here converts
                 # nothing; typed values in it are then named by the serializer.
                 return ANY
+            finally:
+                self.typevars = outer
 
         node.complete(build_field, self._hints(node))
         return node

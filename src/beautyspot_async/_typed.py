@@ -82,8 +82,10 @@ class TypedResults:
 
     def loads(self, data: bytes) -> Any:
         plan = self._plan or self._compile()
-        value = plan.serializer.loads(data)
-        return value if plan.load is None else plan.load(value)
+        load = plan.load
+        if load is None:
+            return plan.serializer.loads(data)
+        return load(plan.serializer.loads(data))
 
 
 def _name(func: Callable[..., Any]) -> str:

@@ -547,7 +547,10 @@ class _Scoped:
         return _dump(self._frozen(), obj)
 
     def loads(self, data: bytes | bytearray | memoryview) -> Any:
-        return _load(self._frozen(), data)
+        made_from, frozen = self._made
+        if made_from is not self._parent._frozen:
+            frozen = self._frozen()
+        return _load(frozen, data)
 
 
 def _dump(frozen: Frozen, obj: Any) -> bytes:
