@@ -532,11 +532,13 @@ _WRAPPERS: Final = frozenset({typing.ClassVar, typing.Final, typing.Required, ty
 class Compiled:
     """One compiled annotation: its root node and every class it can reach."""
 
-    __slots__ = ("root", "scope")
+    __slots__ = ("complete", "root", "scope")
 
-    def __init__(self, root: Node, scope: dict[str, ClassNode]) -> None:
+    def __init__(self, root: Node, scope: dict[str, ClassNode], complete: bool = True) -> None:
         self.root = root
         self.scope = scope
+        #: Whether every annotation it met resolved (a later try may do better).
+        self.complete = complete
 
 
 class _Compiler:
@@ -544,6 +546,8 @@ class _Compiler:
         self.globalns = dict(globalns or {})
         self.localns = dict(localns or {})
         self.memo: dict[Any, ClassNode] = {}
+        #: False once a field annotation could not be resolved.
+        self.complete = True
         #: The type variables of the generic class being compiled, bound.
         self.typevars: dict[Any, Any] = {}
         self.scope: dict[str, ClassNode] = {}
@@ -644,6 +648,7 @@ class _Compiler:
             except Exception:
                 # A field annotation that cannot be resolved here converts
                 # nothing; typed values in it are then named by the serializer.
+                self.complete = False
                 return ANY
             finally:
                 self.typevars = outer
@@ -675,7 +680,7 @@ def compile_annotation(
     """Compile ``annotation``; raises NameError (or another error) if it cannot be resolved."""
     compiler = _Compiler(globalns, localns)
     root = compiler.build(annotation)
-    return Compiled(root, compiler.scope)
+    return Compiled(root, compiler.scope, compiler.complete)
 
 
 def class_node(cls: type) -> ClassNode | None:

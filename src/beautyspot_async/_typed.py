@@ -114,15 +114,22 @@ def _compile_return(func: Callable[..., Any]) -> Compiled:
 
 
 def typed_serializer(func: Callable[..., Any], base: Serializer) -> Serializer:
-    """``base``, wrapped in :class:`TypedResults` when ``func``'s return annotation needs it."""
-    annotation = _return_annotation(func)
-    if annotation is inspect.Signature.empty or annotation is None:
+    """``base``, wrapped in :class:`TypedResults` when ``func``'s return annotation needs it.
+
+    The annotation is compiled here when it can be: a plain one (``-> dict``,
+    ``-> "str"``) then costs nothing per call. One naming a class not defined
+    yet is compiled again on the first call.
+    """
+    if _return_annotation(func) in (inspect.Signature.empty, None):
         return base
-    if not isinstance(annotation, str):
-        try:
-            compiled = _compile_return(func)
-        except Exception:
-            return TypedResults(base, func)  # tried again, and explained, on first use
-        if not compiled.root.converts and not compiled.scope:
-            return base
-    return TypedResults(base, func)
+    try:
+        compiled = _compile_return(func)
+    except Exception:
+        return TypedResults(base, func)  # tried again, and explained, on first use
+    if not compiled.complete:
+        return TypedResults(base, func)
+    if not compiled.root.converts and not compiled.scope:
+        return base
+    typed = TypedResults(base, func)
+    typed._plan = _Plan(base, compiled)
+    return typed
