@@ -5,6 +5,10 @@ stable hash of its arguments, so a rerun of a batch script executes only what
 is missing.
 """
 
+from ._batch import BatchError as BatchError
+from ._batch import Failure as Failure
+from ._batch import MapProgress as MapProgress
+from ._batch import MapReport as MapReport
 from ._engine import SpotStatistics as SpotStatistics
 from ._spot import Project as Project
 from ._spot import Spot as Spot
@@ -30,16 +34,20 @@ from .storage import BlobStorageBase as BlobStorageBase
 
 __all__ = [
     "BackendError",
+    "BatchError",
     "BeautySpotError",
     "BlobStorageBase",
     "CacheCorruptedError",
     "CacheHitContext",
     "CacheMissContext",
     "ConfigurationError",
+    "Failure",
     "HookBase",
     "HookContext",
     "KeyGen",
     "Limiter",
+    "MapProgress",
+    "MapReport",
     "MsgpackSerializer",
     "PreExecuteContext",
     "Project",
@@ -55,6 +63,14 @@ __all__ = [
 
 # Public objects report their public path (beautyspot_async.Spot), not the
 # private module they happen to live in.
-for _name in ("Spot", "Project", "SpotStatistics"):
+for _name in (
+    "Spot",
+    "Project",
+    "SpotStatistics",
+    "MapReport",
+    "MapProgress",
+    "Failure",
+    "BatchError",
+):
     globals()[_name].__module__ = __name__
 del _name

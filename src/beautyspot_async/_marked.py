@@ -17,6 +17,7 @@ from ._callables import is_async_callable
 from ._callables import unwrap_partial as _unwrap_partial
 from ._pipeline import Miss, Pipeline
 from ._steps import drive_async, drive_sync
+from ._usage import settling
 from .exceptions import ConfigurationError
 
 __all__ = ["SyncMarked", "is_async_callable", "wrap"]
@@ -59,6 +60,21 @@ def _copy_metadata(wrapper: Any, fn: Any) -> None:
     wrapper.__wrapped__ = fn
 
 
+class MarkedCall:
+    """What the batch runner needs of a marked function: its pipeline and body.
+
+    Kept on the wrapper as ``__beautyspot__``, so ``spot.map`` can tell a
+    hit from an execution and knows which Spot the function belongs to.
+    """
+
+    __slots__ = ("body", "is_async", "pipeline")
+
+    def __init__(self, pipeline: Pipeline, body: Callable[..., Any], is_async: bool) -> None:
+        self.pipeline = pipeline
+        self.body = body
+        self.is_async = is_async
+
+
 def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
     """Return the marked version of ``fn`` driven by ``pipeline``.
 
@@ -68,33 +84,37 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
     probe = pipeline.probe
     aprobe = pipeline.aprobe
     steps = pipeline.steps
+    usage = pipeline.task.usage
+    body = fn if usage is None else settling(fn, usage, pipeline.task.identity)
 
     if is_async_callable(fn):
 
         async def async_marked(*args: Any, **kwargs: Any) -> Any:
             found = await aprobe(args, kwargs)
             if type(found) is Miss:
-                return await drive_async(steps(args, kwargs, found), lambda: fn(*args, **kwargs))
+                return await drive_async(steps(args, kwargs, found), lambda: body(*args, **kwargs))
             return found
 
         _copy_metadata(async_marked, fn)
+        async_marked.__beautyspot__ = MarkedCall(pipeline, body, True)  # type: ignore[attr-defined]
         return async_marked
 
     def sync_marked(*args: Any, **kwargs: Any) -> Any:
         found = probe(args, kwargs)
         if type(found) is Miss:
-            return drive_sync(steps(args, kwargs, found), functools.partial(fn, *args, **kwargs))
+            return drive_sync(steps(args, kwargs, found), functools.partial(body, *args, **kwargs))
         return found
 
     async def acall(*args: Any, **kwargs: Any) -> Any:
         found = await aprobe(args, kwargs)
         if type(found) is Miss:
-            body = functools.partial(fn, *args, **kwargs)
+            call = functools.partial(body, *args, **kwargs)
             return await drive_async(
-                steps(args, kwargs, found), lambda: anyio.to_thread.run_sync(body)
+                steps(args, kwargs, found), lambda: anyio.to_thread.run_sync(call)
             )
         return found
 
     _copy_metadata(sync_marked, fn)
     sync_marked.acall = acall  # type: ignore[attr-defined]
+    sync_marked.__beautyspot__ = MarkedCall(pipeline, body, False)  # type: ignore[attr-defined]
     return sync_marked

@@ -80,6 +80,8 @@ class TaskConfig:
     wait: bool | None
     cache_if: Callable[[Any], bool] | None
     hooks: HookSet
+    #: ``usage(result)``: what one execution cost (settles a stacked limiter).
+    usage: Callable[[Any], Any] | None = None
 
 
 class Miss(NamedTuple):

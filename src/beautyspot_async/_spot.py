@@ -9,11 +9,12 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from . import _policy
+from ._batch import Batch, MapProgress, MapReport, Outcomes
 from ._engine import Engine, SpotStatistics
 from ._marked import SyncMarked, check_markable, wrap
 from ._pipeline import Pipeline, TaskConfig
@@ -88,6 +89,7 @@ class Spot:
         serializer: Serializer | None = None,
         tpm: float | None = None,
         limiter: Limiter | None = None,
+        rpm: float | None = None,
         blob_threshold: int = 64 * 1024,
         default_wait: bool = True,
         hooks: Iterable[HookBase] = (),
@@ -115,12 +117,12 @@ class Spot:
         if serializer is None:
             serializer = default_serializer()
         _check_serializer(serializer, "serializer")
-        if limiter is not None and tpm is not None:
-            raise ConfigurationError("pass either tpm= or limiter=, not both")
-        if tpm is not None:
+        if limiter is not None and (tpm is not None or rpm is not None):
+            raise ConfigurationError("pass tpm=/rpm= or limiter=, not both")
+        if tpm is not None or rpm is not None:
             from .limiter import Limiter
 
-            limiter = Limiter(tpm=tpm)
+            limiter = Limiter(tpm=tpm, rpm=rpm)
         self.name = name
         self.serializer: Serializer = serializer
         self.default_wait = bool(default_wait)
@@ -195,6 +197,7 @@ class Spot:
         serializer: Serializer | None = None,
         cache_if: Callable[[Any], bool] | None = None,
         name: str | None = None,
+        usage: Callable[[Any], Any] | None = None,
     ) -> _MarkDecorator: ...
 
     def mark(
@@ -212,6 +215,7 @@ class Spot:
         serializer: Serializer | None = None,
         cache_if: Callable[[Any], bool] | None = None,
         name: str | None = None,
+        usage: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Persist every result of ``fn``; bare (``@spot.mark``) or with options.
 
@@ -227,6 +231,11 @@ class Spot:
             raise ConfigurationError(f"save_blob must be True, False or None, got {save_blob!r}")
         if cache_if is not None and not callable(cache_if):
             raise ConfigurationError("cache_if must be a callable taking the result")
+        if usage is not None and not callable(usage):
+            raise ConfigurationError(
+                "usage must be a callable taking the result and returning a number or a "
+                "mapping of numbers, e.g. usage=lambda r: r.usage.total_tokens"
+            )
         if serializer is not None:
             _check_serializer(serializer, "serializer")
         ttl_seconds = _policy.normalize_ttl(ttl)
@@ -249,6 +258,7 @@ class Spot:
                 wait=wait,
                 cache_if=cache_if,
                 hooks=self._hooks.merged(task_hooks),
+                usage=usage,
             )
             return wrap(func, Pipeline(self._engine, task))
 
@@ -339,6 +349,105 @@ class Spot:
             return cls
 
         return decorate
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def map(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int = 32,
+        retries: int = 3,
+        retry_on: Callable[[BaseException], bool] | None = None,
+        max_errors: int | None = None,
+        progress: bool | Callable[[MapProgress], Any] | None = None,
+    ) -> MapReport:
+        """Call the marked ``fn(item)`` for every item; return a :class:`MapReport`.
+
+        Cached items are hits, the rest execute with at most ``concurrency``
+        at once; ``items`` (any iterable or async iterable) is read lazily.
+        A failing item does not stop the batch: a transient failure is
+        retried up to ``retries`` times (``retry_on`` decides; by default
+        HTTP 408/409/429/5xx, timeouts and lost connections), waiting out a
+        ``Retry-After`` (which also pauses the function's rate limiter) or an
+        exponential backoff with jitter, and an item that still fails is a
+        :class:`Failure` in the report and is recorded in the task database
+        (never cached), so the next run tries it again. After ``max_errors``
+        failures no new item starts; the ones running finish. ``progress``:
+        None shows a live line when stderr is a terminal, True always, False
+        never, a callable receives :class:`MapProgress` snapshots.
+
+        Cancelled or interrupted (Ctrl+C), the batch stops starting items,
+        cancels the running ones, makes every finished result durable, logs
+        a one-line summary and re-raises.
+        """
+        batch = Batch(
+            self,
+            fn,
+            star=False,
+            concurrency=concurrency,
+            retries=retries,
+            retry_on=retry_on,
+            max_errors=max_errors,
+            progress=progress,
+        )
+        return await batch.collect(items)
+
+    async def starmap(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]],
+        *,
+        concurrency: int = 32,
+        retries: int = 3,
+        retry_on: Callable[[BaseException], bool] | None = None,
+        max_errors: int | None = None,
+        progress: bool | Callable[[MapProgress], Any] | None = None,
+    ) -> MapReport:
+        """:meth:`map` calling ``fn(*item)``: each item is a tuple of arguments."""
+        batch = Batch(
+            self,
+            fn,
+            star=True,
+            concurrency=concurrency,
+            retries=retries,
+            retry_on=retry_on,
+            max_errors=max_errors,
+            progress=progress,
+        )
+        return await batch.collect(items)
+
+    def imap(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int = 32,
+        retries: int = 3,
+        retry_on: Callable[[BaseException], bool] | None = None,
+        max_errors: int | None = None,
+        progress: bool | Callable[[MapProgress], Any] | None = None,
+        star: bool = False,
+    ) -> Outcomes:
+        """:meth:`map`, yielding ``(index, value or Failure)`` in completion order.
+
+        Nothing is kept once yielded, so memory stays bounded by
+        ``concurrency`` however many items there are. Leaving the loop early
+        cancels the calls still running (``await it.aclose()`` waits for
+        them to end). ``star=True`` calls ``fn(*item)``.
+        """
+        batch = Batch(
+            self,
+            fn,
+            star=star,
+            concurrency=concurrency,
+            retries=retries,
+            retry_on=retry_on,
+            max_errors=max_errors,
+            progress=progress,
+        )
+        return Outcomes(batch, items)
 
     # -- inspection -------------------------------------------------------------------------
 

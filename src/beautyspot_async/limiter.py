@@ -55,6 +55,7 @@ import anyio.to_thread
 from . import _gcra
 from ._callables import is_async_callable
 from ._reservation import LimiterStatistics, Reservation, _Acquisition
+from ._usage import collect_reservation
 from ._wakeup import Wakeup
 from .exceptions import ConfigurationError, RateLimitError
 
@@ -501,7 +502,9 @@ class Limiter:
         callable receiving the call's arguments. Async functions await
         ``acquire``; sync functions block their own thread in
         ``acquire_blocking``. Under ``@spot.mark`` (placed above), cache hits
-        and single-flight joiners never reach the limiter.
+        and single-flight joiners never reach the limiter, and with
+        ``@spot.mark(usage=...)`` the reservation is settled to the call's
+        actual usage once it returns.
         """
         if fn is None:
             return functools.partial(self._decorate, cost=cost)
@@ -522,16 +525,18 @@ class Limiter:
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                await limiter.acquire(cost_of(*args, **kwargs))
+                collect_reservation(await limiter.acquire(cost_of(*args, **kwargs)))
                 return await async_fn(*args, **kwargs)
 
+            async_wrapper.__beautyspot_limiter__ = limiter  # type: ignore[attr-defined]
             return cast(Callable[P, R], async_wrapper)
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            limiter.acquire_blocking(cost_of(*args, **kwargs))
+            collect_reservation(limiter.acquire_blocking(cost_of(*args, **kwargs)))
             return fn(*args, **kwargs)
 
+        sync_wrapper.__beautyspot_limiter__ = limiter  # type: ignore[attr-defined]
         return sync_wrapper
 
     # -- lifecycle ---------------------------------------------------------

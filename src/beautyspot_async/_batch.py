@@ -1,0 +1,644 @@
+"""The batch runner behind ``spot.map``, ``spot.starmap`` and ``spot.imap``.
+
+One :class:`Batch` runs one marked function over an iterable of items. Each
+item's key is its memo key, so resuming is "skip what is stored": a hit
+costs a lookup, a miss executes, and an item that keeps failing is recorded
+(never cached) and tried again by the next run.
+
+The items are pulled lazily, one per free slot, so memory is bounded by
+``concurrency`` and not by the number of items. Failures do not stop the
+batch; a transient one (see ``_retry``) is retried after the server's
+``Retry-After`` or an exponential backoff, and a ``Retry-After`` also pauses
+the function's rate limiter, so one 429 holds back every caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import random
+import sys
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Sized
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from . import _retry
+from ._display import to_jsonable
+from ._pipeline import Miss
+from ._steps import drive_async
+from ._usage import UsageTotal, measure
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._marked import MarkedCall
+    from ._spot import Spot
+    from .limiter import Limiter
+
+__all__ = ["BatchError", "Failure", "MapProgress", "MapReport", "Batch"]
+
+logger = logging.getLogger("beautyspot_async")
+
+#: How long an argument preview kept with a failure record may be.
+_ARGS_PREVIEW_CHARS: Final = 512
+
+_PENDING: Final[Any] = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An item that failed for good: where it was, what it was, what it raised."""
+
+    index: int
+    item: Any
+    exception: Exception
+    attempts: int
+
+    def __repr__(self) -> str:
+        return (
+            f"Failure(index={self.index}, item={self.item!r}, "
+            f"exception={type(self.exception).__name__}({self.exception}), "
+            f"attempts={self.attempts})"
+        )
+
+
+class BatchError(ExceptionGroup[Exception]):
+    """Raised by :meth:`MapReport.raise_for_failures`: every failed item's exception.
+
+    An ``ExceptionGroup``, so ``except*`` picks out kinds of failure;
+    ``.failures`` holds the :class:`Failure` records in input order.
+    """
+
+    failures: list[Failure]
+
+    def __new__(cls, message: str, failures: list[Failure]) -> BatchError:
+        self = super().__new__(cls, message, [f.exception for f in failures])
+        self.failures = list(failures)
+        return self
+
+    def __init__(self, message: str, failures: list[Failure]) -> None:
+        super().__init__(message, [f.exception for f in failures])
+
+    def derive(self, excs: Any) -> Any:
+        # A split keeps the message; the Failure list belongs to the whole.
+        return ExceptionGroup(self.message, list(excs))
+
+
+@dataclass(slots=True)
+class MapReport:
+    """What a ``spot.map`` did. ``results`` are in input order."""
+
+    #: One entry per item that was started, in input order: its value, or a
+    #: :class:`Failure`. Items never started (``max_errors``) are absent.
+    results: list[Any]
+    #: The :class:`Failure` entries of ``results``.
+    failures: list[Failure]
+    #: Items served from the cache (including single-flight joins).
+    hits: int
+    #: Items whose function body ran and returned.
+    executed: int
+    #: Items that failed for good.
+    failed: int
+    #: Retries made (attempts beyond each item's first).
+    retried: int
+    #: Seconds from start to end, by the Spot's clock.
+    elapsed: float
+    #: Sum of ``usage=`` over executed items (a dict when usage returns mappings).
+    usage_spent: float | dict[str, float] = 0.0
+    #: Sum of ``usage=`` over hits: what the cache saved.
+    usage_saved: float | dict[str, float] = 0.0
+    #: True when ``max_errors`` stopped the batch before every item was started.
+    stopped_early: bool = False
+    #: True when the batch was interrupted (cancelled, Ctrl+C).
+    interrupted: bool = field(default=False, repr=False)
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`BatchError` when any item failed; do nothing otherwise."""
+        if self.failures:
+            raise BatchError(
+                f"{self.failed} of {len(self.results)} items failed"
+                + (" (stopped early: max_errors reached)" if self.stopped_early else ""),
+                self.failures,
+            )
+
+    def summary(self) -> str:
+        """One line: counts, retries, usage and time."""
+        parts = [
+            f"{len(self.results)} items",
+            f"{self.hits} cached",
+            f"{self.executed} executed",
+            f"{self.failed} failed",
+            f"{self.retried} retries",
+        ]
+        spent, saved = self.usage_spent, self.usage_saved
+        if spent or saved:
+            parts.append(f"usage spent {_usage_text(spent)}, saved {_usage_text(saved)}")
+        parts.append(f"{self.elapsed:.1f} s")
+        if self.stopped_early:
+            parts.append("stopped early (max_errors)")
+        if self.interrupted:
+            parts.append("interrupted")
+        return ", ".join(parts)
+
+
+def _usage_text(usage: float | dict[str, float]) -> str:
+    if isinstance(usage, dict):
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in usage.items()) + "}"
+    return f"{usage:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class MapProgress:
+    """A snapshot of a running batch, for ``progress=callable``."""
+
+    #: Number of items, when the iterable has a length.
+    total: int | None
+    #: Items finished: cached + executed + failed.
+    done: int
+    hits: int
+    executed: int
+    failed: int
+    #: Calls running right now.
+    running: int
+    #: Items waiting out a backoff or a Retry-After before their next attempt.
+    retrying: int
+    #: Calls queued on the function's rate limiter.
+    waiting: int
+    elapsed: float
+    #: Executed items per second (hits are not work).
+    rate: float
+    #: Seconds left at ``rate`` for the items not done, when ``total`` is known.
+    eta: float | None
+
+
+class Batch:
+    """One run of a marked function over items; see the module docstring."""
+
+    def __init__(
+        self,
+        spot: Spot,
+        fn: Any,
+        *,
+        star: bool,
+        concurrency: int,
+        retries: int,
+        retry_on: Callable[[BaseException], bool] | None,
+        max_errors: int | None,
+        progress: bool | Callable[[MapProgress], Any] | None,
+    ) -> None:
+        call: MarkedCall | None = getattr(fn, "__beautyspot__", None)
+        if call is None or call.pipeline.engine is not spot._engine:
+            name = getattr(fn, "__qualname__", repr(fn))
+            where = "a different Spot" if call is not None else "no Spot"
+            raise ConfigurationError(
+                f"{name} is marked on {where}: spot.map runs functions marked on this Spot "
+                f"({spot.name!r}); decorate it with @spot.mark"
+            )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+        if max_errors is not None and (
+            isinstance(max_errors, bool) or not isinstance(max_errors, int) or max_errors < 1
+        ):
+            raise ConfigurationError(f"max_errors must be None or an int >= 1, got {max_errors!r}")
+        if retry_on is not None and not callable(retry_on):
+            raise ConfigurationError("retry_on must be a callable taking the exception")
+        if not (progress is None or progress is True or progress is False or callable(progress)):
+            raise ConfigurationError(
+                "progress must be None (a live display on a terminal), True, False or a "
+                "callable taking a MapProgress"
+            )
+        self.spot = spot
+        self.call = call
+        self.star = star
+        self.concurrency = concurrency
+        self.retries = retries
+        self.retry_on = retry_on if retry_on is not None else _retry.default_retry_on
+        self.max_errors = max_errors
+        self.limiters = _limiters_of(fn, spot)
+        clock = spot._engine.clock
+        self.clock = clock
+        sleep = getattr(clock, "sleep", None)
+        self.sleep: Callable[[float], Any] = (
+            sleep if inspect.iscoroutinefunction(sleep) else anyio.sleep
+        )
+        self.rng = random.Random()
+        self.usage = call.pipeline.task.usage
+        self.where = call.pipeline.task.identity
+        # counters
+        self.total: int | None = None
+        self.started_at = clock()
+        self.hits = self.executed = self.failed = self.retried = 0
+        self.running = self.retrying = 0
+        self.spent = UsageTotal()
+        self.saved = UsageTotal()
+        self.stop = False
+        self.stopped_early = False
+        self.display = _make_display(progress)
+        self.callback: Callable[[MapProgress], Any] | None = (
+            progress if callable(progress) else None
+        )
+
+    # -- one item ------------------------------------------------------------------------
+
+    async def _call_once(self, args: tuple[Any, ...]) -> tuple[Any, bool]:
+        """The value of ``fn(*args)`` and whether its body ran here."""
+        call = self.call
+        pipeline = call.pipeline
+        found = await pipeline.aprobe(args, {})
+        if type(found) is not Miss:
+            return found, False
+        ran = False
+        body = call.body
+
+        if call.is_async:
+
+            def execute() -> Any:
+                nonlocal ran
+                ran = True
+                return body(*args)
+
+        else:
+
+            def execute() -> Any:
+                nonlocal ran
+                ran = True
+                return anyio.to_thread.run_sync(lambda: body(*args))
+
+        value = await drive_async(pipeline.steps(args, {}, found), execute)
+        return value, ran
+
+    async def run_item(self, index: int, item: Any) -> Any:
+        """The item's value, or its :class:`Failure` after the retries."""
+        args = tuple(item) if self.star else (item,)
+        attempts = 0
+        self.running += 1
+        try:
+            while True:
+                attempts += 1
+                try:
+                    value, ran = await self._call_once(args)
+                except Exception as exc:
+                    if attempts <= self.retries and self._should_retry(exc):
+                        await self._wait_before_retry(exc, attempts)
+                        continue
+                    return await self._failed(index, item, args, exc, attempts)
+                if ran:
+                    self.executed += 1
+                    if self.usage is not None:
+                        self.spent.add(measure(self.usage, value, self.where))
+                else:
+                    self.hits += 1
+                    if self.usage is not None:
+                        self.saved.add(measure(self.usage, value, self.where))
+                return value
+        finally:
+            self.running -= 1
+
+    def _should_retry(self, exc: Exception) -> bool:
+        try:
+            return bool(self.retry_on(exc))
+        except Exception as predicate_error:
+            logger.warning(
+                "retry_on raised %s on %s: not retrying",
+                type(predicate_error).__name__,
+                type(exc).__name__,
+            )
+            return False
+
+    async def _wait_before_retry(self, exc: Exception, attempts: int) -> None:
+        self.retried += 1
+        delay = _retry.retry_after(exc, self.clock)
+        if delay is not None:
+            # The server said when: every caller of this function waits it out,
+            # not only the one that was told.
+            for limiter in self.limiters:
+                limiter.penalize(delay)
+        else:
+            delay = _retry.backoff_delay(attempts, self.rng)
+        self.retrying += 1
+        self._changed()
+        try:
+            await self.sleep(delay)
+        finally:
+            self.retrying -= 1
+
+    async def _failed(
+        self, index: int, item: Any, args: tuple[Any, ...], exc: Exception, attempts: int
+    ) -> Failure:
+        self.failed += 1
+        if self.max_errors is not None and self.failed >= self.max_errors and not self.stop:
+            self.stop = True
+            self.stopped_early = True
+        try:
+            await self.spot._engine.record_failure(self._failure_record(args, exc, attempts))
+        except Exception as record_error:
+            # The batch goes on; the failure is still in the report.
+            logger.warning(
+                "could not record the failure of %s: %s: %s",
+                self.where,
+                type(record_error).__name__,
+                record_error,
+            )
+        return Failure(index, item, exc, attempts)
+
+    def _failure_record(self, args: tuple[Any, ...], exc: Exception, attempts: int) -> Any:
+        from ._failure import FailureRecord
+
+        pipeline = self.call.pipeline
+        input_id, cache_key = pipeline.key_for(args, {})
+        return FailureRecord(
+            cache_key=cache_key,
+            func_name=pipeline.task.identity,
+            input_id=input_id,
+            version=pipeline.task.version,
+            exc_type=_qualified(type(exc)),
+            message=str(exc),
+            attempts=attempts,
+            failed_at=self.clock(),
+            args=_args_preview(args),
+        )
+
+    # -- the whole batch -----------------------------------------------------------------
+
+    async def drive(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        emit: Callable[[int, Any], Awaitable[None]],
+    ) -> None:
+        """Run every item (until stopped), awaiting ``emit(index, outcome)`` as each ends."""
+        if isinstance(items, Sized):
+            self.total = len(items)
+        slots = anyio.Semaphore(self.concurrency)
+
+        async def one(index: int, item: Any) -> None:
+            # The slot is held until the outcome is taken: a slow consumer of
+            # imap holds the batch back instead of piling up finished items.
+            try:
+                outcome = await self.run_item(index, item)
+                self._changed()
+                await emit(index, outcome)
+            finally:
+                slots.release()
+
+        self._changed()
+        try:
+            async with anyio.create_task_group() as tg, contextlib.aclosing(_iterate(items)) as it:
+                index = 0
+                async for item in it:
+                    await slots.acquire()
+                    if self.stop:
+                        slots.release()
+                        break
+                    tg.start_soon(one, index, item)
+                    index += 1
+        finally:
+            if self.display is not None:
+                self.display.close()
+
+    async def collect(self, items: Iterable[Any] | AsyncIterable[Any]) -> MapReport:
+        """Run the batch and report, results in input order."""
+        results: list[Any] = []
+
+        async def emit(index: int, outcome: Any) -> None:
+            if index >= len(results):
+                results.extend([_PENDING] * (index + 1 - len(results)))
+            results[index] = outcome
+
+        try:
+            await self.drive(items, emit)
+        except BaseException:
+            await self.after_interrupt([r for r in results if r is not _PENDING])
+            raise
+        return self.report(results)
+
+    async def after_interrupt(self, finished: list[Any]) -> None:
+        """Make the finished results durable and say where the batch stopped."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.spot.flush()
+            except Exception as exc:
+                logger.warning("could not flush after an interrupted batch: %s", exc)
+        report = self.report(finished, interrupted=True)
+        logger.warning("spot.map of %s interrupted: %s", self.where, report.summary())
+
+    def report(self, results: list[Any], *, interrupted: bool = False) -> MapReport:
+        return MapReport(
+            results=results,
+            failures=[r for r in results if type(r) is Failure],
+            hits=self.hits,
+            executed=self.executed,
+            failed=self.failed,
+            retried=self.retried,
+            elapsed=max(0.0, self.clock() - self.started_at),
+            usage_spent=self.spent.value,
+            usage_saved=self.saved.value,
+            stopped_early=self.stopped_early,
+            interrupted=interrupted,
+        )
+
+    def snapshot(self) -> MapProgress:
+        elapsed = max(0.0, self.clock() - self.started_at)
+        done = self.hits + self.executed + self.failed
+        rate = self.executed / elapsed if elapsed > 0 else 0.0
+        eta = None
+        if self.total is not None:
+            left = max(0, self.total - done)
+            eta = 0.0 if left == 0 else (left / rate if rate > 0 else None)
+        waiting = 0
+        for limiter in self.limiters:
+            waiting += limiter.statistics().queue_depth
+        return MapProgress(
+            total=self.total,
+            done=done,
+            hits=self.hits,
+            executed=self.executed,
+            failed=self.failed,
+            running=self.running,
+            retrying=self.retrying,
+            waiting=waiting,
+            elapsed=elapsed,
+            rate=rate,
+            eta=eta,
+        )
+
+    def _changed(self) -> None:
+        if self.display is None and self.callback is None:
+            return
+        snapshot = self.snapshot()
+        if self.callback is not None:
+            try:
+                self.callback(snapshot)
+            except Exception as exc:
+                logger.warning("progress callback raised %s: %s", type(exc).__name__, exc)
+        if self.display is not None:
+            self.display.update(snapshot)
+
+
+async def _iterate(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+def _limiters_of(fn: Any, spot: Spot) -> list[Limiter]:
+    """The rate limiters a call of ``fn`` goes through: stacked decorators and the Spot's."""
+    found: list[Limiter] = []
+    seen: set[int] = set()
+    current = fn
+    for _ in range(20):  # a chain of wrappers, never a cycle in practice
+        limiter = getattr(current, "__beautyspot_limiter__", None)
+        if limiter is not None and id(limiter) not in seen:
+            seen.add(id(limiter))
+            found.append(limiter)
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            break
+    own = spot._limiter
+    if own is not None and id(own) not in seen:
+        found.append(own)
+    return found
+
+
+def _qualified(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _args_preview(args: tuple[Any, ...]) -> str | None:
+    try:
+        shown = to_jsonable(args[0] if len(args) == 1 else list(args), max_items=10, max_str=200)
+        text = json.dumps(shown, ensure_ascii=False, default=str)
+    except Exception:
+        return None
+    if len(text) > _ARGS_PREVIEW_CHARS:
+        text = text[: _ARGS_PREVIEW_CHARS - 3] + "..."
+    return text
+
+
+def _make_display(progress: Any) -> Any:
+    if progress is False or (callable(progress) and progress is not True):
+        return None
+    if progress is None and not _stderr_is_terminal():
+        return None
+    from ._progress import LiveDisplay
+
+    return LiveDisplay()
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Host:
+    """The running side of an :class:`Outcomes` iterator, referenced only by its task.
+
+    Kept apart from the iterator so that dropping the iterator (a ``break``
+    out of ``async for``) lets it be collected at once, which cancels this.
+    """
+
+    def __init__(self, batch: Batch, items: Iterable[Any] | AsyncIterable[Any], size: int):
+        self.batch = batch
+        self.items = items
+        self.send, self.receive = anyio.create_memory_object_stream[tuple[int, Any]](size)
+        self.scope = anyio.CancelScope()
+        self.error: BaseException | None = None
+        self.finished = anyio.Event()
+
+    async def run(self) -> None:
+        async def emit(index: int, outcome: Any) -> None:
+            await self.send.send((index, outcome))
+
+        try:
+            with self.scope:
+                async with self.send:
+                    await self.batch.drive(self.items, emit)
+        except BaseException as exc:  # handed to the consumer, never lost in a host task
+            self.error = exc
+        finally:
+            self.send.close()
+            self.finished.set()
+
+
+class Outcomes:
+    """``spot.imap(...)``: ``(index, value or Failure)`` pairs in completion order.
+
+    The batch runs in a task of its own rather than in a task group held
+    open across ``yield``: a consumer may leave the loop at any point
+    without the batch's cancel scopes ending up in the consumer's task.
+    Leaving early cancels the calls still running (``aclose()``, or
+    dropping the iterator, does it at once).
+    """
+
+    def __init__(self, batch: Batch, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        self._host = _Host(batch, items, batch.concurrency)
+        self._started = False
+
+    def __aiter__(self) -> Outcomes:
+        return self
+
+    def _start(self) -> None:
+        import contextvars
+
+        import sniffio
+
+        self._started = True
+        host = self._host
+        context = contextvars.copy_context()
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(host.run, context=context)
+        else:
+            import asyncio
+
+            task = asyncio.get_running_loop().create_task(host.run(), context=context)
+            _RUNNING.add(task)
+            task.add_done_callback(_RUNNING.discard)
+
+    async def __anext__(self) -> tuple[int, Any]:
+        if not self._started:
+            self._start()
+        host = self._host
+        try:
+            return await host.receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if host.error is not None and not isinstance(
+                host.error, anyio.get_cancelled_exc_class()
+            ):
+                raise host.error from None
+            raise StopAsyncIteration from None
+        except BaseException:
+            # The consumer was cancelled or interrupted: stop the batch too,
+            # and keep what finished.
+            await self.aclose()
+            await host.batch.after_interrupt([])
+            raise
+
+    async def aclose(self) -> None:
+        """Cancel the calls still running and wait for them to end."""
+        host = self._host
+        host.scope.cancel()
+        host.receive.close()
+        if self._started:
+            with anyio.CancelScope(shield=True):
+                await host.finished.wait()
+
+    def __del__(self) -> None:
+        # Left without aclose(): cancel; the host task ends by itself.
+        self._host.scope.cancel()
+        self._host.receive.close()
+
+
+#: Host tasks of iterators on asyncio, kept alive until they end.
+_RUNNING: set[Any] = set()
