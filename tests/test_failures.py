@@ -217,6 +217,7 @@ class TestStorage:
         history = await spot.history()
         assert list(history["func_name"]) == ["tests.double"]
         assert f.cache_key not in set(history["cache_key"])
+        assert await maint.show(spot, failure_record_key(f.cache_key)) is None
         if type(spot.db).iter_records is not TaskDB.iter_records:
             (summary,) = await maint.summary(spot)
             assert summary.entries == 1

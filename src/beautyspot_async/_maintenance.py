@@ -201,6 +201,8 @@ async def _readable(spot: Spot) -> bool:
 
 
 async def _get(spot: Spot, cache_key: str) -> TaskRecord | None:
+    if is_failure_key(cache_key):  # a failure kept among the records is no result
+        return None
     found = await _on_io_loop(spot, spot.db.get, cache_key)
     return as_record(found, cache_key, backend=spot.db.backend_name)
 
