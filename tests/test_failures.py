@@ -461,3 +461,49 @@ class TestCli:
         result = CliRunner().invoke(app, ["failures", str(tmp_path / "nope.db")])
         assert result.exit_code == 2
         assert not (tmp_path / "nope.db").exists()
+
+
+class TestServerLayout:
+    """Where PostgreSQL and Redis keep failures; a schema made before them gains the table."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.mark.services
+    async def test_postgres_table_created_on_an_existing_schema(
+        self, make_postgres: Callable[..., TaskDB], postgres_schema: str
+    ) -> None:
+        asyncpg = require_module("asyncpg", extra="postgres")
+        from tests._services import POSTGRES_URL
+
+        db = make_postgres()
+        await db.init_schema()
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'DROP TABLE "{postgres_schema}"."beautyspot_failures"')
+        finally:
+            await conn.close()
+        again = make_postgres()
+        await again.init_schema()
+        f = failure()
+        await again.save_failure(f)
+        assert await again.get_failures() == [f]
+
+    @pytest.mark.services
+    async def test_redis_hash_and_time_index(
+        self, make_redis: Callable[..., TaskDB], redis_client: Any, redis_prefix: str
+    ) -> None:
+        db = make_redis()
+        await db.init_schema()
+        f = failure(at=123.5)
+        await db.save_failure(f)
+        key = f"{redis_prefix}:fail:{f.cache_key}"
+        assert await redis_client.type(key) == b"hash"
+        assert await redis_client.zscore(f"{redis_prefix}:idx:failed", f.cache_key) == 123.5
+        assert await redis_client.exists(f"{redis_prefix}:rec:{f.cache_key}") == 0
+        # An index entry whose hash is gone is skipped, not an error.
+        await redis_client.delete(key)
+        assert await db.get_failures() == []
+        assert await db.delete_failures([f.cache_key]) == 0
+        assert await redis_client.zcard(f"{redis_prefix}:idx:failed") == 0

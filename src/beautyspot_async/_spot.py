@@ -353,7 +353,9 @@ class Spot:
         frame: pd.DataFrame = await self._engine.history(limit)
         return frame
 
-    async def failures(self, func: Any = None, limit: int = 1000) -> pd.DataFrame:
+    async def failures(
+        self, func: Callable[..., Any] | str | None = None, limit: int = 1000
+    ) -> pd.DataFrame:
         """Recorded failures (calls that failed for good in a batch run), newest first.
 
         ``func`` is a function marked on this Spot, its identity string (the

@@ -1,8 +1,8 @@
 """PostgreSQL task database on asyncpg (extra ``[postgres]``).
 
-Over 500 lines because its SQL is inline: records, leases and the wait
-check share one pool, one retry wrapper and one set of table names (the
-LISTEN connection lives in ``_pglisten``).
+Over 500 lines because its SQL is inline: records, leases, failure records
+and the wait check share one pool, one retry wrapper and one set of table
+names (the LISTEN connection lives in ``_pglisten``).
 
 Layout, all under one schema and one table-name prefix (default
 ``public.beautyspot_*``)::

@@ -1,6 +1,7 @@
 """Redis task database on redis.asyncio (extra ``[redis]``).
 
-Over 500 lines because its seven Lua scripts are inline, next to their callers.
+Over 500 lines because its seven Lua scripts are inline, next to their callers
+(and the failure records' key space sits beside the records').
 
 Key space, all under ``<prefix>:`` so one prefix is one database::
 
