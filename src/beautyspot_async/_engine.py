@@ -196,8 +196,13 @@ class Engine:
         return found
 
     async def _live_failures(self, func_name: str | None, limit: int) -> list[FailureRecord]:
+        pruned: set[str] = set()
         while True:
-            found = await self.store.get_failures(func_name, limit)
+            # Pruned rows are asked for again (and skipped): the count stays
+            # right even on a backend whose deletes do not take at once.
+            request = limit + len(pruned)
+            fetched = await self.store.get_failures(func_name, request)
+            found = [f for f in fetched if f.cache_key not in pruned]
             # A result stored since, in any process, makes its failure stale.
             stored = await self.store.lookup_many([f.cache_key for f in found], None, 0.0)
             now = self.clock()
@@ -211,11 +216,11 @@ class Engine:
             if stale:
                 self.failed.forget(stale)
                 await self.store.delete_failures(sorted(stale))
+                pruned |= stale
             live = [f for f in found if f.cache_key not in stale]
-            self.failed.note(f.cache_key for f in live)
-            # Stale rows took places of the limit: read again (they are gone now).
-            if not stale or len(found) < limit:
-                return live
+            if not stale or len(fetched) < request:
+                self.failed.note(f.cache_key for f in live[:limit])
+                return live[:limit]
 
     # -- the memory tier -------------------------------------------------------------
 
