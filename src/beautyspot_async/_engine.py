@@ -161,7 +161,12 @@ class Engine:
         await io_loop.run(self._close_on_io_loop)
 
     async def _close_on_io_loop(self) -> None:
-        if not self.ready and not self.writer.pending and not self.leases.held:
+        if (
+            not self.ready
+            and not self.writer.pending
+            and not self.leases.held
+            and not self.failed.pending
+        ):
             return
         self.ready = False
         await _close(self._reader, self.writer, self.leases, self.failed, self.store)

@@ -380,10 +380,8 @@ class Spot:
             # The identity it was marked under (name= included), else its default one.
             target = underlying_function(getattr(func, "__wrapped__", func))
             with self._identity_lock:
-                func_name = next(
-                    (i for i, ref in self._identities.items() if ref() is target),
-                    function_identity(target),
-                )
+                marked = [i for i, ref in self._identities.items() if ref() is target]
+            func_name = marked[0] if marked else function_identity(target)
         return failures_to_frame(await self._engine.failures(func_name, limit))
 
     def statistics(self) -> SpotStatistics:
