@@ -315,11 +315,12 @@ class Engine:
         The key's lease, if ``owner`` holds one, goes with the result.
         """
         key = record.cache_key
-        failed = self.failed
+        failed, failed_keys = self.failed, self.failed.keys
 
         def written(error: BaseException | None) -> None:
             self.leases.done(key)
-            failed.cleared_by(key, error)
+            if key in failed_keys and error is None:
+                failed.cleared(key)
 
         submission = Submission(WriteItem(record, owner), on_complete=written, report=report)
         self.writer.submit_and_notify(submission, waiter)
@@ -332,12 +333,13 @@ class Engine:
         memory = self._memory
         memory.pin(key, entry)
 
-        failed = self.failed
+        failed, failed_keys = self.failed, self.failed.keys
 
         def written(error: BaseException | None) -> None:
             self.leases.done(key)
             memory.unpin(key, entry)
-            failed.cleared_by(key, error)
+            if key in failed_keys and error is None:
+                failed.cleared(key)
 
         self.writer.submit(Submission(WriteItem(record, owner), on_complete=written, report=report))
 

@@ -1,8 +1,9 @@
 """Which keys have failure records, and deleting those records once a result lands.
 
-"A later success clears the record": the engine asks :meth:`FailedKeys.cleared_by`
-after every durable write, which is one set-membership test -- nothing more
-on the normal miss path. Keys are known from this process's own
+"A later success clears the record": after every durable write the engine
+tests the key against :attr:`FailedKeys.keys` -- one set-membership test,
+nothing more on the normal miss path -- and calls :meth:`FailedKeys.cleared`
+for a hit. Keys are known from this process's own
 ``record_failure`` calls and from failures it has read; a success in another
 process is caught when failures are read (``Engine.failures`` checks for live
 entries). Deletions run in batches on the I/O loop; callers never wait.
@@ -29,7 +30,8 @@ class FailedKeys(QueueDrain[str]):
         super().__init__()
         self._store = store
         #: Keys believed to have a failure record (a superset is harmless:
-        #: deleting a record that is not there is a no-op).
+        #: deleting a record that is not there is a no-op). Only ever changed
+        #: in place: the engine's write callbacks hold this very set.
         self.keys: set[str] = set()
         self._lock: asyncio.Lock | None = None
 
@@ -39,11 +41,10 @@ class FailedKeys(QueueDrain[str]):
     def forget(self, keys: Iterable[str]) -> None:
         self.keys.difference_update(keys)
 
-    def cleared_by(self, key: str, error: BaseException | None) -> None:
-        """A write of ``key`` ended (``error`` None: durably); queue its record's deletion."""
-        if error is None and key in self.keys:
-            self.keys.discard(key)
-            self._enqueue(key)
+    def cleared(self, key: str) -> None:
+        """A result for ``key`` is durable: queue the deletion of its failure record."""
+        self.keys.discard(key)
+        self._enqueue(key)
 
     async def flush(self) -> None:
         """Return once every deletion queued so far is done (call on the I/O loop)."""
