@@ -38,6 +38,7 @@ __all__ = [
     "UnknownExt",
     "decode_lenient",
     "entry_json",
+    "failure_rows",
     "history_rows",
     "iso_time",
     "render_preview",
@@ -265,6 +266,17 @@ def history_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
         for column in ("created_at", "updated_at", "expires_at"):
             row[column] = iso_time(row[column])
         row["size_bytes"] = int(row["size_bytes"])
+        rows.append(row)
+    return rows
+
+
+def failure_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Failure rows (``spot.failures()``) as JSON-ready dicts: ISO ``failed_at``."""
+    rows: list[dict[str, Any]] = []
+    for raw in frame.to_dict(orient="records"):
+        row = {str(k): v for k, v in raw.items()}
+        row["failed_at"] = iso_time(row["failed_at"])
+        row["attempts"] = int(row["attempts"])
         rows.append(row)
     return rows
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 
 from ._coalesce import NowaitCoalescer
+from ._failed_keys import FailedKeys
+from ._failure import FailureRecord
 from ._leases import Leases
 from ._memory_tier import NO_VALUE, MemoryEntry, MemoryTier
 from ._portal import Waiter, io_loop
@@ -96,6 +98,7 @@ class Engine:
         self.store = ResultStore(db, storage, timeout=backend_timeout)
         self.writer = Writer(self.store)
         self.leases = Leases(self.store, lease_ttl)
+        self.failed = FailedKeys(self.store)
         self._reader = Reader(self.store, self.leases.release_soon)
         self._coalescer = NowaitCoalescer(db)
         self._memory = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
@@ -112,12 +115,14 @@ class Engine:
         self.clock = clock
         self.ready = False
         self._read_nowait = db.get_nowait
-        for drain in (self.writer, self._reader, self.leases.releaser):
+        for drain in (self.writer, self._reader, self.leases.releaser, self.failed):
             drain.revive = self._revive
         # A Spot dropped without aclose() still flushes its queued writes,
         # gives back its leases and closes its connections, instead of
         # leaving its drain tasks to be garbage-collected while pending.
-        weakref.finalize(self, _shut_down, self._reader, self.writer, self.leases, self.store)
+        weakref.finalize(
+            self, _shut_down, self._reader, self.writer, self.leases, self.failed, self.store
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -138,27 +143,89 @@ class Engine:
         self.writer.start()
         self._reader.start()
         self.leases.start()
+        self.failed.start()
         self.ready = True
 
     async def flush(self) -> None:
         """Wait until every write queued so far is durable (or has failed)."""
-        if self.ready or self.writer.pending:
-            await io_loop.run(self.writer.flush)
+        if self.ready or self.writer.pending or self.failed.pending:
+            await io_loop.run(self._flush_on_io_loop)
+
+    async def _flush_on_io_loop(self) -> None:
+        await self.writer.flush()
+        # Writes just made durable may have queued their failure records' deletion.
+        await self.failed.flush()
 
     async def aclose(self) -> None:
         """Flush, stop the writer and close the backends; idempotent."""
         await io_loop.run(self._close_on_io_loop)
 
     async def _close_on_io_loop(self) -> None:
-        if not self.ready and not self.writer.pending and not self.leases.held:
+        if (
+            not self.ready
+            and not self.writer.pending
+            and not self.leases.held
+            and not self.failed.pending
+        ):
             return
         self.ready = False
-        await _close(self._reader, self.writer, self.leases, self.store)
+        await _close(self._reader, self.writer, self.leases, self.failed, self.store)
 
     async def history(self, limit: int) -> Any:
         await self.open()
         await self.flush()
         return await io_loop.run(self.store.history, limit)
+
+    # -- failure records -------------------------------------------------------------
+
+    async def record_failure(self, failure: FailureRecord) -> None:
+        """Record that ``failure.cache_key`` failed for good (bounded by the backend timeout)."""
+        await self.open()
+        await io_loop.run(self.store.save_failure, failure)
+        # After the save: a result stored from now on deletes the record.
+        self.failed.note([failure.cache_key])
+
+    async def clear_failures(self, keys: Sequence[str]) -> int:
+        """Delete the failure records of ``keys``; return how many there were."""
+        await self.open()
+        wanted = list(keys)
+        self.failed.forget(wanted)
+        removed: int = await io_loop.run(self.store.delete_failures, wanted)
+        return removed
+
+    async def failures(self, func_name: str | None, limit: int) -> list[FailureRecord]:
+        """Recorded failures, newest first, without those whose key now has a live entry."""
+        await self.open()
+        await self.flush()
+        found: list[FailureRecord] = await io_loop.run(self._live_failures, func_name, limit)
+        return found
+
+    async def _live_failures(self, func_name: str | None, limit: int) -> list[FailureRecord]:
+        pruned: set[str] = set()
+        while True:
+            # Pruned rows are asked for again (and skipped): the count stays
+            # right even on a backend whose deletes do not take at once.
+            request = limit + len(pruned)
+            fetched = await self.store.get_failures(func_name, request)
+            found = [f for f in fetched if f.cache_key not in pruned]
+            # A result stored since, in any process, makes its failure stale.
+            stored = await self.store.lookup_many([f.cache_key for f in found], None, 0.0)
+            now = self.clock()
+            stale = {
+                key
+                for key, record in stored.items()
+                if isinstance(record, TaskRecord)
+                and record.problem is None
+                and not record.is_expired(now)
+            }
+            if stale:
+                self.failed.forget(stale)
+                await self.store.delete_failures(sorted(stale))
+                pruned |= stale
+            live = [f for f in found if f.cache_key not in stale]
+            if not stale or len(fetched) < request:
+                self.failed.note(f.cache_key for f in live[:limit])
+                return live[:limit]
 
     # -- the memory tier -------------------------------------------------------------
 
@@ -248,11 +315,14 @@ class Engine:
         The key's lease, if ``owner`` holds one, goes with the result.
         """
         key = record.cache_key
-        submission = Submission(
-            WriteItem(record, owner),
-            on_complete=lambda _error: self.leases.done(key),
-            report=report,
-        )
+        failed, failed_keys = self.failed, self.failed.keys
+
+        def written(error: BaseException | None) -> None:
+            self.leases.done(key)
+            if key in failed_keys and error is None:
+                failed.cleared(key)
+
+        submission = Submission(WriteItem(record, owner), on_complete=written, report=report)
         self.writer.submit_and_notify(submission, waiter)
 
     def write_behind(
@@ -263,9 +333,13 @@ class Engine:
         memory = self._memory
         memory.pin(key, entry)
 
-        def written(_error: BaseException | None) -> None:
+        failed, failed_keys = self.failed, self.failed.keys
+
+        def written(error: BaseException | None) -> None:
             self.leases.done(key)
             memory.unpin(key, entry)
+            if key in failed_keys and error is None:
+                failed.cleared(key)
 
         self.writer.submit(Submission(WriteItem(record, owner), on_complete=written, report=report))
 
@@ -288,18 +362,24 @@ class Engine:
         )
 
 
-async def _close(reader: Reader, writer: Writer, leases: Leases, store: ResultStore) -> None:
+async def _close(
+    reader: Reader, writer: Writer, leases: Leases, failed: FailedKeys, store: ResultStore
+) -> None:
     # Order matters: lookups in flight may still grant leases; queued writes
-    # release their leases with their results; what is still held after
-    # that belongs to calls that will not store anything.
+    # release their leases with their results (and queue the deletion of
+    # their failure records); what is still held after that belongs to
+    # calls that will not store anything.
     try:
         await reader.stop()
         await writer.stop()
         await leases.stop()
+        await failed.stop()
     finally:
         await store.close_on_io_loop()
 
 
-def _shut_down(reader: Reader, writer: Writer, leases: Leases, store: ResultStore) -> None:
+def _shut_down(
+    reader: Reader, writer: Writer, leases: Leases, failed: FailedKeys, store: ResultStore
+) -> None:
     if io_loop.running:
-        io_loop.submit(_close(reader, writer, leases, store))
+        io_loop.submit(_close(reader, writer, leases, failed, store))

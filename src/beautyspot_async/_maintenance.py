@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._display import decode_lenient, render_preview
+from ._failure import is_failure_key
 from ._gc import GcReport, collect_garbage, orphan_blobs
 from ._portal import io_loop
 from ._record import BLOB, TaskRecord, as_record
@@ -49,6 +50,7 @@ __all__ = [
     "Summarizer",
     "collect_garbage",
     "delete",
+    "failures",
     "find_orphans",
     "gc_blobs",
     "history",
@@ -199,6 +201,8 @@ async def _readable(spot: Spot) -> bool:
 
 
 async def _get(spot: Spot, cache_key: str) -> TaskRecord | None:
+    if is_failure_key(cache_key):  # a failure kept among the records is no result
+        return None
     found = await _on_io_loop(spot, spot.db.get, cache_key)
     return as_record(found, cache_key, backend=spot.db.backend_name)
 
@@ -208,7 +212,9 @@ async def _records(db: TaskDB) -> AsyncIterator[TaskRecord]:
     async for row in db.iter_records():
         key = row.get("cache_key", "") if isinstance(row, Mapping) else ""
         record = as_record(row, key, backend=db.backend_name)
-        if record is not None:
+        # A backend on TaskDB's default failure storage keeps failures among
+        # its records: they are no stored results.
+        if record is not None and not is_failure_key(record.cache_key):
             yield record
 
 
@@ -250,6 +256,15 @@ async def history(spot: Spot, *, limit: int = 1000, func_name: str | None = None
         return await spot.history(limit=limit)
     frame = await spot.history(limit=2**62)
     return frame[frame["func_name"] == func_name].head(limit).reset_index(drop=True)
+
+
+async def failures(spot: Spot, *, limit: int = 1000, func_name: str | None = None) -> pd.DataFrame:
+    """``spot.failures(func_name, limit)``; a store never created has none."""
+    if not await _readable(spot):
+        from ._failure import failures_to_frame
+
+        return failures_to_frame([])
+    return await spot.failures(func_name, limit=limit)
 
 
 async def purge_expired(spot: Spot, now: float | None = None) -> int:

@@ -462,6 +462,37 @@ class Spot:
         frame: pd.DataFrame = await self._engine.history(limit)
         return frame
 
+    async def failures(
+        self, func: Callable[..., Any] | str | None = None, limit: int = 1000
+    ) -> pd.DataFrame:
+        """Recorded failures (calls that failed for good in a batch run), newest first.
+
+        ``func`` is a function marked on this Spot, its identity string (the
+        ``func_name`` column of :meth:`history`), or ``None`` for all. A
+        failure whose key has since been stored (here or in another process)
+        is not listed, and its record is deleted. Columns: ``cache_key``,
+        ``func_name``, ``version``, ``exc_type``, ``message``, ``attempts``,
+        ``failed_at`` (timezone-aware UTC) and ``args``.
+        """
+        from ._failure import failures_to_frame
+
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigurationError(f"limit must be an int >= 0, got {limit!r}")
+        func_name: str | None = None
+        if isinstance(func, str):
+            func_name = func
+        elif func is not None:
+            if not callable(func):
+                raise ConfigurationError(
+                    f"func must be a marked function, its name or None, got {type(func).__name__}"
+                )
+            # The identity it was marked under (name= included), else its default one.
+            target = underlying_function(getattr(func, "__wrapped__", func))
+            with self._identity_lock:
+                marked = [i for i, ref in self._identities.items() if ref() is target]
+            func_name = marked[0] if marked else function_identity(target)
+        return failures_to_frame(await self._engine.failures(func_name, limit))
+
     def statistics(self) -> SpotStatistics:
         """Counters of hits, misses, joins and writes since creation."""
         return self._engine.statistics()

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from ._errormap import backend_error
+from ._failure import FailureRecord, is_failure_key
 from ._record import BLOB, TaskRecord, as_record
 from .db import LeaseHolder, TaskDB
 from .exceptions import BackendError, BeautySpotError, CacheCorruptedError, ConfigurationError
@@ -139,6 +140,9 @@ class ResultStore:
         self.timeout = timeout
         self.loop_bound = db.loop_bound or storage.loop_bound
         self.supports_leases = type(db).supports_leases
+        #: Whether failures live among the records (TaskDB's default storage),
+        #: so that readers of records must skip them.
+        self.failures_among_records = type(db).save_failure is TaskDB.save_failure
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
 
@@ -302,5 +306,28 @@ class ResultStore:
                 await self.release_many({owner: keys})
 
     async def history(self, limit: int) -> Any:
-        with self.guard(self.db.backend_name, "reading history"):
-            return await self.db.get_history(limit)
+        request = limit
+        while True:
+            with self.guard(self.db.backend_name, "reading history"):
+                frame = await self.db.get_history(request)
+            if not self.failures_among_records or "cache_key" not in getattr(frame, "columns", ()):
+                return frame
+            kept = frame[~frame["cache_key"].map(is_failure_key).astype(bool)]
+            if len(frame) < request or len(kept) >= limit:
+                return kept.head(limit).reset_index(drop=True)
+            # Failure rows took places of the limit: ask again for as many more.
+            request = limit + len(frame) - len(kept)
+
+    # -- failure records -------------------------------------------------------
+
+    async def save_failure(self, failure: FailureRecord) -> None:
+        with self.guard(self.db.backend_name, "recording a failure"):
+            await self.db.save_failure(failure)
+
+    async def get_failures(self, func_name: str | None, limit: int) -> list[FailureRecord]:
+        with self.guard(self.db.backend_name, "reading failures"):
+            return list(await self.db.get_failures(func_name, limit))
+
+    async def delete_failures(self, cache_keys: Sequence[str]) -> int:
+        with self.guard(self.db.backend_name, "deleting failures"):
+            return int(await self.db.delete_failures(cache_keys))

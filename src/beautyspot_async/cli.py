@@ -223,6 +223,41 @@ def history_command(
     Console().print(table)
 
 
+@app.command("failures")
+def failures_command(
+    db: DbArg,
+    storage: StorageOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 50,
+    func: Annotated[
+        str | None, typer.Option("--func", "-f", help="Only this function (its func_name).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List calls that failed for good in batch runs, newest first."""
+    frame = _run(db, storage, lambda spot: maint.failures(spot, limit=limit, func_name=func))
+    if as_json:
+        _print_json(display.failure_rows(frame))
+        return
+    table = Table(title=f"{len(frame)} failures (newest first)")
+    table.add_column("failed (UTC)")
+    table.add_column("function", overflow="fold", ratio=1, min_width=12)
+    table.add_column("key", no_wrap=True)
+    table.add_column("error", overflow="fold", ratio=2, min_width=12)
+    table.add_column("tries", justify="right", no_wrap=True)
+    for row in display.failure_rows(frame):
+        message = str(row["message"])
+        # The table is an overview; the whole (bounded) message is in --json.
+        short = message if len(message) <= 200 else message[:199] + "…"
+        table.add_row(
+            _iso_text(row["failed_at"]),
+            escape(str(row["func_name"])),
+            str(row["cache_key"])[:KEY_CHARS],
+            escape(f"{row['exc_type']}: {short}" if short else str(row["exc_type"])),
+            str(row["attempts"]),
+        )
+    Console().print(table)
+
+
 @app.command("stats")
 def stats_command(db: DbArg, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Per-function entry counts, sizes and age."""

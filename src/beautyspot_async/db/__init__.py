@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._failure import FailureRecord
 from .._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord
 from ._base import LeaseHolder, TaskDB
 from ._common import WaitStatistics
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOB",
+    "FailureRecord",
     "HISTORY_COLUMNS",
     "INLINE",
     "LeaseHolder",
@@ -36,7 +38,15 @@ __all__ = [
     "records_to_frame",
 ]
 
-for _cls in (LeaseHolder, TaskDB, MemoryTaskDB, SQLiteTaskDB, TaskRecord, WaitStatistics):
+for _cls in (
+    FailureRecord,
+    LeaseHolder,
+    TaskDB,
+    MemoryTaskDB,
+    SQLiteTaskDB,
+    TaskRecord,
+    WaitStatistics,
+):
     _cls.__module__ = __name__
 del _cls
 

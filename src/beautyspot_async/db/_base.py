@@ -15,6 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, Self
 
 import anyio
 
+from .._failure import (
+    FailureRecord,
+    failure_from_record,
+    failure_record_key,
+    is_failure_key,
+    record_of_failure,
+    tombstone,
+)
 from .._record import TaskRecord, as_record, saved_record
 from ._common import WaitStatistics, lookup_then_lease
 
@@ -276,6 +284,75 @@ class TaskDB(ABC):
 
     async def aclose(self) -> None:
         """Release connections. Idempotent; the database reopens on next use."""
+
+    # -- failure records (the batch runner's) ----------------------------------
+
+    async def save_failure(self, failure: FailureRecord) -> None:
+        """Record that ``failure.cache_key`` failed for good; an upsert by cache key.
+
+        The default, written on the required methods alone so that every
+        custom backend can record failures, keeps the failure among the
+        records: under the key ``"!failure:" + cache_key`` (a cache key is a
+        hex digest, so that row is never looked up as a result), with
+        ``result_type="failure"`` and the failure as JSON in ``result_data``.
+        The library's readers (history, ``stats``, ``show``, garbage
+        collection) skip such rows. The shipped backends keep failures apart
+        instead (a table, a key namespace); override all three failure
+        methods together to do the same.
+        """
+        await self.save_many([record_of_failure(failure)])
+
+    async def get_failures(
+        self, func_name: str | None = None, limit: int = 1000
+    ) -> list[FailureRecord]:
+        """Up to ``limit`` recorded failures (of ``func_name`` only, if given), newest first.
+
+        The default finds its rows by walking :meth:`iter_records` when the
+        backend has it, else the whole :meth:`get_history`, and reads them
+        with :meth:`get_many`: linear in the number of records.
+        """
+        rows: list[TaskRecord] = []
+        if type(self).iter_records is not TaskDB.iter_records:
+            async for row in self.iter_records():
+                key = row.get("cache_key", "") if isinstance(row, Mapping) else ""
+                record = as_record(row, key, backend=self.backend_name)
+                if record is not None and is_failure_key(record.cache_key):
+                    rows.append(record)
+        else:
+            rows = list((await self.get_many(await self._failure_row_keys())).values())
+        failures = [
+            f
+            for r in rows
+            if (f := failure_from_record(r)) is not None
+            and (func_name is None or f.func_name == func_name)
+        ]
+        failures.sort(key=lambda f: f.failed_at, reverse=True)
+        return failures[: max(limit, 0)]
+
+    async def _failure_row_keys(self) -> list[str]:
+        frame = await self.get_history(2**31 - 1)
+        if "cache_key" not in getattr(frame, "columns", ()):
+            return []  # an empty history may come without columns
+        return [key for key in frame["cache_key"] if is_failure_key(key)]
+
+    async def delete_failures(self, cache_keys: Sequence[str]) -> int:
+        """Remove the failures recorded for ``cache_keys``; return how many existed.
+
+        The default deletes their rows; on a backend without :meth:`delete`
+        it overwrites each with an expired, empty row instead, which
+        :meth:`delete_expired` sweeps later.
+        """
+        row_keys = [failure_record_key(key) for key in dict.fromkeys(cache_keys)]
+        if not row_keys:
+            return 0
+        found = await self.get_many(row_keys)
+        live = [key for key, record in found.items() if failure_from_record(record) is not None]
+        for key in live:
+            try:
+                await self.delete(key)
+            except NotImplementedError:
+                await self.save_many([tombstone(key)])
+        return len(live)
 
     # -- cross-process single-flight (leases) --------------------------------
 

@@ -20,7 +20,7 @@ from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TIMESTAMP_COLUMNS", "records_to_frame"]
+__all__ = ["TIMESTAMP_COLUMNS", "records_to_frame", "to_ns"]
 
 logger = logging.getLogger("beautyspot_async")
 
@@ -55,7 +55,7 @@ _MAX_NS: Final = 2**63 - 1
 _MIN_NS: Final = -(2**63) + 1
 
 
-def _to_ns(seconds: Any) -> int:
+def to_ns(seconds: Any) -> int:
     # Rounding to whole microseconds first keeps what a float of POSIX seconds
     # can actually carry; going straight to ns shows float noise (...123456001).
     # A row's field may hold anything (a damaged or hand-edited row): what is
@@ -109,7 +109,7 @@ def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
     for index, name in enumerate(HISTORY_COLUMNS):
         values = [t[index] for t in tuples]
         if name in TIMESTAMP_COLUMNS:
-            ns = np.array([_to_ns(v) for v in values], dtype=np.int64)
+            ns = np.array([to_ns(v) for v in values], dtype=np.int64)
             columns[name] = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")
         elif name == "size_bytes":
             columns[name] = pd.Series([_size(v) for v in values], dtype="int64")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import anyio.lowlevel
 
+from beautyspot_async._failure import FailureRecord
 from beautyspot_async._record import TaskRecord
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
@@ -48,6 +49,8 @@ class MemoryTaskDB(RecordTaskDB):
         self._seq: dict[str, int] = {}
         self._counter = itertools.count()
         self._leases: dict[str, tuple[str, float]] = {}
+        # Apart from the records, so no reader of records ever meets one.
+        self._failures: dict[str, FailureRecord] = {}
 
     def __repr__(self) -> str:
         return f"MemoryTaskDB(<{len(self._rows)} records>)"
@@ -130,6 +133,27 @@ class MemoryTaskDB(RecordTaskDB):
                 reverse=True,
             )[: max(limit, 0)]
         return records_to_frame(newest)
+
+    async def save_failure(self, failure: FailureRecord) -> None:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            self._failures[failure.cache_key] = failure
+
+    async def get_failures(
+        self, func_name: str | None = None, limit: int = 1000
+    ) -> list[FailureRecord]:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            found = [
+                f for f in self._failures.values() if func_name is None or f.func_name == func_name
+            ]
+        found.sort(key=lambda f: f.failed_at, reverse=True)
+        return found[: max(limit, 0)]
+
+    async def delete_failures(self, cache_keys: Sequence[str]) -> int:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            return sum(self._failures.pop(key, None) is not None for key in set(cache_keys))
 
     async def acquire_lease(self, cache_key: str, owner: str, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()

@@ -1,8 +1,8 @@
 """PostgreSQL task database on asyncpg (extra ``[postgres]``).
 
-Over 500 lines because its SQL is inline: records, leases and the wait
-check share one pool, one retry wrapper and one set of table names (the
-LISTEN connection lives in ``_pglisten``).
+Over 500 lines because its SQL is inline: records, leases, failure records
+and the wait check share one pool, one retry wrapper and one set of table
+names (the LISTEN connection lives in ``_pglisten``).
 
 Layout, all under one schema and one table-name prefix (default
 ``public.beautyspot_*``)::
@@ -10,6 +10,7 @@ Layout, all under one schema and one table-name prefix (default
     <prefix>tasks           one row per cache key; payloads as bytea
     <prefix>leases          cross-process single-flight leases
     <prefix>schema_version  one row: the layout version this module wrote
+    <prefix>failures        calls that failed for good (the batch runner's)
 
 Timestamps come from the server clock and are stored as double precision
 POSIX seconds, which map one to one onto :class:`TaskRecord` floats.
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import anyio
 
 from beautyspot_async._errormap import ErrorMap, backend_error
+from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, written_values
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
@@ -53,6 +55,10 @@ T = TypeVar("T")
 #: Version of the table layout written by this module. A database stamped
 #: with a newer version was written by a newer release; we refuse to touch it.
 SCHEMA_VERSION = 1
+
+_FAILURE_COLUMNS = (
+    "cache_key, func_name, input_id, version, exc_type, message, attempts, failed_at, args"
+)
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Identifiers (and derived index names) must fit NAMEDATALEN - 1 = 63 bytes.
@@ -155,6 +161,7 @@ class PostgresTaskDB(RecordTaskDB):
         self._tasks = f"{s}.{_quote(table_prefix + 'tasks')}"
         self._leases = f"{s}.{_quote(table_prefix + 'leases')}"
         self._versions = f"{s}.{_quote(table_prefix + 'schema_version')}"
+        self._failures = f"{s}.{_quote(table_prefix + 'failures')}"
         qualified = f"{schema}.{table_prefix}tasks".encode()
         digest = hashlib.sha256(qualified).digest()
         # Channel names are identifiers (at most 63 bytes); a digest keeps
@@ -277,6 +284,20 @@ class PostgresTaskDB(RecordTaskDB):
                 cache_key text PRIMARY KEY,
                 owner text NOT NULL,
                 expires_at double precision NOT NULL)""",
+            # Added after layout version 1 without a bump: older releases
+            # never touch it, and every open creates it where it is missing.
+            f"""CREATE TABLE IF NOT EXISTS {self._failures} (
+                cache_key text PRIMARY KEY,
+                func_name text NOT NULL,
+                input_id text NOT NULL,
+                version text,
+                exc_type text NOT NULL,
+                message text NOT NULL,
+                attempts integer NOT NULL,
+                failed_at double precision NOT NULL,
+                args text)""",
+            f"CREATE INDEX IF NOT EXISTS {_quote(p + 'failures_failed_at')} "
+            f"ON {self._failures} (failed_at)",
         ]
 
         async def op(conn: asyncpg.Connection) -> None:
@@ -517,6 +538,64 @@ class PostgresTaskDB(RecordTaskDB):
 
         rows = await self._run(op, "get_history")
         return records_to_frame(tuple(row) for row in rows)
+
+    # -- failure records -------------------------------------------------------
+
+    async def save_failure(self, failure: FailureRecord) -> None:
+        """Upsert ``failure`` into the failures table."""
+        query = f"""
+            INSERT INTO {self._failures} ({_FAILURE_COLUMNS})
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            ON CONFLICT (cache_key) DO UPDATE SET
+                func_name = EXCLUDED.func_name, input_id = EXCLUDED.input_id,
+                version = EXCLUDED.version, exc_type = EXCLUDED.exc_type,
+                message = EXCLUDED.message, attempts = EXCLUDED.attempts,
+                failed_at = EXCLUDED.failed_at, args = EXCLUDED.args"""
+        f = failure
+        args = (
+            f.cache_key,
+            f.func_name,
+            f.input_id,
+            f.version,
+            f.exc_type,
+            f.message,
+            f.attempts,
+            f.failed_at,
+            f.args,
+        )
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(query, *args)
+
+        await self._run(op, "save_failure")
+
+    async def get_failures(
+        self, func_name: str | None = None, limit: int = 1000
+    ) -> list[FailureRecord]:
+        """Up to ``limit`` failures, newest first, through the failed_at index."""
+        query = f"""
+            SELECT {_FAILURE_COLUMNS} FROM {self._failures}
+            WHERE $1::text IS NULL OR func_name = $1
+            ORDER BY failed_at DESC LIMIT $2"""
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(await conn.fetch(query, func_name, max(0, limit)))
+
+        rows = await self._run(op, "get_failures")
+        return [f for row in rows if (f := checked_failure(*row)) is not None]
+
+    async def delete_failures(self, cache_keys: Sequence[str]) -> int:
+        """Delete the failures of ``cache_keys`` in one statement."""
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return 0
+        query = f"DELETE FROM {self._failures} WHERE cache_key = ANY($1::text[])"
+
+        async def op(conn: asyncpg.Connection) -> str:
+            status: str = await conn.execute(query, keys)
+            return status
+
+        return int((await self._run(op, "delete_failures")).rsplit(" ", 1)[-1])
 
     # -- leases ---------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Redis task database on redis.asyncio (extra ``[redis]``).
 
-Over 500 lines because its seven Lua scripts are inline, next to their callers.
+Over 500 lines because its seven Lua scripts are inline, next to their callers
+(and the failure records' key space sits beside the records').
 
 Key space, all under ``<prefix>:`` so one prefix is one database::
 
@@ -10,6 +11,8 @@ Key space, all under ``<prefix>:`` so one prefix is one database::
     <prefix>:idx:expires       ZSET cache_key -> expires_at (delete_expired)
     <prefix>:lease:<cache_key> STRING owner, with a server-side PX expiry
     <prefix>:saved             pub/sub channel; payload is the cache key
+    <prefix>:fail:<cache_key>  HASH, one per failed call (the batch runner's)
+    <prefix>:idx:failed        ZSET cache_key -> failed_at (newest first)
 
 Writes run as Lua scripts so a record and its index entries change together,
 stamped with the server's ``TIME``. Targets a single Redis node (or a primary
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import anyio
 
 from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import TaskRecord, checked_record
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
@@ -192,6 +196,23 @@ def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
     )
 
 
+def _failure_from_hash(member: bytes, h: dict[bytes, bytes]) -> FailureRecord | None:
+    # An index entry whose hash is gone (deleted in between) reads as None.
+    if not h:
+        return None
+    return checked_failure(
+        member.decode("utf-8", "replace"),
+        h.get(b"func_name"),
+        h.get(b"input_id"),
+        h.get(b"version"),
+        h.get(b"exc_type"),
+        h.get(b"message"),
+        h.get(b"attempts"),
+        h.get(b"failed_at"),
+        h.get(b"args"),
+    )
+
+
 class RedisTaskDB(RecordTaskDB):
     """Task database on Redis, shared by every process using ``url`` and ``prefix``.
 
@@ -235,6 +256,8 @@ class RedisTaskDB(RecordTaskDB):
         self._expires = f"{prefix}:idx:expires".encode()
         self._lease = f"{prefix}:lease:".encode()
         self._schema = f"{prefix}:schema".encode()
+        self._fail = f"{prefix}:fail:".encode()
+        self._failed = f"{prefix}:idx:failed".encode()
         self.channel = f"{prefix}:saved".encode()
         self._client = LazyClient(self._open, _close)
         self._scripts: dict[str, Any] = {}
@@ -463,6 +486,81 @@ class RedisTaskDB(RecordTaskDB):
             if b"func_name" in h:  # deleted between the two reads
                 records.append(_from_hash(key, h))
         return records_to_frame(records)
+
+    # -- failure records -------------------------------------------------------
+
+    async def save_failure(self, failure: FailureRecord) -> None:
+        """Replace the failure's hash and index it by time, in one MULTI/EXEC."""
+        f = failure
+        values = {
+            "func_name": f.func_name,
+            "input_id": f.input_id,
+            "version": f.version,
+            "exc_type": f.exc_type,
+            "message": f.message,
+            "attempts": str(f.attempts),
+            "failed_at": repr(float(f.failed_at)),
+            "args": f.args,
+        }
+        mapping: dict[Any, Any] = {k: v for k, v in values.items() if v is not None}
+        key = self._fail + f.cache_key.encode()
+
+        async def op(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.delete(key)  # fields set to None before must not linger
+                pipe.hset(key, mapping=mapping)
+                pipe.zadd(self._failed, {f.cache_key: float(f.failed_at)})
+                await pipe.execute()
+
+        await self._call(op, "save_failure")
+
+    async def get_failures(
+        self, func_name: str | None = None, limit: int = 1000
+    ) -> list[FailureRecord]:
+        """Up to ``limit`` failures, newest first, walking the time index a page at a time."""
+        found: list[FailureRecord] = []
+        if limit <= 0:
+            return found
+        page = max(limit, 256)
+        start = 0
+        while len(found) < limit:
+
+            async def op(r: aioredis.Redis, start: int = start) -> list[tuple[bytes, Any]]:
+                members = cast(
+                    "list[bytes]", await r.zrevrange(self._failed, start, start + page - 1)
+                )
+                async with r.pipeline(transaction=False) as pipe:
+                    for m in members:
+                        pipe.hgetall(self._fail + m)
+                    hashes = await pipe.execute()
+                return list(zip(members, hashes, strict=True))
+
+            batch = await self._call(op, "get_failures")
+            for member, h in batch:
+                failure = _failure_from_hash(member, h)
+                if failure is not None and (func_name is None or failure.func_name == func_name):
+                    found.append(failure)
+            if len(batch) < page:
+                break
+            start += page
+        return found[:limit]
+
+    async def delete_failures(self, cache_keys: Sequence[str]) -> int:
+        """Delete the failures of ``cache_keys`` and their index entries in one MULTI/EXEC."""
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return 0
+
+        async def op(r: aioredis.Redis) -> list[Any]:
+            async with r.pipeline(transaction=True) as pipe:
+                for key in keys:
+                    pipe.delete(self._fail + key.encode())
+                pipe.zrem(self._failed, *keys)
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        replies = await self._call(op, "delete_failures")
+        return sum(int(n) for n in replies[:-1])
 
     # -- leases ---------------------------------------------------------------
 

@@ -31,6 +31,7 @@ import anyio
 import anyio.to_thread
 
 from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import (
     HISTORY_COLUMNS,
@@ -91,6 +92,37 @@ _SCHEMA: Final = (
     ) WITHOUT ROWID
     """,
 )
+
+# Run at every open, whatever user_version says: a table added after version 1
+# that older releases simply never touch, so files they wrote gain it and stay
+# readable by them (no version bump, no migration).
+_FAILURES_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS failures (
+        cache_key  TEXT PRIMARY KEY NOT NULL,
+        func_name  TEXT NOT NULL,
+        input_id   TEXT NOT NULL,
+        version    TEXT,
+        exc_type   TEXT NOT NULL,
+        message    TEXT NOT NULL,
+        attempts   INTEGER NOT NULL,
+        failed_at  REAL NOT NULL,
+        args       TEXT
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS failures_failed_at ON failures (failed_at)",
+)
+_FAILURE_COLUMNS: Final = (
+    "cache_key, func_name, input_id, version, exc_type, message, attempts, failed_at, args"
+)
+_SAVE_FAILURE: Final = f"""
+    INSERT INTO failures ({_FAILURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (cache_key) DO UPDATE SET
+        func_name = excluded.func_name, input_id = excluded.input_id,
+        version = excluded.version, exc_type = excluded.exc_type,
+        message = excluded.message, attempts = excluded.attempts,
+        failed_at = excluded.failed_at, args = excluded.args
+"""
 
 # created_at survives an overwrite, unless it is no number at all: a rewrite
 # must repair a row that checked_record rejected.
@@ -249,6 +281,8 @@ class SQLiteTaskDB(RecordTaskDB):
                 for statement in _SCHEMA:
                     await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for statement in _FAILURES_SCHEMA:
+                await conn.execute(statement)
             await conn.execute("COMMIT")
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -395,6 +429,54 @@ class SQLiteTaskDB(RecordTaskDB):
             (max(limit, 0),),
         )
         return records_to_frame(rows)
+
+    # -- failure records -------------------------------------------------------
+
+    async def save_failure(self, failure: FailureRecord) -> None:
+        """Upsert ``failure`` into the ``failures`` table."""
+        f = failure
+        row = (
+            f.cache_key,
+            f.func_name,
+            f.input_id,
+            f.version,
+            f.exc_type,
+            f.message,
+            f.attempts,
+            f.failed_at,
+            f.args,
+        )
+        async with self._writing() as conn:
+            with _ERRORS.translating("save_failure"):
+                await conn.execute(_SAVE_FAILURE, row)
+
+    async def get_failures(
+        self, func_name: str | None = None, limit: int = 1000
+    ) -> list[FailureRecord]:
+        """Up to ``limit`` failures, newest first, through the ``failed_at`` index."""
+        where, params = ("", ()) if func_name is None else ("WHERE func_name = ? ", (func_name,))
+        rows = await self._read(
+            f"SELECT {_FAILURE_COLUMNS} FROM failures {where}ORDER BY failed_at DESC LIMIT ?",
+            (*params, max(limit, 0)),
+        )
+        return [f for row in rows if (f := checked_failure(*row)) is not None]
+
+    async def delete_failures(self, cache_keys: Sequence[str]) -> int:
+        """Delete the failures of ``cache_keys`` in one transaction."""
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return 0
+
+        def work(raw: sqlite3.Connection) -> int:
+            removed = 0
+            for start in range(0, len(keys), IN_CHUNK):
+                chunk = keys[start : start + IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"DELETE FROM failures WHERE cache_key IN ({marks})"
+                removed += raw.execute(sql, chunk).rowcount
+            return removed
+
+        return await self._transaction("delete_failures", work)
 
     # -- leases ---------------------------------------------------------------
 

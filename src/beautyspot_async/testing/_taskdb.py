@@ -24,6 +24,7 @@ from ._common import (
     save_fields,
     unopened,
 )
+from ._failures import FAILURE_CHECKS
 from ._leases import LEASE_CHECKS
 from ._nowait import NOWAIT_CHECKS
 
@@ -364,7 +365,8 @@ async def check_taskdb(
     ``get_many_nowait``), and the lease methods (``acquire_lease``,
     ``release_lease``, ``release_leases``, ``renew_leases``,
     ``lease_holders``, ``take_over_leases``, ``lookup_or_lease``,
-    ``save_and_release``, ``wait_for_result``). Every method a backend may
+    ``save_and_release``, ``wait_for_result``) and the failure records
+    (``save_failure``, ``get_failures``, ``delete_failures``). Every method a backend may
     override is exercised -- the base class's defaults pass too -- except
     that ``delete`` and ``iter_records`` are skipped when left to the base
     class (which raises ``NotImplementedError``), and lease exclusivity is
@@ -375,7 +377,7 @@ async def check_taskdb(
     unexpected exception from the backend is chained to it as
     ``__cause__``).
     """
-    for check in (*RECORD_CHECKS, *NOWAIT_CHECKS, *LEASE_CHECKS):
+    for check in (*RECORD_CHECKS, *NOWAIT_CHECKS, *LEASE_CHECKS, *FAILURE_CHECKS):
         async with opened(factory) as db:
             with naming("check_taskdb", check):
                 if check not in UNOPENED:
