@@ -32,7 +32,6 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
@@ -77,18 +76,21 @@ def prompts(n: int) -> list[str]:
 
 
 class Progress:
-    """Prints the runner's progress to stderr, at most every 10 %."""
+    """Prints the batch's progress to stderr every 10 % (``progress=True`` draws a live line)."""
 
     def __init__(self, total: int) -> None:
         self.step = max(1, total // 10)
         self.next = self.step
 
-    def __call__(self, progress: Any) -> None:
-        done = getattr(progress, "done", None)
-        if done is None or done >= self.next:
-            print(f"  {progress}", file=sys.stderr, flush=True)
-            if done is not None:
-                self.next = done + self.step
+    def __call__(self, p: bs.MapProgress) -> None:
+        if p.done >= self.next:
+            self.next = p.done + self.step
+            print(
+                f"  {p.done}/{p.total}: {p.hits} cached, {p.executed} executed, "
+                f"{p.failed} failed, {p.retrying} retrying",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 async def run(args: argparse.Namespace) -> int:
