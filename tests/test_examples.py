@@ -4,6 +4,10 @@
 test's moto server and its own log directory; it runs twice, and the second
 run (a new process with an empty memory) must find everything in Redis and
 S3. Without ``AWS_ENDPOINT_URL`` it starts a local S3 by itself.
+
+``llm_batch.py`` starts its mock OpenAI-compatible server in-process (no
+``OPENAI_BASE_URL``), asks 200 prompts through ``spot.map``, and its second
+run (a new process, a new server) must send no request at all.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests import _moto
-from tests._services import REDIS_URL
+from tests._services import REDIS_URL, require_module
 from tests.workers import _fixtures
 from tests.workers._fixtures import S3Target
 
@@ -28,6 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # runs scripts in pro
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PIPELINE = EXAMPLES / "all_in_one_pipeline.py"
 QUICKSTART = EXAMPLES / "quickstart.py"
+LLM_BATCH = EXAMPLES / "llm_batch.py"
 TIMEOUT = 120
 
 moto_endpoint = _moto.moto_endpoint
@@ -41,17 +46,19 @@ UNSET = (
     "AWS_PROFILE",
     "BEAUTYSPOT_DB",
     "BEAUTYSPOT_STORAGE",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
 )
 
 
-def run_example(script: Path, *, env: dict[str, str], cwd: Path) -> str:
-    """Run ``script`` with ``env`` over a cleaned copy of ours; return its stdout.
+def run_example(script: Path, *, env: dict[str, str], cwd: Path, args: Sequence[str] = ()) -> str:
+    """Run ``script args`` with ``env`` over a cleaned copy of ours; return its stdout.
 
     A failed run fails the test with the script's stderr.
     """
     base = {k: v for k, v in os.environ.items() if k not in UNSET and not k.startswith("PIPELINE_")}
     completed = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         env={**base, **env},
         cwd=cwd,
         capture_output=True,
@@ -138,3 +145,47 @@ class TestQuickstart:
         assert match, second
         # The first run slept 2 s per distinct input; the second runs nothing.
         assert float(match[1]) < 1.0
+
+
+class TestLLMBatch:
+    """The batch example pays for each prompt once: the second run sends no request."""
+
+    @staticmethod
+    def summary(output: str) -> dict[str, float]:
+        """The counters of the example's summary line."""
+        match = re.search(
+            r"^(\d+) prompts: (\d+) hits, (\d+) executed, (\d+) failed, (\d+) retried; "
+            r"usage spent ([0-9.]+) tokens, saved ([0-9.]+);",
+            output,
+            re.MULTILINE,
+        )
+        assert match, f"no summary line in:\n{output}"
+        names = ("prompts", "hits", "executed", "failed", "retried", "spent", "saved")
+        return dict(zip(names, map(float, match.groups()), strict=True))
+
+    @staticmethod
+    def server_requests(output: str) -> int:
+        match = re.search(r"^server: (\d+) requests", output, re.MULTILINE)
+        assert match, f"no server line in:\n{output}"
+        return int(match[1])
+
+    def test_second_run_sends_no_request(self, tmp_path: Path) -> None:
+        for module in ("openai", "starlette", "uvicorn"):
+            require_module(module, extra="dev")
+        args = ["--dir", str(tmp_path / "cache")]
+        first = run_example(LLM_BATCH, env={}, cwd=tmp_path, args=args)
+        counts = self.summary(first)
+        assert counts["prompts"] == 200
+        assert (counts["hits"], counts["executed"], counts["failed"]) == (0, 200, 0)
+        assert counts["spent"] > 0
+        assert self.server_requests(first) >= 200
+        assert "-> 'Echo: Summarize support ticket #00000 in one sentence.'" in first
+
+        second = run_example(LLM_BATCH, env={}, cwd=tmp_path, args=args)
+        again = self.summary(second)
+        assert (again["hits"], again["executed"], again["failed"]) == (200, 0, 0)
+        assert again["spent"] == 0
+        assert again["saved"] == counts["spent"]
+        assert self.server_requests(second) == 0
+        # Everything lives under --dir, nothing next to the working directory.
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
