@@ -133,7 +133,7 @@ class TestMap:
                 if taken == 50:
                     break
         # Only what the slots could hold beyond the 50 consumed was read.
-        assert next(pulled) <= 50 + 2 * 8 + 1  # running + buffered outcomes
+        assert next(pulled) <= 50 + 2 * 8 + 32  # running + buffered outcomes + one chunk
 
     async def test_not_marked_on_this_spot(self, tmp_path: Path) -> None:
         async def plain(x: int) -> int:
@@ -213,7 +213,7 @@ class TestFailures:
         assert report.stopped_early
         assert 5 <= report.failed <= 5 + 3  # the ones in flight finish
         assert len(report.results) == report.failed
-        assert next(pulled) <= report.failed + 3 + 1
+        assert next(pulled) <= report.failed + 3 + 32  # running + one chunk read ahead
         with pytest.raises(bs.BatchError, match="stopped early"):
             report.raise_for_failures()
 
@@ -543,3 +543,33 @@ class TestInterrupt:
         assert report.hits == 5
         assert report.executed == 5
         assert report.results == list(range(10))
+
+
+class TestRecordedFailures:
+    async def test_recorded_then_cleared_by_a_later_success(self, tmp_path: Path) -> None:
+        _calls, bump = counting()
+        async with open_spot("sqlite", tmp_path) as spot:
+
+            @spot.mark
+            async def flaky(prompt: str) -> str:
+                if bump(prompt) == 1:
+                    raise HTTPError(400)  # not transient: fails at once
+                return prompt.upper()
+
+            report = await spot.map(flaky, ["a", "b"], progress=False)
+            assert report.failed == 2
+            frame = await spot.failures(flaky)
+            assert sorted(frame["args"]) == ['"a"', '"b"']
+            assert set(frame["exc_type"]) == {"tests.test_batch.HTTPError"}
+            assert set(frame["attempts"]) == {1}
+            assert frame["message"].iloc[0] == "HTTP 400"
+
+            history = await spot.history()
+            assert len(history) == 0  # failures are never entries
+
+            rerun = await spot.map(flaky, ["a", "b"], progress=False)
+            assert rerun.results == ["A", "B"]
+            assert len(await spot.failures()) == 0
+        # A fresh Spot on the same file agrees.
+        async with open_spot("sqlite", tmp_path) as spot:
+            assert len(await spot.failures()) == 0

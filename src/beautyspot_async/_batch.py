@@ -28,7 +28,8 @@ import anyio
 
 from . import _retry
 from ._display import to_jsonable
-from ._pipeline import Miss
+from ._failure import FailureRecord, exception_type_name
+from ._pipeline import UNPROBED, Miss
 from ._steps import drive_async
 from ._usage import UsageTotal, measure
 from .exceptions import ConfigurationError
@@ -245,13 +246,18 @@ class Batch:
 
     # -- one item ------------------------------------------------------------------------
 
-    async def _call_once(self, args: tuple[Any, ...]) -> tuple[Any, bool]:
-        """The value of ``fn(*args)`` and whether its body ran here."""
+    async def _call_once(self, args: tuple[Any, ...], found: Any = None) -> tuple[Any, bool]:
+        """The value of ``fn(*args)`` and whether its body ran here.
+
+        ``found`` is the probe's answer when the caller already asked (a
+        :class:`Miss`); a retry asks again.
+        """
         call = self.call
         pipeline = call.pipeline
-        found = await pipeline.aprobe(args, {})
-        if type(found) is not Miss:
-            return found, False
+        if found is None:
+            found = await pipeline.aprobe(args, {})
+            if type(found) is not Miss:
+                return found, False
         ran = False
         body = call.body
 
@@ -272,29 +278,36 @@ class Batch:
         value = await drive_async(pipeline.steps(args, {}, found), execute)
         return value, ran
 
-    async def run_item(self, index: int, item: Any) -> Any:
+    def stopped(self) -> bool:
+        return self.stop
+
+    def hit(self, value: Any) -> Any:
+        """Count a value served from the cache."""
+        self.hits += 1
+        if self.usage is not None:
+            self.saved.add(measure(self.usage, value, self.where))
+        return value
+
+    async def run_item(self, index: int, item: Any, args: tuple[Any, ...], found: Any) -> Any:
         """The item's value, or its :class:`Failure` after the retries."""
-        args = tuple(item) if self.star else (item,)
         attempts = 0
         self.running += 1
         try:
             while True:
                 attempts += 1
                 try:
-                    value, ran = await self._call_once(args)
+                    value, ran = await self._call_once(args, found)
+                    found = None
                 except Exception as exc:
                     if attempts <= self.retries and self._should_retry(exc):
                         await self._wait_before_retry(exc, attempts)
                         continue
                     return await self._failed(index, item, args, exc, attempts)
-                if ran:
-                    self.executed += 1
-                    if self.usage is not None:
-                        self.spent.add(measure(self.usage, value, self.where))
-                else:
-                    self.hits += 1
-                    if self.usage is not None:
-                        self.saved.add(measure(self.usage, value, self.where))
+                if not ran:
+                    return self.hit(value)
+                self.executed += 1
+                if self.usage is not None:
+                    self.spent.add(measure(self.usage, value, self.where))
                 return value
         finally:
             self.running -= 1
@@ -346,9 +359,9 @@ class Batch:
             )
         return Failure(index, item, exc, attempts)
 
-    def _failure_record(self, args: tuple[Any, ...], exc: Exception, attempts: int) -> Any:
-        from ._failure import FailureRecord
-
+    def _failure_record(
+        self, args: tuple[Any, ...], exc: Exception, attempts: int
+    ) -> FailureRecord:
         pipeline = self.call.pipeline
         input_id, cache_key = pipeline.key_for(args, {})
         return FailureRecord(
@@ -356,7 +369,7 @@ class Batch:
             func_name=pipeline.task.identity,
             input_id=input_id,
             version=pipeline.task.version,
-            exc_type=_qualified(type(exc)),
+            exc_type=exception_type_name(exc),
             message=str(exc),
             attempts=attempts,
             failed_at=self.clock(),
@@ -374,28 +387,56 @@ class Batch:
         if isinstance(items, Sized):
             self.total = len(items)
         slots = anyio.Semaphore(self.concurrency)
+        star = self.star
+        probe_many = self.call.pipeline.aprobe_many
 
-        async def one(index: int, item: Any) -> None:
+        async def one(index: int, item: Any, args: tuple[Any, ...], found: Any) -> None:
             # The slot is held until the outcome is taken: a slow consumer of
             # imap holds the batch back instead of piling up finished items.
             try:
-                outcome = await self.run_item(index, item)
+                outcome = await self.run_item(index, item, args, found)
                 self._changed()
                 await emit(index, outcome)
             finally:
                 slots.release()
 
         self._changed()
+        index = 0
         try:
-            async with anyio.create_task_group() as tg, contextlib.aclosing(_iterate(items)) as it:
-                index = 0
-                async for item in it:
-                    await slots.acquire()
+            async with (
+                anyio.create_task_group() as tg,
+                contextlib.aclosing(_chunks(items, max(self.concurrency, 32))) as chunks,
+            ):
+                async for chunk in chunks:
+                    # Probe the whole chunk at once: hits cost one shared
+                    # query and no task; only misses take a slot.
+                    calls = [tuple(item) if star else (item,) for item in chunk]
+                    try:
+                        answers = await probe_many(calls)
+                    except Exception:
+                        answers = [UNPROBED] * len(calls)
+                    for item, args, found in zip(chunk, calls, answers, strict=True):
+                        if self.stop:
+                            break
+                        if found is not UNPROBED and type(found) is not Miss:
+                            await emit(index, self.hit(found))
+                            self._changed()
+                        else:
+                            try:
+                                # No checkpoint while slots are free: a loop
+                                # turn per item would cost more than the item.
+                                slots.acquire_nowait()
+                            except anyio.WouldBlock:
+                                await slots.acquire()
+                                if self.stopped():  # max_errors was reached meanwhile
+                                    slots.release()
+                                    break
+                            tg.start_soon(
+                                one, index, item, args, None if found is UNPROBED else found
+                            )
+                        index += 1
                     if self.stop:
-                        slots.release()
                         break
-                    tg.start_soon(one, index, item)
-                    index += 1
         finally:
             if self.display is not None:
                 self.display.close()
@@ -479,13 +520,25 @@ class Batch:
             self.display.update(snapshot)
 
 
-async def _iterate(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
+async def _chunks(
+    items: Iterable[Any] | AsyncIterable[Any], size: int
+) -> AsyncGenerator[list[Any], None]:
+    """``items`` in lists of up to ``size``, read only as each list is asked for."""
+    chunk: list[Any] = []
     if isinstance(items, AsyncIterable):
         async for item in items:
-            yield item
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
     else:
         for item in items:
-            yield item
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 def _limiters_of(fn: Any, spot: Spot) -> list[Limiter]:
@@ -505,11 +558,6 @@ def _limiters_of(fn: Any, spot: Spot) -> list[Limiter]:
     if own is not None and id(own) not in seen:
         found.append(own)
     return found
-
-
-def _qualified(cls: type) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 def _args_preview(args: tuple[Any, ...]) -> str | None:

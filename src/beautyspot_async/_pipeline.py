@@ -208,6 +208,42 @@ class Pipeline:
             return Miss(ids, True)
         return value
 
+    async def aprobe_many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """:meth:`aprobe` for many positional calls at once (the batch runner's hits).
+
+        Every non-waiting read is registered before the first is awaited, so
+        they share one query however the batch is scheduled. A call whose
+        key cannot be derived answers ``UNPROBED``: the pipeline derives it
+        again, and raises, when that call runs.
+        """
+        if not self._probes:
+            return [UNPROBED] * len(calls)
+        engine = self.engine
+        loads = self._loads
+        answers: list[Any] = [UNPROBED] * len(calls)
+        waiting: list[tuple[int, tuple[str, str], Any]] = []
+        for i, args in enumerate(calls):
+            try:
+                ids = self.key_for(args, {})
+            except Exception:
+                continue
+            value = engine.recall(ids[1], loads)
+            if value is not NO_VALUE:
+                engine.stats.memory_hits += 1
+                answers[i] = value
+            else:
+                waiting.append((i, ids, engine.read_nowait_batched(ids[1])))
+        for i, ids, pending in waiting:
+            record = engine.read_nowait(ids[1]) if pending is None else await pending
+            value = self._accept(ids[1], record)
+            if value is NO_VALUE:
+                answers[i] = Miss(ids, False)
+            elif value is _ABSENT:
+                answers[i] = Miss(ids, True)
+            else:
+                answers[i] = value
+        return answers
+
     def _look(self, key: str) -> Any:
         """The memory tier, then the backend's non-waiting read: a value, _ABSENT or NO_VALUE."""
         engine = self.engine
