@@ -573,3 +573,51 @@ class TestRecordedFailures:
         # A fresh Spot on the same file agrees.
         async with open_spot("sqlite", tmp_path) as spot:
             assert len(await spot.failures()) == 0
+
+
+@pytest.mark.slow
+class TestCtrlC:
+    """A real SIGINT to a child process in the middle of spot.map."""
+
+    def test_interrupt_then_resume(self, tmp_path: Path) -> None:
+        import os
+        import signal
+        import subprocess
+        import sys
+        import time
+
+        root = Path(__file__).resolve().parents[1]
+        db = str(tmp_path / "map.db")
+        command = [sys.executable, "-m", "tests.workers.map_worker", db, "200"]
+        child = subprocess.Popen(
+            command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        done = 0
+        deadline = time.monotonic() + 60
+        for line in child.stdout:
+            if line.startswith("done "):
+                done = int(line.split()[1])
+                if done >= 20:
+                    break
+            assert time.monotonic() < deadline, "the child made no progress"
+        os.kill(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode != 0
+        assert "KeyboardInterrupt" in err
+        assert "interrupted" in err  # the one-line summary
+        finished = max(
+            [done] + [int(x.split()[1]) for x in out.splitlines() if x.startswith("done")]
+        )
+
+        rerun = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr
+        lines = rerun.stdout.splitlines()
+        report = next(x for x in lines if x.startswith("report"))
+        hits = int(report.split("hits=")[1].split()[0])
+        executed = int(report.split("executed=")[1])
+        assert hits >= finished  # nothing a finished item returned was lost
+        assert hits + executed == 200
+        first_run = float(next(x for x in lines if x.startswith("first-run")).split()[1])
+        # No stall on leftover leases (their ttl is 30 s): well under it, even loaded.
+        assert first_run < 10
