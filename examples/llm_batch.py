@@ -15,8 +15,8 @@ What each piece does:
 
 - ``bs.Spot(..., rpm=, tpm=)``: the client-side budget. ``@spot.limiter(cost=)``
   books an estimate of the tokens before each request; ``@spot.mark(usage=)``
-  reads the actual ``usage.total_tokens`` afterwards, corrects the booking,
-  and stores it so the report can say what the cache saved.
+  reads the actual ``usage.total_tokens`` afterwards and corrects the booking;
+  the report sums it over executed calls (spent) and hits (saved).
 - ``AsyncOpenAI(max_retries=0)``: ``spot.map`` owns retries, so a 429's
   ``Retry-After`` pauses every caller of the Spot instead of one request.
 - ``spot.map``: runs the misses ``--concurrency`` at a time; cache hits never
