@@ -154,7 +154,7 @@ class TestConfigurationValidation:
             bs.Spot("x", db="memory://", on_backend_error="ignore")  # type: ignore[arg-type]
         with pytest.raises(bs.ConfigurationError, match="lease_ttl"):
             bs.Spot("x", db="memory://", lease_ttl=0)
-        with pytest.raises(bs.ConfigurationError, match="tpm= or limiter="):
+        with pytest.raises(bs.ConfigurationError, match="tpm=/rpm= or limiter="):
             bs.Spot("x", db="memory://", tpm=10, limiter=bs.Limiter(tpm=10))
 
 

@@ -10,6 +10,7 @@ from ._batch import Failure as Failure
 from ._batch import MapProgress as MapProgress
 from ._batch import MapReport as MapReport
 from ._engine import SpotStatistics as SpotStatistics
+from ._explain import Explanation as Explanation
 from ._spot import Project as Project
 from ._spot import Spot as Spot
 from ._version import __version__ as __version__
@@ -18,6 +19,7 @@ from .db import TaskDB as TaskDB
 from .exceptions import BackendError as BackendError
 from .exceptions import BeautySpotError as BeautySpotError
 from .exceptions import CacheCorruptedError as CacheCorruptedError
+from .exceptions import CacheMissError as CacheMissError
 from .exceptions import ConfigurationError as ConfigurationError
 from .exceptions import RateLimitError as RateLimitError
 from .exceptions import SerializationError as SerializationError
@@ -40,7 +42,9 @@ __all__ = [
     "CacheCorruptedError",
     "CacheHitContext",
     "CacheMissContext",
+    "CacheMissError",
     "ConfigurationError",
+    "Explanation",
     "Failure",
     "HookBase",
     "HookContext",
@@ -71,6 +75,7 @@ for _name in (
     "MapProgress",
     "Failure",
     "BatchError",
+    "Explanation",
 ):
     globals()[_name].__module__ = __name__
 del _name

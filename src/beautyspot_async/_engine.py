@@ -113,6 +113,9 @@ class Engine:
         #: Whether reaching the backends takes the I/O loop.
         self.loop_bound = self.store.loop_bound
         self.clock = clock
+        #: ``Spot(mode=)`` and ``BEAUTYSPOT_MODE`` as read at creation (see _modes).
+        self.mode: str | None = None
+        self.env_mode: str | None = None
         self.ready = False
         self._read_nowait = db.get_nowait
         for drain in (self.writer, self._reader, self.leases.releaser, self.failed):
@@ -155,6 +158,24 @@ class Engine:
         await self.writer.flush()
         # Writes just made durable may have queued their failure records' deletion.
         await self.failed.flush()
+
+    async def invalidate(self, keys: Sequence[str]) -> int:
+        """Delete the entries of ``keys`` (rows, blobs, memory tier, failure records).
+
+        Queued writes are flushed first, so a write-behind result cannot land
+        after its deletion. Returns how many stored rows existed.
+        """
+        await self.open()
+        await self.flush()
+        return await io_loop.run(self._invalidate_on_io_loop, list(keys))
+
+    async def _invalidate_on_io_loop(self, keys: list[str]) -> int:
+        deleted = await self.store.delete_entries(keys)
+        for key in keys:
+            self._memory.discard(key)
+        if keys:
+            await self.store.delete_failures(keys)
+        return deleted
 
     async def aclose(self) -> None:
         """Flush, stop the writer and close the backends; idempotent."""
@@ -272,6 +293,12 @@ class Engine:
         A ``Wait`` step submit: batched with the lookups of concurrent calls.
         """
         self._reader.submit(key, owner, self.leases.ttl or 0.0, waiter)
+
+    async def fetch(self, key: str) -> TaskRecord | None:
+        """The record stored under ``key``, without taking any lease (replay, explain)."""
+        found = await self.store.lookup_many([key], None, 0.0)
+        record = found.get(key)
+        return record if isinstance(record, TaskRecord) else None
 
     async def load_payload(self, record: TaskRecord) -> bytes:
         """The payload of a stored record, from the blob storage when it is not inline."""

@@ -342,24 +342,48 @@ async def _load_payload(spot: Spot, record: TaskRecord) -> bytes:
 
 
 async def delete(spot: Spot, cache_key: str) -> bool:
-    """Delete the record under ``cache_key`` and its blob; return whether it existed.
-
-    The row goes first, so no row ever points at a deleted blob; a blob left
-    behind by a crash in between is an orphan for :func:`gc_blobs`.
-    """
-    await spot.flush()
-    record = await _get(spot, cache_key)
-    existed: bool = await io_loop.run(spot.db.delete, cache_key)
-    _forget_in_memory(spot, cache_key)
-    if record is not None and record.result_type == BLOB and record.result_value:
-        await io_loop.run(spot.storage.delete, record.result_value)
-    return existed
+    """Delete the record under ``cache_key`` and its blob; return whether it existed."""
+    if is_failure_key(cache_key):  # a failure kept among the records is no result
+        return False
+    return await spot._engine.invalidate([cache_key]) > 0
 
 
-def _forget_in_memory(spot: Spot, cache_key: str) -> None:
-    # The Spot's in-process memory tier would keep answering a deleted key
-    # for the rest of the process. It has no public eviction yet, so reach
-    # for it defensively; a missing attribute just means nothing to evict.
-    forget = getattr(getattr(spot, "_engine", None), "forget", None)
-    if callable(forget):
-        forget(cache_key)
+def selected(
+    record: TaskRecord,
+    *,
+    func_name: str | None,
+    version: str | None,
+    current_version: str | None,
+    created_before: float | None,
+) -> bool:
+    """Whether ``record`` matches the filters of ``spot.invalidate`` (see there)."""
+    if func_name is not None and record.func_name != func_name:
+        return False
+    if version == "stale":
+        if record.version == current_version:
+            return False
+    elif version is not None and record.version != version:
+        return False
+    return created_before is None or record.created_at < created_before
+
+
+async def _select(db: TaskDB, filters: dict[str, Any]) -> list[str]:
+    return [r.cache_key async for r in _records(db) if selected(r, **filters)]
+
+
+async def select_keys(
+    spot: Spot,
+    *,
+    func_name: str | None,
+    version: str | None,
+    current_version: str | None,
+    created_before: float | None,
+) -> list[str]:
+    """The stored keys matching the filters of ``spot.invalidate``."""
+    filters = {
+        "func_name": func_name,
+        "version": version,
+        "current_version": current_version,
+        "created_before": created_before,
+    }
+    return await _on_io_loop(spot, _select, spot.db, filters)

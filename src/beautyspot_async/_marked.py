@@ -15,7 +15,9 @@ import anyio
 
 from ._callables import is_async_callable
 from ._callables import unwrap_partial as _unwrap_partial
-from ._pipeline import Miss, Pipeline
+from ._control import add_controls
+from ._modes import NORMAL, OFF, REFRESH, REPLAY
+from ._pipeline import UNPROBED, Miss, Pipeline
 from ._steps import drive_async, drive_sync
 from ._usage import settling
 from .exceptions import ConfigurationError
@@ -75,21 +77,43 @@ class MarkedCall:
         self.is_async = is_async
 
 
+def _never_runs() -> Any:
+    raise AssertionError("replay mode never executes the function")
+
+
 def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
     """Return the marked version of ``fn`` driven by ``pipeline``.
 
     Each wrapper asks the pipeline's probe first and, only when that is a
-    :class:`Miss`, drives the rest of the call: a hit costs one probe.
+    :class:`Miss`, drives the rest of the call: a hit costs one probe. A
+    call in another cache mode than "normal" takes its own path.
     """
     probe = pipeline.probe
     aprobe = pipeline.aprobe
     steps = pipeline.steps
+    replay = pipeline.replay
+    mode_of = pipeline.mode
     usage = pipeline.task.usage
     body = fn if usage is None else settling(fn, usage, pipeline.task.identity)
+
+    async def run_async(mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if mode == OFF:
+            return await body(*args, **kwargs)
+        if mode == REFRESH:
+            return await drive_async(
+                steps(args, kwargs, UNPROBED, True), lambda: body(*args, **kwargs)
+            )
+        found = await aprobe(args, kwargs)
+        if type(found) is Miss:
+            return await drive_async(replay(args, kwargs, found), _never_runs)
+        return found
 
     if is_async_callable(fn):
 
         async def async_marked(*args: Any, **kwargs: Any) -> Any:
+            mode = mode_of()
+            if mode != NORMAL:
+                return await run_async(mode, args, kwargs)
             found = await aprobe(args, kwargs)
             if type(found) is Miss:
                 return await drive_async(steps(args, kwargs, found), lambda: body(*args, **kwargs))
@@ -97,24 +121,46 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
 
         _copy_metadata(async_marked, fn)
         async_marked.__beautyspot__ = MarkedCall(pipeline, body, True)  # type: ignore[attr-defined]
+        add_controls(async_marked, pipeline, run=run_async, is_async=True)
         return async_marked
 
     def sync_marked(*args: Any, **kwargs: Any) -> Any:
+        mode = mode_of()
+        if mode == OFF:
+            return body(*args, **kwargs)
+        if mode == REFRESH:
+            return drive_sync(
+                steps(args, kwargs, UNPROBED, True), functools.partial(body, *args, **kwargs)
+            )
         found = probe(args, kwargs)
         if type(found) is Miss:
+            if mode == REPLAY:
+                return drive_sync(replay(args, kwargs, found), _never_runs)
             return drive_sync(steps(args, kwargs, found), functools.partial(body, *args, **kwargs))
         return found
 
-    async def acall(*args: Any, **kwargs: Any) -> Any:
+    async def run_threaded(mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = functools.partial(body, *args, **kwargs)
+        if mode == OFF:
+            return await anyio.to_thread.run_sync(call)
+        if mode == REFRESH:
+            return await drive_async(
+                steps(args, kwargs, UNPROBED, True), lambda: anyio.to_thread.run_sync(call)
+            )
         found = await aprobe(args, kwargs)
         if type(found) is Miss:
-            call = functools.partial(body, *args, **kwargs)
+            if mode == REPLAY:
+                return await drive_async(replay(args, kwargs, found), _never_runs)
             return await drive_async(
                 steps(args, kwargs, found), lambda: anyio.to_thread.run_sync(call)
             )
         return found
 
+    async def acall(*args: Any, **kwargs: Any) -> Any:
+        return await run_threaded(mode_of(), args, kwargs)
+
     _copy_metadata(sync_marked, fn)
     sync_marked.acall = acall  # type: ignore[attr-defined]
     sync_marked.__beautyspot__ = MarkedCall(pipeline, body, False)  # type: ignore[attr-defined]
+    add_controls(sync_marked, pipeline, run=run_threaded, is_async=False)
     return sync_marked

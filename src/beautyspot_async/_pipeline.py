@@ -31,14 +31,16 @@ from typing import Any, Final, NamedTuple
 
 from . import _policy
 from ._engine import Engine
+from ._explain import Explanation, current_arguments, explain_call
 from ._memory_tier import IMMUTABLE_TYPES, NO_VALUE, MemoryEntry
+from ._modes import current as current_mode
 from ._reader import Absent
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, FlightEnd
 from ._steps import EXECUTE, Blocking, Call, Io, Step, Steps, Wait
 from ._store import WriteItem
 from .cachekey import ArgumentKeyer, KeyScope
-from .exceptions import BackendError, CacheCorruptedError, SerializationError
+from .exceptions import BackendError, CacheCorruptedError, CacheMissError, SerializationError
 from .hooks import (
     CacheHitContext,
     CacheMissContext,
@@ -82,6 +84,8 @@ class TaskConfig:
     hooks: HookSet
     #: ``usage(result)``: what one execution cost (settles a stacked limiter).
     usage: Callable[[Any], Any] | None = None
+    #: ``@spot.mark(mode=)``: this function's cache mode, over the Spot's.
+    mode: str | None = None
 
 
 class Miss(NamedTuple):
@@ -145,6 +149,21 @@ class Pipeline:
         # and it skips two hashes on every repeat call.
         self._ids_cacheable = task.keyer.by_value_only
         self._ids: dict[tuple[Any, ...], tuple[str, str]] = {}
+        #: ``@spot.mark(mode=)``, else ``Spot(mode=)`` (see _modes for the rest).
+        self.explicit_mode = task.mode if task.mode is not None else engine.mode
+
+    @property
+    def keyer_blocks(self) -> bool:
+        """Whether deriving a key may do file I/O (a KeyGen file helper)."""
+        return self._keyer_blocking
+
+    def cache_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The cache key of one call (may do file I/O: see :attr:`keyer_blocks`)."""
+        return self.key_for(args, kwargs)[1]
+
+    def mode(self) -> str:
+        """The cache mode of a call made now."""
+        return current_mode(self.engine, self.explicit_mode, self.engine.env_mode)
 
     # -- the hit path -------------------------------------------------------------
 
@@ -281,8 +300,13 @@ class Pipeline:
 
     # -- the pipeline --------------------------------------------------------------
 
-    def steps(self, args: tuple[Any, ...], kwargs: dict[str, Any], miss: Miss) -> Steps:
-        """The rest of a call :meth:`probe` could not answer."""
+    def steps(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], miss: Miss, refresh: bool = False
+    ) -> Steps:
+        """The rest of a call :meth:`probe` could not answer.
+
+        ``refresh``: never read the stored entry; execute and overwrite it.
+        """
         task = self.task
         engine = self.engine
         if miss.ids is None:
@@ -306,7 +330,7 @@ class Pipeline:
             yield from self._fire("pre_execute", PreExecuteContext(**base))
 
         absent = miss.absent
-        if miss.ids is None:  # the probe did not look: look now
+        if miss.ids is None and not refresh:  # the probe did not look: look now
             value = yield Call(self._look, (key,))
             if value is not NO_VALUE and value is not _ABSENT:
                 if base is not None:
@@ -330,7 +354,54 @@ class Pipeline:
                 raise outcome.error
             # ABANDONED: the leader was cancelled; race the other waiters to lead.
 
-        return (yield from self._lead(flight, key, input_id, args, kwargs, base, absent))
+        return (yield from self._lead(flight, key, input_id, args, kwargs, base, absent, refresh))
+
+    def replay(self, args: tuple[Any, ...], kwargs: dict[str, Any], miss: Miss) -> Steps:
+        """A call in replay mode that :meth:`probe` could not answer: stored, or an error.
+
+        Reads the backend (no lease, no flight, no hooks), never executes and
+        never writes; a miss raises :class:`CacheMissError` with the explanation.
+        """
+        engine = self.engine
+        if miss.ids is None:
+            if self._keyer_blocking:
+                input_id = yield Blocking(self.task.keyer.input_id, (args, kwargs))
+                key = self._scope(input_id)
+            else:
+                key = self.key_for(args, kwargs)[1]
+            value = yield Call(self._look, (key,))
+            if value is not NO_VALUE and value is not _ABSENT:
+                return value
+        else:
+            key = miss.ids[1]
+        if not engine.ready:
+            yield Io(engine.open, (), False)
+        record = yield Io(engine.fetch, (key,), engine.loop_bound)
+        if record is not None:
+            value, _ = yield from self._decode(record)
+            if value is not NO_VALUE:
+                engine.stats.hits += 1
+                return value
+        explanation = yield Io(self.explain, (args, kwargs), engine.loop_bound)
+        raise CacheMissError(
+            f"replay mode: {self.task.identity} has no stored result for this call "
+            f"({explanation.status}); the function was not run.\n{explanation}",
+            explanation=explanation,
+        )
+
+    async def explain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Explanation:
+        """Why a call hits or misses: see :class:`Explanation`."""
+        task = self.task
+        input_id = task.keyer.input_id(args, kwargs)
+        key = self._scope(input_id)
+        return await explain_call(
+            self.engine,
+            func_name=task.identity,
+            version=task.version,
+            key=key,
+            loads=self._loads,
+            current_args=current_arguments(task.keyer, args, kwargs),
+        )
 
     def _lead(
         self,
@@ -341,6 +412,7 @@ class Pipeline:
         kwargs: dict[str, Any],
         base: dict[str, Any] | None,
         absent: bool,
+        refresh: bool = False,
     ) -> Steps:
         task = self.task
         engine = self.engine
@@ -350,7 +422,11 @@ class Pipeline:
             try:
                 if not engine.ready:
                     yield Io(engine.open, (), False)
-                record, owner = yield from self._lookup(key, absent)
+                if refresh:
+                    # Overwrite whatever is stored: no lookup, hence no lease.
+                    record = None
+                else:
+                    record, owner = yield from self._lookup(key, absent)
                 if owner is not None:
                     yield Call(engine.hold_lease, (key, owner))
             except BackendError as exc:

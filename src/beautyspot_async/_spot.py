@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import re
 import threading
@@ -10,13 +11,16 @@ import time
 import warnings
 import weakref
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from . import _maintenance as maintenance
 from . import _policy
 from ._batch import Batch, MapProgress, MapReport, Outcomes
 from ._engine import Engine, SpotStatistics
 from ._marked import SyncMarked, check_markable, wrap
+from ._modes import Mode, check_mode, env_mode
+from ._modes import scoped as scoped_mode
 from ._pipeline import Pipeline, TaskConfig
 from ._portal import io_loop
 from ._store import DEFAULT_BACKEND_TIMEOUT, check_timeout
@@ -90,6 +94,7 @@ class Spot:
         tpm: float | None = None,
         limiter: Limiter | None = None,
         rpm: float | None = None,
+        mode: Mode | None = None,
         blob_threshold: int = 64 * 1024,
         default_wait: bool = True,
         hooks: Iterable[HookBase] = (),
@@ -140,6 +145,8 @@ class Spot:
             memory_bytes=memory_cache_bytes,
             backend_timeout=backend_timeout,
         )
+        self._engine.mode = None if mode is None else check_mode(mode, "Spot(mode=...)")
+        self._engine.env_mode = env_mode()
         self._identities: dict[str, weakref.ref[Any] | Callable[[], Any]] = {}
         self._identity_lock = threading.Lock()
         _live_spots.add(self)
@@ -198,6 +205,7 @@ class Spot:
         cache_if: Callable[[Any], bool] | None = None,
         name: str | None = None,
         usage: Callable[[Any], Any] | None = None,
+        mode: Mode | None = None,
     ) -> _MarkDecorator: ...
 
     def mark(
@@ -216,6 +224,7 @@ class Spot:
         cache_if: Callable[[Any], bool] | None = None,
         name: str | None = None,
         usage: Callable[[Any], Any] | None = None,
+        mode: Mode | None = None,
     ) -> Any:
         """Persist every result of ``fn``; bare (``@spot.mark``) or with options.
 
@@ -231,6 +240,8 @@ class Spot:
             raise ConfigurationError(f"save_blob must be True, False or None, got {save_blob!r}")
         if cache_if is not None and not callable(cache_if):
             raise ConfigurationError("cache_if must be a callable taking the result")
+        if mode is not None:
+            check_mode(mode, "@spot.mark(mode=...)")
         if usage is not None and not callable(usage):
             raise ConfigurationError(
                 "usage must be a callable taking the result and returning a number or a "
@@ -259,6 +270,7 @@ class Spot:
                 cache_if=cache_if,
                 hooks=self._hooks.merged(task_hooks),
                 usage=usage,
+                mode=mode,
             )
             return wrap(func, Pipeline(self._engine, task))
 
@@ -349,6 +361,86 @@ class Spot:
             return cls
 
         return decorate
+
+    # -- controlling the cache ----------------------------------------------------------------
+
+    def mode(self, mode: Mode) -> contextlib.AbstractContextManager[None]:
+        """``with spot.mode("replay"):`` -- this Spot's calls inside use ``mode``.
+
+        ``"normal"`` reads and writes; ``"replay"`` only reads (a miss raises
+        :class:`CacheMissError`, the function never runs, nothing is
+        written); ``"refresh"`` never reads (executes and overwrites);
+        ``"off"`` neither reads nor writes. A context variable: it covers
+        the tasks and worker threads started inside, and wins over
+        ``@spot.mark(mode=)``, ``Spot(mode=)`` and ``BEAUTYSPOT_MODE``.
+        """
+        return scoped_mode(self._engine, check_mode(mode, "spot.mode(...)"))
+
+    async def invalidate(
+        self,
+        func: Callable[..., Any] | str | None = None,
+        *,
+        version: str | None = None,
+        older_than: float | timedelta | datetime | None = None,
+    ) -> int:
+        """Delete stored entries; return how many.
+
+        ``func``: a marked function or its identity (default: every
+        function). ``version``: only entries stored under that version, or
+        ``"stale"`` for every version but ``func``'s current one.
+        ``older_than``: only entries created before that datetime, or more
+        than that many seconds (a timedelta) ago. Rows go first, then blobs;
+        the memory tier and recorded failures of those keys go too.
+        """
+        identity, current_version = self._identity_of(func)
+        if version == "stale" and (identity is None or current_version is _UNKNOWN):
+            raise ConfigurationError(
+                'invalidate(version="stale") needs func= as a marked function, to know its '
+                "current version"
+            )
+        cutoff = self._cutoff(older_than)
+        await self.flush()
+        keys = await maintenance.select_keys(
+            self,
+            func_name=identity,
+            version=version,
+            current_version=None if current_version is _UNKNOWN else current_version,
+            created_before=cutoff,
+        )
+        return await self._engine.invalidate(keys)
+
+    async def clear(self) -> int:
+        """Delete every stored entry; return how many."""
+        return await self.invalidate()
+
+    def _identity_of(self, func: Callable[..., Any] | str | None) -> tuple[str | None, Any]:
+        if func is None:
+            return None, _UNKNOWN
+        if isinstance(func, str):
+            return func, _UNKNOWN
+        call = getattr(func, "__beautyspot__", None)
+        if call is None or call.pipeline.engine is not self._engine:
+            raise ConfigurationError(
+                f"func= must be a function marked on this Spot or its identity string, got "
+                f"{getattr(func, '__qualname__', func)!r}"
+            )
+        task = call.pipeline.task
+        return task.identity, task.version
+
+    def _cutoff(self, older_than: float | timedelta | datetime | None) -> float | None:
+        if older_than is None:
+            return None
+        if isinstance(older_than, datetime):
+            if older_than.tzinfo is None:
+                raise ConfigurationError("older_than= as a datetime must be timezone-aware")
+            return older_than.timestamp()
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise ConfigurationError(
+                f"older_than= must be a timedelta, seconds >= 0 or an aware datetime, "
+                f"got {older_than!r}"
+            )
+        return self._engine.clock() - float(seconds)
 
     # -- batches ----------------------------------------------------------------------------
 
@@ -524,6 +616,10 @@ class Spot:
 
     def __exit__(self, *exc_info: object) -> None:
         io_loop.call(self._engine.aclose)
+
+
+#: ``spot.invalidate(func="name")`` cannot know that function's current version.
+_UNKNOWN: Any = object()
 
 
 class _MissingLimiter:

@@ -318,6 +318,25 @@ class ResultStore:
             # Failure rows took places of the limit: ask again for as many more.
             request = limit + len(frame) - len(kept)
 
+    async def delete_entries(self, cache_keys: Sequence[str]) -> int:
+        """Delete the rows of ``cache_keys``, then their blobs; return how many rows existed.
+
+        The row goes first, so no row ever points at a deleted blob; a blob
+        left behind by a crash in between is an orphan for ``gc``.
+        """
+        found = await self.lookup_many(list(cache_keys), None, 0.0)
+        deleted = 0
+        for key in cache_keys:
+            with self.guard(self.db.backend_name, "deleting an entry"):
+                existed = await self.db.delete(key)
+            deleted += bool(existed)
+            record = found.get(key)
+            blob = isinstance(record, TaskRecord) and record.result_type == BLOB
+            if blob and isinstance(record, TaskRecord) and record.result_value:
+                with self.guard(self.storage.backend_name, "deleting a blob"):
+                    await self.storage.delete(record.result_value)
+        return deleted
+
     # -- failure records -------------------------------------------------------
 
     async def save_failure(self, failure: FailureRecord) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "BackendError",
     "BeautySpotError",
     "CacheCorruptedError",
+    "CacheMissError",
     "ConfigurationError",
     "RateLimitError",
     "SerializationError",
@@ -85,3 +86,16 @@ class RateLimitError(BeautySpotError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CacheMissError(BeautySpotError, LookupError):
+    """A call had to be answered from the cache and was not stored.
+
+    Raised by ``f.lookup(...)`` and by every call in ``"replay"`` mode (the
+    function never runs there). ``explanation`` says why it missed: the
+    status, the key, and the closest stored entries with what differs.
+    """
+
+    def __init__(self, message: str, *, explanation: object = None) -> None:
+        super().__init__(message)
+        self.explanation = explanation

@@ -1,0 +1,119 @@
+"""Cache modes: normal, replay, refresh, off; which one applies to a call.
+
+Precedence, highest first: the ``spot.mode(...)`` context (a context
+variable, so it covers the tasks and worker threads started inside it), a
+mode forced for the duration of a test (the pytest plugin's marker),
+``@spot.mark(mode=)``, ``Spot(mode=)``, and ``BEAUTYSPOT_MODE`` (read when the
+Spot is created) or the pytest plugin's ``--beautyspot-mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Literal
+
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "MODES",
+    "NORMAL",
+    "OFF",
+    "REFRESH",
+    "REPLAY",
+    "Mode",
+    "check_mode",
+    "current",
+    "env_mode",
+    "forced",
+    "scoped",
+    "set_session_default",
+]
+
+Mode = Literal["normal", "replay", "refresh", "off"]
+NORMAL: Final = "normal"
+REPLAY: Final = "replay"
+REFRESH: Final = "refresh"
+OFF: Final = "off"
+MODES: Final = (NORMAL, REPLAY, REFRESH, OFF)
+
+ENV: Final = "BEAUTYSPOT_MODE"
+
+#: Per-Spot modes set by ``spot.mode(...)``, keyed by the Spot's engine.
+_context: contextvars.ContextVar[Mapping[Any, str] | None] = contextvars.ContextVar(
+    "beautyspot_mode", default=None
+)
+
+
+class _Overrides:
+    """Process-wide settings of the pytest plugin."""
+
+    forced: str | None = None
+    session: str | None = None
+
+
+def check_mode(mode: Any, where: str) -> str:
+    if mode not in MODES:
+        raise ConfigurationError(
+            f"{where} must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}"
+        )
+    return str(mode)
+
+
+def env_mode() -> str | None:
+    """``BEAUTYSPOT_MODE``, checked; None when unset."""
+    value = os.environ.get(ENV)
+    if value is None or value.strip() == "":
+        return None
+    return check_mode(value.strip().lower(), f"the {ENV} environment variable")
+
+
+def current(engine: Any, explicit: str | None, env: str | None) -> str:
+    """The mode of one call.
+
+    ``explicit`` is ``@spot.mark(mode=)`` or else ``Spot(mode=)``; ``env`` is
+    ``BEAUTYSPOT_MODE`` as read when the Spot was created.
+    """
+    scoped_modes = _context.get()
+    if scoped_modes is not None:
+        mode = scoped_modes.get(engine)
+        if mode is not None:
+            return mode
+    if _Overrides.forced is not None:
+        return _Overrides.forced
+    if explicit is not None:
+        return explicit
+    if _Overrides.session is not None:
+        return _Overrides.session
+    return env if env is not None else NORMAL
+
+
+@contextlib.contextmanager
+def scoped(engine: Any, mode: str) -> Iterator[None]:
+    """Apply ``mode`` to ``engine``'s calls inside the block (``spot.mode(...)``)."""
+    previous = _context.get()
+    modes = dict(previous or {})
+    modes[engine] = mode
+    token = _context.set(modes)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+@contextlib.contextmanager
+def forced(mode: str | None) -> Iterator[None]:
+    """Force ``mode`` on every Spot for the block, in every task and thread (tests)."""
+    previous = _Overrides.forced
+    _Overrides.forced = mode
+    try:
+        yield
+    finally:
+        _Overrides.forced = previous
+
+
+def set_session_default(mode: str | None) -> None:
+    """The pytest plugin's ``--beautyspot-mode``: the default of Spots created after."""
+    _Overrides.session = mode
