@@ -47,6 +47,16 @@ _context: contextvars.ContextVar[Mapping[Any, str] | None] = contextvars.Context
 )
 
 
+#: Every replay miss of this process (the pytest plugin lists them), bounded.
+replay_misses: list[Any] = []
+_MAX_RECORDED: Final = 1000
+
+
+def record_replay_miss(explanation: Any) -> None:
+    if len(replay_misses) < _MAX_RECORDED:
+        replay_misses.append(explanation)
+
+
 class _Overrides:
     """Process-wide settings of the pytest plugin."""
 

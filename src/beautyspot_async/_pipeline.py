@@ -34,6 +34,7 @@ from ._engine import Engine
 from ._explain import Explanation, current_arguments, explain_call
 from ._memory_tier import IMMUTABLE_TYPES, NO_VALUE, MemoryEntry
 from ._modes import current as current_mode
+from ._modes import record_replay_miss
 from ._reader import Absent
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, FlightEnd
@@ -383,6 +384,7 @@ class Pipeline:
                 engine.stats.hits += 1
                 return value
         explanation = yield Io(self.explain, (args, kwargs), engine.loop_bound)
+        record_replay_miss(explanation)
         raise CacheMissError(
             f"replay mode: {self.task.identity} has no stored result for this call "
             f"({explanation.status}); the function was not run.\n{explanation}",

@@ -50,6 +50,11 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _live_spots: weakref.WeakSet[Spot] = weakref.WeakSet()
 
 
+def live_spots() -> list[Spot]:
+    """The Spots alive in this process (for the pytest plugin's report)."""
+    return list(_live_spots)
+
+
 class _MarkDecorator(Protocol):
     @overload
     def __call__(  # type: ignore[overload-overlap]
@@ -388,8 +393,9 @@ class Spot:
         ``func``: a marked function or its identity (default: every
         function). ``version``: only entries stored under that version, or
         ``"stale"`` for every version but ``func``'s current one.
-        ``older_than``: only entries created before that datetime, or more
-        than that many seconds (a timedelta) ago. Rows go first, then blobs;
+        ``older_than``: only entries created before that (aware) datetime, or
+        more than that many seconds (or that timedelta) ago, by the wall clock
+        the backend stamps entries with. Rows go first, then blobs;
         the memory tier and recorded failures of those keys go too.
         """
         identity, current_version = self._identity_of(func)
@@ -440,7 +446,8 @@ class Spot:
                 f"older_than= must be a timedelta, seconds >= 0 or an aware datetime, "
                 f"got {older_than!r}"
             )
-        return self._engine.clock() - float(seconds)
+        # Entries carry the backend's wall-clock times, not the Spot's clock.
+        return time.time() - float(seconds)
 
     # -- batches ----------------------------------------------------------------------------
 
