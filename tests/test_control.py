@@ -361,3 +361,78 @@ def test_plugin_is_registered() -> None:
         [sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, timeout=120
     )
     assert "--beautyspot-mode" in out.stdout
+
+
+class TestCommandLine:
+    @staticmethod
+    def build(tmp_path: Path) -> Path:
+        db = tmp_path / "cli.db"
+
+        async def main() -> None:
+            async with bs.Spot("cli", db=str(db)) as spot:
+
+                @spot.mark(name="app.llm.ask", version="v1")
+                async def ask_v1(prompt: str) -> str:
+                    return prompt
+
+                @spot.mark(name="app.llm.ask", version="v2")
+                async def ask_v2(prompt: str) -> str:
+                    return prompt
+
+                @spot.mark(name="app.other")
+                async def other(x: int) -> int:
+                    return x
+
+                for p in ("a", "b"):
+                    await ask_v1(p)
+                await ask_v2("a")
+                await other(1)
+
+        anyio.run(main)
+        return db
+
+    def test_history_func_bare_name_and_invalidate(self, tmp_path: Path) -> None:
+        from typer.testing import CliRunner
+
+        from beautyspot_async.cli import app
+
+        db = str(self.build(tmp_path))
+        runner = CliRunner()
+        shown = runner.invoke(app, ["history", db, "--func", "ask", "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert shown.output.count("app.llm.ask") == 3
+        assert "app.other" not in shown.output
+
+        dry = runner.invoke(app, ["invalidate", db, "--func", "ask", "--version", "stale"])
+        assert dry.exit_code == 0, dry.output
+        assert "would delete 2 entries" in dry.output
+        done = runner.invoke(app, ["invalidate", db, "-f", "ask", "--version", "stale", "--yes"])
+        assert "deleted 2 entries" in done.output
+        aged = runner.invoke(app, ["invalidate", db, "--older-than", "1d", "--yes"])
+        assert "deleted 0 entries" in aged.output
+        bad = runner.invoke(app, ["invalidate", db, "--older-than", "soon"])
+        assert bad.exit_code == 2
+        assert "--older-than" in bad.output
+        everything = runner.invoke(app, ["invalidate", db, "--yes"])
+        assert "deleted 2 entries" in everything.output
+
+    def test_delete_by_prefix(self, tmp_path: Path) -> None:
+        from typer.testing import CliRunner
+
+        from beautyspot_async.cli import app
+
+        db = str(self.build(tmp_path))
+        runner = CliRunner()
+        listed = runner.invoke(app, ["history", db, "--json"])
+        import json
+
+        keys = [row["cache_key"] for row in json.loads(listed.output)]
+        key = keys[0]
+        short = runner.invoke(app, ["delete", db, key[:5]])
+        assert short.exit_code == 1
+        assert "at least 6" in short.output
+        unique = next(n for n in range(6, 33) if sum(k.startswith(key[:n]) for k in keys) == 1)
+        gone = runner.invoke(app, ["delete", db, key[:unique]])
+        assert gone.exit_code == 0, gone.output
+        again = runner.invoke(app, ["delete", db, key])
+        assert again.exit_code == 1

@@ -66,6 +66,8 @@ T = TypeVar("T")
 
 #: Shortest prefix :func:`resolve_key` searches for; shorter ones match too much.
 MIN_PREFIX: Final = 4
+#: Deleting by prefix asks for more of the key than looking does.
+MIN_DELETE_PREFIX: Final = 6
 
 
 # -- pure: per-function summary -------------------------------------------------------
@@ -255,7 +257,17 @@ async def history(spot: Spot, *, limit: int = 1000, func_name: str | None = None
     if func_name is None:
         return await spot.history(limit=limit)
     frame = await spot.history(limit=2**62)
-    return frame[frame["func_name"] == func_name].head(limit).reset_index(drop=True)
+    matching = frame["func_name"].map(lambda name: func_matches(str(name), func_name))
+    return frame[matching.astype(bool)].head(limit).reset_index(drop=True)
+
+
+def func_matches(func_name: str, query: str) -> bool:
+    """Whether ``query`` names ``func_name``: the identity, or its bare last part.
+
+    ``ask`` names ``__main__.ask`` and ``app.llm.ask``; ``llm.ask`` names the
+    latter. Lets the CLI take the name a user typed in their script.
+    """
+    return func_name == query or func_name.endswith("." + query)
 
 
 async def failures(spot: Spot, *, limit: int = 1000, func_name: str | None = None) -> pd.DataFrame:
@@ -369,6 +381,58 @@ def selected(
 
 async def _select(db: TaskDB, filters: dict[str, Any]) -> list[str]:
     return [r.cache_key async for r in _records(db) if selected(r, **filters)]
+
+
+async def _select_for_cli(
+    db: TaskDB, func: str | None, version: str | None, created_before: float | None
+) -> list[str]:
+    records = [r async for r in _records(db) if func is None or func_matches(r.func_name, func)]
+    # The CLI cannot import the function: "stale" keeps each function's newest version.
+    newest: dict[str, tuple[float, str | None]] = {}
+    for r in records:
+        if r.func_name not in newest or r.created_at > newest[r.func_name][0]:
+            newest[r.func_name] = (r.created_at, r.version)
+    return [
+        r.cache_key
+        for r in records
+        if selected(
+            r,
+            func_name=None,
+            version=version,
+            current_version=newest[r.func_name][1],
+            created_before=created_before,
+        )
+    ]
+
+
+async def invalidate(
+    spot: Spot,
+    *,
+    func: str | None,
+    version: str | None,
+    created_before: float | None,
+    dry_run: bool,
+) -> list[str]:
+    """The CLI's ``invalidate``: the keys matching the filters, deleted unless ``dry_run``.
+
+    ``func`` is an identity or a bare function name; ``version="stale"`` is
+    every version of a function but the one it stored last.
+    """
+    await spot.flush()
+    if not await _readable(spot):
+        return []
+    keys = await io_loop.run(_select_for_cli, spot.db, func, version, created_before)
+    if not dry_run:
+        await spot._engine.invalidate(keys)
+    return keys
+
+
+async def resolve_for_delete(spot: Spot, key_or_prefix: str) -> list[str]:
+    """:func:`resolve_key` for deleting: a prefix must be at least MIN_DELETE_PREFIX long."""
+    keys = await resolve_key(spot, key_or_prefix)
+    if len(keys) == 1 and keys[0] != key_or_prefix and len(key_or_prefix) < MIN_DELETE_PREFIX:
+        return []
+    return keys
 
 
 async def select_keys(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,7 +186,8 @@ def history_command(
     storage: StorageOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 50,
     func: Annotated[
-        str | None, typer.Option("--func", "-f", help="Only this function (its func_name).")
+        str | None,
+        typer.Option("--func", "-f", help="Only this function (its identity or bare name)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -229,7 +231,8 @@ def failures_command(
     storage: StorageOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 50,
     func: Annotated[
-        str | None, typer.Option("--func", "-f", help="Only this function (its func_name).")
+        str | None,
+        typer.Option("--func", "-f", help="Only this function (its identity or bare name)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -354,14 +357,95 @@ def show_command(
 @app.command("delete")
 def delete_command(
     db: DbArg,
-    key: Annotated[str, typer.Argument(metavar="KEY", help="The exact cache key to delete.")],
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY",
+            help=f"A cache key, or a unique prefix of one (at least {maint.MIN_DELETE_PREFIX} "
+            "characters).",
+        ),
+    ],
     storage: StorageOpt = None,
 ) -> None:
     """Delete one stored result (its row and its blob)."""
-    existed = _run(db, storage, lambda spot: maint.delete(spot, key))
-    if not existed:
+
+    async def go(spot: Spot) -> list[str] | bool:
+        keys = await maint.resolve_for_delete(spot, key)
+        if len(keys) != 1:
+            return keys
+        return await maint.delete(spot, keys[0])
+
+    outcome = _run(db, storage, go)
+    if isinstance(outcome, list):
+        if not outcome:
+            _fail(
+                f"no entry with key {key!r} (a prefix needs at least "
+                f"{maint.MIN_DELETE_PREFIX} characters)",
+                code=1,
+            )
+        shown = ", ".join(outcome[:5]) + (" ..." if len(outcome) > 5 else "")
+        _fail(f"{key!r} is ambiguous: {len(outcome)} keys start with it ({shown})", code=1)
+    if not outcome:
         _fail(f"no entry with key {key!r}", code=1)
     typer.echo(f"deleted {key}")
+
+
+@app.command("invalidate")
+def invalidate_command(
+    db: DbArg,
+    storage: StorageOpt = None,
+    func: Annotated[
+        str | None,
+        typer.Option("--func", "-f", help="Only this function (its identity or bare name)."),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--version",
+            help='Only this version; "stale" = every version but the newest stored one.',
+        ),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Only entries created longer ago: 90d, 12h, 30m, 45s."),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete; without it, only count (dry run).")
+    ] = False,
+) -> None:
+    """Delete the stored results matching the filters (a dry run without --yes)."""
+    if func is None and version is None and older_than is None and not yes:
+        typer.echo("no filter given: this would delete every entry (add --yes to do it)")
+    cutoff = None
+    if older_than is not None:
+        try:
+            cutoff = time.time() - parse_age(older_than)
+        except ValueError as exc:
+            _fail(str(exc))
+    keys = _run(
+        db,
+        storage,
+        lambda spot: maint.invalidate(
+            spot, func=func, version=version, created_before=cutoff, dry_run=not yes
+        ),
+    )
+    noun = "entry" if len(keys) == 1 else "entries"
+    typer.echo(f"{'deleted' if yes else 'would delete'} {len(keys)} {noun}")
+
+
+def parse_age(text: str) -> float:
+    """``90d``, ``12h``, ``30m``, ``45s`` or plain seconds, as seconds."""
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    raw = text.strip().lower()
+    factor = units.get(raw[-1:])
+    number = raw[:-1] if factor is not None else raw
+    try:
+        value = float(number) * (factor or 1.0)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"--older-than must look like 90d, 12h, 30m, 45s or seconds, got {text!r}")
+    return value
 
 
 @app.command("purge-expired")
