@@ -5,12 +5,12 @@ stable hash of its arguments, so a rerun of a batch script executes only what
 is missing.
 """
 
-from ._batch import BatchError as BatchError
-from ._batch import Failure as Failure
-from ._batch import MapProgress as MapProgress
-from ._batch import MapReport as MapReport
 from ._engine import SpotStatistics as SpotStatistics
 from ._explain import Explanation as Explanation
+from ._report import BatchError as BatchError
+from ._report import Failure as Failure
+from ._report import MapProgress as MapProgress
+from ._report import MapReport as MapReport
 from ._spot import Project as Project
 from ._spot import Spot as Spot
 from ._version import __version__ as __version__

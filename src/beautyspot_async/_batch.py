@@ -21,7 +21,6 @@ import logging
 import random
 import sys
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Sized
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -30,6 +29,7 @@ from . import _retry
 from ._display import to_jsonable
 from ._failure import FailureRecord, exception_type_name
 from ._pipeline import UNPROBED, Miss
+from ._report import BatchError, Failure, MapProgress, MapReport
 from ._steps import drive_async
 from ._usage import UsageTotal, measure
 from .exceptions import ConfigurationError
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ._spot import Spot
     from .limiter import Limiter
 
-__all__ = ["BatchError", "Failure", "MapProgress", "MapReport", "Batch"]
+__all__ = ["Batch", "BatchError", "Failure", "MapProgress", "MapReport"]
 
 logger = logging.getLogger("beautyspot_async")
 
@@ -47,132 +47,6 @@ logger = logging.getLogger("beautyspot_async")
 _ARGS_PREVIEW_CHARS: Final = 512
 
 _PENDING: Final[Any] = object()
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """An item that failed for good: where it was, what it was, what it raised."""
-
-    index: int
-    item: Any
-    exception: Exception
-    attempts: int
-
-    def __repr__(self) -> str:
-        return (
-            f"Failure(index={self.index}, item={self.item!r}, "
-            f"exception={type(self.exception).__name__}({self.exception}), "
-            f"attempts={self.attempts})"
-        )
-
-
-class BatchError(ExceptionGroup[Exception]):
-    """Raised by :meth:`MapReport.raise_for_failures`: every failed item's exception.
-
-    An ``ExceptionGroup``, so ``except*`` picks out kinds of failure;
-    ``.failures`` holds the :class:`Failure` records in input order.
-    """
-
-    failures: list[Failure]
-
-    def __new__(cls, message: str, failures: list[Failure]) -> BatchError:
-        self = super().__new__(cls, message, [f.exception for f in failures])
-        self.failures = list(failures)
-        return self
-
-    def __init__(self, message: str, failures: list[Failure]) -> None:
-        super().__init__(message, [f.exception for f in failures])
-
-    def derive(self, excs: Any) -> Any:
-        # A split keeps the message; the Failure list belongs to the whole.
-        return ExceptionGroup(self.message, list(excs))
-
-
-@dataclass(slots=True)
-class MapReport:
-    """What a ``spot.map`` did. ``results`` are in input order."""
-
-    #: One entry per item that was started, in input order: its value, or a
-    #: :class:`Failure`. Items never started (``max_errors``) are absent.
-    results: list[Any]
-    #: The :class:`Failure` entries of ``results``.
-    failures: list[Failure]
-    #: Items served from the cache (including single-flight joins).
-    hits: int
-    #: Items whose function body ran and returned.
-    executed: int
-    #: Items that failed for good.
-    failed: int
-    #: Retries made (attempts beyond each item's first).
-    retried: int
-    #: Seconds from start to end, by the Spot's clock.
-    elapsed: float
-    #: Sum of ``usage=`` over executed items (a dict when usage returns mappings).
-    usage_spent: float | dict[str, float] = 0.0
-    #: Sum of ``usage=`` over hits: what the cache saved.
-    usage_saved: float | dict[str, float] = 0.0
-    #: True when ``max_errors`` stopped the batch before every item was started.
-    stopped_early: bool = False
-    #: True when the batch was interrupted (cancelled, Ctrl+C).
-    interrupted: bool = field(default=False, repr=False)
-
-    def raise_for_failures(self) -> None:
-        """Raise :class:`BatchError` when any item failed; do nothing otherwise."""
-        if self.failures:
-            raise BatchError(
-                f"{self.failed} of {len(self.results)} items failed"
-                + (" (stopped early: max_errors reached)" if self.stopped_early else ""),
-                self.failures,
-            )
-
-    def summary(self) -> str:
-        """One line: counts, retries, usage and time."""
-        parts = [
-            f"{len(self.results)} items",
-            f"{self.hits} cached",
-            f"{self.executed} executed",
-            f"{self.failed} failed",
-            f"{self.retried} retries",
-        ]
-        spent, saved = self.usage_spent, self.usage_saved
-        if spent or saved:
-            parts.append(f"usage spent {_usage_text(spent)}, saved {_usage_text(saved)}")
-        parts.append(f"{self.elapsed:.1f} s")
-        if self.stopped_early:
-            parts.append("stopped early (max_errors)")
-        if self.interrupted:
-            parts.append("interrupted")
-        return ", ".join(parts)
-
-
-def _usage_text(usage: float | dict[str, float]) -> str:
-    if isinstance(usage, dict):
-        return "{" + ", ".join(f"{k}: {v:g}" for k, v in usage.items()) + "}"
-    return f"{usage:g}"
-
-
-@dataclass(frozen=True, slots=True)
-class MapProgress:
-    """A snapshot of a running batch, for ``progress=callable``."""
-
-    #: Number of items, when the iterable has a length.
-    total: int | None
-    #: Items finished: cached + executed + failed.
-    done: int
-    hits: int
-    executed: int
-    failed: int
-    #: Calls running right now.
-    running: int
-    #: Items waiting out a backoff or a Retry-After before their next attempt.
-    retrying: int
-    #: Calls queued on the function's rate limiter.
-    waiting: int
-    elapsed: float
-    #: Executed items per second (hits are not work).
-    rate: float
-    #: Seconds left at ``rate`` for the items not done, when ``total`` is known.
-    eta: float | None
 
 
 class Batch:
@@ -586,107 +460,3 @@ def _stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-class _Host:
-    """The running side of an :class:`Outcomes` iterator, referenced only by its task.
-
-    Kept apart from the iterator so that dropping the iterator (a ``break``
-    out of ``async for``) lets it be collected at once, which cancels this.
-    """
-
-    def __init__(self, batch: Batch, items: Iterable[Any] | AsyncIterable[Any], size: int):
-        self.batch = batch
-        self.items = items
-        self.send, self.receive = anyio.create_memory_object_stream[tuple[int, Any]](size)
-        self.scope = anyio.CancelScope()
-        self.error: BaseException | None = None
-        self.finished = anyio.Event()
-
-    async def run(self) -> None:
-        async def emit(index: int, outcome: Any) -> None:
-            await self.send.send((index, outcome))
-
-        try:
-            with self.scope:
-                async with self.send:
-                    await self.batch.drive(self.items, emit)
-        except BaseException as exc:  # handed to the consumer, never lost in a host task
-            self.error = exc
-        finally:
-            self.send.close()
-            self.finished.set()
-
-
-class Outcomes:
-    """``spot.imap(...)``: ``(index, value or Failure)`` pairs in completion order.
-
-    The batch runs in a task of its own rather than in a task group held
-    open across ``yield``: a consumer may leave the loop at any point
-    without the batch's cancel scopes ending up in the consumer's task.
-    Leaving early cancels the calls still running (``aclose()``, or
-    dropping the iterator, does it at once).
-    """
-
-    def __init__(self, batch: Batch, items: Iterable[Any] | AsyncIterable[Any]) -> None:
-        self._host = _Host(batch, items, batch.concurrency)
-        self._started = False
-
-    def __aiter__(self) -> Outcomes:
-        return self
-
-    def _start(self) -> None:
-        import contextvars
-
-        import sniffio
-
-        self._started = True
-        host = self._host
-        context = contextvars.copy_context()
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            trio.lowlevel.spawn_system_task(host.run, context=context)
-        else:
-            import asyncio
-
-            task = asyncio.get_running_loop().create_task(host.run(), context=context)
-            _RUNNING.add(task)
-            task.add_done_callback(_RUNNING.discard)
-
-    async def __anext__(self) -> tuple[int, Any]:
-        if not self._started:
-            self._start()
-        host = self._host
-        try:
-            return await host.receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if host.error is not None and not isinstance(
-                host.error, anyio.get_cancelled_exc_class()
-            ):
-                raise host.error from None
-            raise StopAsyncIteration from None
-        except BaseException:
-            # The consumer was cancelled or interrupted: stop the batch too,
-            # and keep what finished.
-            await self.aclose()
-            await host.batch.after_interrupt([])
-            raise
-
-    async def aclose(self) -> None:
-        """Cancel the calls still running and wait for them to end."""
-        host = self._host
-        host.scope.cancel()
-        host.receive.close()
-        if self._started:
-            with anyio.CancelScope(shield=True):
-                await host.finished.wait()
-
-    def __del__(self) -> None:
-        # Left without aclose(): cancel; the host task ends by itself.
-        self._host.scope.cancel()
-        self._host.receive.close()
-
-
-#: Host tasks of iterators on asyncio, kept alive until they end.
-_RUNNING: set[Any] = set()

@@ -1,3 +1,4 @@
+# Over 500 lines: each built-in encoding sits by its decoding and the lookup dispatching both.
 """The msgpack wire format: exact encodings of built-ins, and the frozen lookup.
 
 Pure and synchronous. This module owns what goes on the wire: the reserved

@@ -1,3 +1,4 @@
+# Over 500 lines: the steps of one call (probe, lead, store, replay) read as one sequence.
 """The one call pipeline: key -> probe -> single-flight -> lookup/lease -> execute -> store.
 
 The pipeline owns the whole call. :meth:`Pipeline.probe` is the hit path: it

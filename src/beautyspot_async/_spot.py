@@ -1,3 +1,4 @@
+# Over 500 lines: the public facade; each method is a documented delegation to its owner module.
 """Spot: the configuration, lifecycle and composition root of the library."""
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ov
 
 from . import _maintenance as maintenance
 from . import _policy
-from ._batch import Batch, MapProgress, MapReport, Outcomes
+from ._batch import Batch, MapProgress, MapReport
 from ._engine import Engine, SpotStatistics
 from ._marked import SyncMarked, check_markable, wrap
 from ._modes import Mode, check_mode, env_mode
 from ._modes import scoped as scoped_mode
+from ._outcomes import Outcomes
 from ._pipeline import Pipeline, TaskConfig
 from ._portal import io_loop
 from ._store import DEFAULT_BACKEND_TIMEOUT, check_timeout

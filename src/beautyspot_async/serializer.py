@@ -1,3 +1,4 @@
+# Over 500 lines: the registry API and the messages saying what to register belong together.
 """The default serializer: msgpack plus a registry of extension types, no pickle.
 
 Every cached result goes through :class:`MsgpackSerializer`. Plain data
