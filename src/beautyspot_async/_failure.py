@@ -9,6 +9,7 @@ so the base class and every reader agree on what such a row looks like.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable
@@ -84,6 +85,11 @@ class FailureRecord:
             object.__setattr__(self, "message", self.message[:MAX_FAILURE_TEXT])
         if self.args is not None and len(self.args) > MAX_FAILURE_TEXT:
             object.__setattr__(self, "args", self.args[:MAX_FAILURE_TEXT])
+
+
+def failure_row(failure: FailureRecord) -> tuple[Any, ...]:
+    """Every field of ``failure`` in declaration order: the SQL backends' row."""
+    return tuple(getattr(failure, f.name) for f in dataclasses.fields(failure))
 
 
 def exception_type_name(exc: BaseException) -> str:

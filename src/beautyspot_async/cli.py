@@ -66,6 +66,10 @@ StorageOpt = Annotated[
         "Default: <stem>_blobs next to a SQLite file.",
     ),
 ]
+FuncOpt = Annotated[
+    str | None,
+    typer.Option("--func", "-f", help="Only this function (its identity or bare name)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -185,10 +189,7 @@ def history_command(
     db: DbArg,
     storage: StorageOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 50,
-    func: Annotated[
-        str | None,
-        typer.Option("--func", "-f", help="Only this function (its identity or bare name)."),
-    ] = None,
+    func: FuncOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List stored results, newest first."""
@@ -230,10 +231,7 @@ def failures_command(
     db: DbArg,
     storage: StorageOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 50,
-    func: Annotated[
-        str | None,
-        typer.Option("--func", "-f", help="Only this function (its identity or bare name)."),
-    ] = None,
+    func: FuncOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List calls that failed for good in batch runs, newest first."""
@@ -394,10 +392,7 @@ def delete_command(
 def invalidate_command(
     db: DbArg,
     storage: StorageOpt = None,
-    func: Annotated[
-        str | None,
-        typer.Option("--func", "-f", help="Only this function (its identity or bare name)."),
-    ] = None,
+    func: FuncOpt = None,
     version: Annotated[
         str | None,
         typer.Option(

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import anyio
 
 from beautyspot_async._errormap import ErrorMap, backend_error
-from beautyspot_async._failure import FailureRecord, checked_failure
+from beautyspot_async._failure import FailureRecord, checked_failure, failure_row
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, written_values
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
@@ -551,18 +551,7 @@ class PostgresTaskDB(RecordTaskDB):
                 version = EXCLUDED.version, exc_type = EXCLUDED.exc_type,
                 message = EXCLUDED.message, attempts = EXCLUDED.attempts,
                 failed_at = EXCLUDED.failed_at, args = EXCLUDED.args"""
-        f = failure
-        args = (
-            f.cache_key,
-            f.func_name,
-            f.input_id,
-            f.version,
-            f.exc_type,
-            f.message,
-            f.attempts,
-            f.failed_at,
-            f.args,
-        )
+        args = failure_row(failure)
 
         async def op(conn: asyncpg.Connection) -> None:
             await conn.execute(query, *args)

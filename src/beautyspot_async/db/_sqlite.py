@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 
 from beautyspot_async._errormap import ErrorMap
-from beautyspot_async._failure import FailureRecord, checked_failure
+from beautyspot_async._failure import FailureRecord, checked_failure, failure_row
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import (
     HISTORY_COLUMNS,
@@ -434,18 +434,7 @@ class SQLiteTaskDB(RecordTaskDB):
 
     async def save_failure(self, failure: FailureRecord) -> None:
         """Upsert ``failure`` into the ``failures`` table."""
-        f = failure
-        row = (
-            f.cache_key,
-            f.func_name,
-            f.input_id,
-            f.version,
-            f.exc_type,
-            f.message,
-            f.attempts,
-            f.failed_at,
-            f.args,
-        )
+        row = failure_row(failure)
         async with self._writing() as conn:
             with _ERRORS.translating("save_failure"):
                 await conn.execute(_SAVE_FAILURE, row)
