@@ -103,6 +103,8 @@ class Engine:
         self._coalescer = NowaitCoalescer(db)
         self._memory = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
         self._flights = FlightRegistry()
+        #: Streams being produced in this process, by key (see _stream).
+        self.streams: dict[str, Any] = {}
         #: Counters the pipeline bumps directly: a method call per count would
         #: cost the hit path more than the count itself.
         self.stats = EngineStats()

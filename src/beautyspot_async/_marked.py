@@ -19,6 +19,7 @@ from ._control import add_controls
 from ._modes import NORMAL, OFF, REFRESH, REPLAY
 from ._pipeline import UNPROBED, Miss, Pipeline
 from ._steps import drive_async, drive_sync
+from ._stream import StreamCall, sync_stream
 from ._usage import settling
 from .exceptions import ConfigurationError
 
@@ -40,15 +41,9 @@ class SyncMarked(Protocol[P, R_co]):
 
 
 def check_markable(fn: Any) -> None:
-    """Refuse what the pipeline cannot cache: generators, non-callables."""
+    """Refuse what the pipeline cannot cache: non-callables."""
     if not callable(fn):
         raise ConfigurationError(f"@spot.mark needs a function, got {type(fn).__qualname__}")
-    target = _unwrap_partial(fn)
-    if inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target):
-        raise ConfigurationError(
-            f"{getattr(target, '__qualname__', target)!s} is a generator function; "
-            "marking generators is not supported (return a list instead)"
-        )
 
 
 def _copy_metadata(wrapper: Any, fn: Any) -> None:
@@ -164,3 +159,22 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
     sync_marked.__beautyspot__ = MarkedCall(pipeline, body, False)  # type: ignore[attr-defined]
     add_controls(sync_marked, pipeline, run=run_threaded, is_async=False)
     return sync_marked
+
+
+def wrap_stream(
+    fn: Callable[..., Any], pipeline: Pipeline, *, timed: bool, speed: float
+) -> Callable[..., Any]:
+    """The marked version of a generator function: see ``_stream``."""
+    if inspect.isasyncgenfunction(inspect.unwrap(_unwrap_partial(fn))):
+
+        def async_stream(*args: Any, **kwargs: Any) -> StreamCall:
+            return StreamCall(pipeline, fn, args, kwargs, timed=timed, speed=speed)
+
+        _copy_metadata(async_stream, fn)
+        return async_stream
+
+    def sync_stream_marked(*args: Any, **kwargs: Any) -> Any:
+        return sync_stream(pipeline, fn, args, kwargs, timed=timed, speed=speed)
+
+    _copy_metadata(sync_stream_marked, fn)
+    return sync_stream_marked

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import sniffio
+
+from ._hosted import spawn_hosted
 
 if TYPE_CHECKING:
     from ._batch import Batch
@@ -64,18 +64,7 @@ class Outcomes:
 
     def _start(self) -> None:
         self._started = True
-        host = self._host
-        context = contextvars.copy_context()
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            trio.lowlevel.spawn_system_task(host.run, context=context)
-        else:
-            import asyncio
-
-            task = asyncio.get_running_loop().create_task(host.run(), context=context)
-            _RUNNING.add(task)
-            task.add_done_callback(_RUNNING.discard)
+        spawn_hosted(self._host.run)
 
     async def __anext__(self) -> tuple[int, Any]:
         if not self._started:
@@ -109,7 +98,3 @@ class Outcomes:
         # Left without aclose(): cancel; the host task ends by itself.
         self._host.scope.cancel()
         self._host.receive.close()
-
-
-#: Host tasks of iterators on asyncio, kept alive until they end.
-_RUNNING: set[Any] = set()

@@ -159,6 +159,41 @@ class _Mapping(Node):
         return {k(a): v(b) for a, b in data.items()}
 
 
+class _Stream(Node):
+    """A recorded stream ``{"items": [...], "offsets": [...]}``: each item by the item type."""
+
+    __slots__ = ("item",)
+    converts = True
+
+    def __init__(self, item: Node) -> None:
+        self.item = item
+
+    def dump(self, value: Any) -> Any:
+        if type(value) is not dict or type(value.get("items")) is not list:
+            return value
+        dump = self.item.dump
+        return {**value, "items": [dump(v) for v in value["items"]]}
+
+    def load(self, data: Any) -> Any:
+        if type(data) is not dict or type(data.get("items")) is not list:
+            return data
+        load = self.item.load
+        data["items"] = [load(v) for v in data["items"]]
+        return data
+
+
+_STREAMS: Final = frozenset(
+    {
+        abc.AsyncIterator,
+        abc.AsyncGenerator,
+        abc.AsyncIterable,
+        abc.Iterator,
+        abc.Generator,
+        abc.Iterable,
+    }
+)
+
+
 # -- classes -----------------------------------------------------------------------------------
 
 
@@ -677,10 +712,24 @@ def compile_annotation(
     annotation: Any,
     globalns: Mapping[str, Any] | None = None,
     localns: Mapping[str, Any] | None = None,
+    *,
+    stream: bool = False,
 ) -> Compiled:
-    """Compile ``annotation``; raises NameError (or another error) if it cannot be resolved."""
+    """Compile ``annotation``; raises NameError (or another error) if it cannot be resolved.
+
+    ``stream``: the annotation of a generator function (``AsyncIterator[Chunk]``):
+    the schema is that of its recorded stream, each item by the item type.
+    """
     compiler = _Compiler(globalns, localns)
-    root = compiler.build(annotation)
+    if stream:
+        tp = annotation
+        if isinstance(tp, str):
+            tp = compiler.resolve(ForwardRef(tp), None)
+        args = typing.get_args(tp) if typing.get_origin(tp) in _STREAMS else ()
+        item = compiler.build(args[0]) if args else ANY
+        root: Node = _Stream(item) if item.converts else ANY
+    else:
+        root = compiler.build(annotation)
     return Compiled(root, compiler.scope, compiler.complete)
 
 

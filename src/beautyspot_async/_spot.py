@@ -19,13 +19,14 @@ from . import _maintenance as maintenance
 from . import _policy
 from ._batch import Batch, MapProgress, MapReport
 from ._engine import Engine, SpotStatistics
-from ._marked import SyncMarked, check_markable, wrap
+from ._marked import SyncMarked, check_markable, wrap, wrap_stream
 from ._modes import Mode, check_mode, env_mode
 from ._modes import scoped as scoped_mode
 from ._outcomes import Outcomes
 from ._pipeline import Pipeline, TaskConfig
 from ._portal import io_loop
 from ._store import DEFAULT_BACKEND_TIMEOUT, check_timeout
+from ._stream import check_replay, is_stream_function, stream_usage
 from ._typed import typed_serializer
 from ._urls import resolve_db, resolve_storage
 from .cachekey import ArgumentKeyer, function_identity, underlying_function
@@ -213,6 +214,8 @@ class Spot:
         name: str | None = None,
         usage: Callable[[Any], Any] | None = None,
         mode: Mode | None = None,
+        replay: Literal["items", "timed"] = "items",
+        replay_speed: float = 1.0,
     ) -> _MarkDecorator: ...
 
     def mark(
@@ -232,6 +235,8 @@ class Spot:
         name: str | None = None,
         usage: Callable[[Any], Any] | None = None,
         mode: Mode | None = None,
+        replay: Literal["items", "timed"] = "items",
+        replay_speed: float = 1.0,
     ) -> Any:
         """Persist every result of ``fn``; bare (``@spot.mark``) or with options.
 
@@ -249,6 +254,7 @@ class Spot:
             raise ConfigurationError("cache_if must be a callable taking the result")
         if mode is not None:
             check_mode(mode, "@spot.mark(mode=...)")
+        check_replay(replay, replay_speed)
         if usage is not None and not callable(usage):
             raise ConfigurationError(
                 "usage must be a callable taking the result and returning a number or a "
@@ -261,6 +267,7 @@ class Spot:
 
         def decorate(func: Callable[..., Any]) -> Any:
             check_markable(func)
+            stream = is_stream_function(func)
             identity = function_identity(func, name)
             self._claim_identity(identity, func, explicit=name is not None)
             task = TaskConfig(
@@ -276,9 +283,12 @@ class Spot:
                 wait=wait,
                 cache_if=cache_if,
                 hooks=self._hooks.merged(task_hooks),
-                usage=usage,
+                usage=usage if usage is None or not stream else stream_usage(usage),
                 mode=mode,
             )
+            if stream:
+                pipeline = Pipeline(self._engine, task)
+                return wrap_stream(func, pipeline, timed=replay == "timed", speed=replay_speed)
             return wrap(func, Pipeline(self._engine, task))
 
         return decorate if fn is None else decorate(fn)

@@ -121,6 +121,29 @@ async def drive_async(steps: Steps, execute: Callable[[], Awaitable[Any]]) -> An
 
 def drive_sync(steps: Steps, execute: Callable[[], Any]) -> Any:
     """Run ``steps`` blocking this thread; I/O goes through the portal."""
+    driver = drive_sync_yielding(steps, lambda: _returning(execute))
+    try:
+        next(driver)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("a plain call's execute step yields nothing")  # pragma: no cover
+
+
+def _returning(execute: Callable[[], Any]) -> Generator[Any, None, Any]:
+    # A generator that yields nothing: a plain call's body, as an EXECUTE step.
+    yield from ()
+    return execute()
+
+
+def drive_sync_yielding(
+    steps: Steps, execute: Callable[[], Generator[Any, None, Any]]
+) -> Generator[Any, None, Any]:
+    """:func:`drive_sync` whose EXECUTE step is a generator: what it yields is passed on.
+
+    A marked sync generator function's items reach its caller this way, in
+    the middle of the pipeline. Closing this generator early throws
+    ``GeneratorExit`` into the steps, which give the key up.
+    """
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -133,7 +156,7 @@ def drive_sync(steps: Steps, execute: Callable[[], Any]) -> Any:
             if type(step) is Call:
                 value = step.fn(*step.args)
             elif step is EXECUTE:
-                value = execute()
+                value = yield from execute()
             elif type(step) is Io:
                 value = io_loop.call(step.fn, *step.args)
             elif type(step) is Wait:

@@ -110,7 +110,8 @@ def _compile_return(func: Callable[..., Any]) -> Compiled:
         for name, cell in zip(code.co_freevars, closure, strict=False):
             with contextlib.suppress(ValueError):  # an empty cell
                 localns[name] = cell.cell_contents
-    return compile_annotation(_return_annotation(func), globalns, localns)
+    stream = inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target)
+    return compile_annotation(_return_annotation(func), globalns, localns, stream=stream)
 
 
 def typed_serializer(func: Callable[..., Any], base: Serializer) -> Serializer:
