@@ -36,19 +36,20 @@ import argparse
 import contextlib
 import hashlib
 import itertools
+import json
 import math
 import random
 import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 __all__ = [
@@ -83,6 +84,50 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     """Tokens of the request's messages, roughly: words plus four per message."""
     messages = body.get("messages") or [{"content": ""}]
     return sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
+
+
+def chat_completion_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects of a streamed answer: a word each, then usage.
+
+    The last chunk has no choices and carries the usage, as OpenAI sends
+    with ``stream_options={"include_usage": True}`` (sent here always).
+    """
+    whole = chat_completion(body)
+    base = {
+        "id": whole["id"],
+        "object": "chat.completion.chunk",
+        "created": whole["created"],
+        "model": whole["model"],
+        "system_fingerprint": whole["system_fingerprint"],
+    }
+    words = whole["choices"][0]["message"]["content"].split(" ")
+    chunks = [
+        {
+            **base,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""}
+                    if i == 0
+                    else {"content": (" " if i > 1 else "") + words[i - 1]},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
+        for i in range(len(words) + 1)
+    ]
+    chunks.append(
+        {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
+    )
+    chunks.append({**base, "choices": [], "usage": whole["usage"]})
+    return chunks
+
+
+async def _sse(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
 def chat_completion(body: dict[str, Any], *, vendor_extras: bool = False) -> dict[str, Any]:
@@ -324,15 +369,14 @@ class LLMServer:
             headers["x-ratelimit-remaining-tokens"] = str(max(0, int(limit) - tokens))
         return headers
 
-    async def _chat(self, request: Request) -> JSONResponse:
+    async def _chat(self, request: Request) -> Response:
         body = await request.json()
         if body.get("stream"):
             with self._lock:
                 self.requests.append(body)
                 self.prompt_requests[prompt_of(body)] += 1
-            return JSONResponse(
-                _error("streaming is not served yet", "invalid_request_error", None),
-                status_code=400,
+            return StreamingResponse(
+                _sse(chat_completion_chunks(body)), media_type="text/event-stream"
             )
         prompt = prompt_of(body)
         completion = chat_completion(body, vendor_extras=self.vendor_extras)

@@ -17,6 +17,7 @@ from ._callables import is_async_callable
 from ._callables import unwrap_partial as _unwrap_partial
 from ._control import add_controls
 from ._modes import NORMAL, OFF, REFRESH, REPLAY
+from ._modes import scoped as scoped_mode
 from ._pipeline import UNPROBED, Miss, Pipeline
 from ._steps import drive_async, drive_sync
 from ._stream import StreamCall, sync_stream
@@ -170,11 +171,26 @@ def wrap_stream(
         def async_stream(*args: Any, **kwargs: Any) -> StreamCall:
             return StreamCall(pipeline, fn, args, kwargs, timed=timed, speed=speed)
 
+        async def collect(mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            # lookup/refresh of a stream: its items, as a list
+            with scoped_mode(pipeline.engine, mode):
+                call = StreamCall(pipeline, fn, args, kwargs, timed=False, speed=1.0)
+                return [item async for item in call]
+
         _copy_metadata(async_stream, fn)
+        add_controls(async_stream, pipeline, run=collect, is_async=True)
         return async_stream
 
     def sync_stream_marked(*args: Any, **kwargs: Any) -> Any:
         return sync_stream(pipeline, fn, args, kwargs, timed=timed, speed=speed)
 
+    async def collect_sync(mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def run() -> list[Any]:
+            with scoped_mode(pipeline.engine, mode):
+                return list(sync_stream(pipeline, fn, args, kwargs, timed=False, speed=1.0))
+
+        return await anyio.to_thread.run_sync(run)
+
     _copy_metadata(sync_stream_marked, fn)
+    add_controls(sync_stream_marked, pipeline, run=collect_sync, is_async=False)
     return sync_stream_marked

@@ -207,7 +207,11 @@ class StreamCall:
         if live is None or live.done:
             live = LiveStream(pipeline.engine.clock())
             streams[key] = live
-            spawn_hosted(lambda: self._produce(live, key, found, mode == REFRESH))
+            # The host must not hold this iterator: dropping it is how a
+            # consumer that left without aclose() lets the producer stop.
+            refresh = mode == REFRESH
+            fn = self._fn
+            spawn_hosted(lambda: _produce(pipeline, fn, args, kwargs, live, key, found, refresh))
         live.consumers += 1
         self._live = live
         position = 0
@@ -221,30 +225,6 @@ class StreamCall:
             return item
 
         return read_live
-
-    async def _produce(self, live: LiveStream, key: str, found: Any, refresh: bool) -> None:
-        pipeline = self._pipeline
-        engine = pipeline.engine
-        fn, args, kwargs = self._fn, self._args, self._kwargs
-
-        async def execute() -> dict[str, Any]:
-            async with contextlib.aclosing(fn(*args, **kwargs)) as generator:
-                async for item in generator:
-                    live.append(item, engine.clock())
-            return _record(live.items, live.offsets)
-
-        try:
-            with live.scope:
-                record = await drive_async(pipeline.steps(args, kwargs, found, refresh), execute)
-            if live.scope.cancelled_caught:
-                live.fail(anyio.get_cancelled_exc_class()("the stream was abandoned"))
-            else:
-                live.finish(record)
-        except BaseException as exc:  # handed to every consumer; never escapes the host task
-            live.fail(exc)
-        finally:
-            if engine.streams.get(key) is live:
-                del engine.streams[key]
 
     def _replay(self, record: Any) -> Callable[[], Any]:
         items, offsets = _items(record)
@@ -273,6 +253,39 @@ class StreamCall:
             return await generator.__anext__()
 
         return read_direct
+
+
+async def _produce(
+    pipeline: Pipeline,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    live: LiveStream,
+    key: str,
+    found: Any,
+    refresh: bool,
+) -> None:
+    """The host task of a live stream: the pipeline, with the generator as its body."""
+    engine = pipeline.engine
+
+    async def execute() -> dict[str, Any]:
+        async with contextlib.aclosing(fn(*args, **kwargs)) as generator:
+            async for item in generator:
+                live.append(item, engine.clock())
+        return _record(live.items, live.offsets)
+
+    try:
+        with live.scope:
+            record = await drive_async(pipeline.steps(args, kwargs, found, refresh), execute)
+        if live.scope.cancelled_caught:
+            live.fail(RuntimeError("the stream was abandoned by every consumer"))
+        else:
+            live.finish(record)
+    except BaseException as exc:  # handed to every consumer; never escapes the host task
+        live.fail(exc)
+    finally:
+        if engine.streams.get(key) is live:
+            del engine.streams[key]
 
 
 def _never() -> Any:
