@@ -315,3 +315,59 @@ def test_markable() -> None:
         yield 1
 
     assert not isinstance(agen(), list)
+
+
+STREAM_WORKER = """
+import asyncio, sys, time
+import beautyspot_async as bs
+
+async def main(db, role):
+    async with bs.Spot("xproc", db=db) as spot:
+        @spot.mark(name="slow_stream")
+        async def slow(n):
+            print("producing", flush=True)
+            for i in range(n):
+                await asyncio.sleep(0.3)
+                yield i
+        if role == "producer":
+            async for item in slow(5):
+                print("item", item, flush=True)
+        else:
+            items = [i async for i in slow(5)]
+            print("got", items, flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_waits_for_the_stream_then_replays(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    db = str(tmp_path / "x.db")
+    producer = subprocess.Popen(
+        [sys.executable, "-c", STREAM_WORKER, db, "producer"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert producer.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in producer.stdout:
+        if line.startswith("item 0"):
+            break
+        assert time.monotonic() < deadline
+    consumer = subprocess.run(
+        [sys.executable, "-c", STREAM_WORKER, db, "consumer"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    producer.communicate(timeout=60)
+    assert consumer.returncode == 0, consumer.stderr
+    assert "got [0, 1, 2, 3, 4]" in consumer.stdout
+    assert "producing" not in consumer.stdout  # it waited on the lease and replayed
