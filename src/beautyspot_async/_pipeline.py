@@ -32,11 +32,13 @@ from typing import Any, Final, NamedTuple
 from . import _policy
 from ._engine import Engine
 from ._memory_tier import IMMUTABLE_TYPES, NO_VALUE, MemoryEntry
+from ._preview import argument_meta
 from ._reader import Absent
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, FlightEnd
 from ._steps import EXECUTE, Blocking, Call, Io, Step, Steps, Wait
 from ._store import WriteItem
+from ._usage import measure
 from .cachekey import ArgumentKeyer, KeyScope
 from .exceptions import BackendError, CacheCorruptedError, SerializationError
 from .hooks import (
@@ -82,6 +84,8 @@ class TaskConfig:
     hooks: HookSet
     #: ``usage(result)``: what one execution cost (settles a stacked limiter).
     usage: Callable[[Any], Any] | None = None
+    #: ``"preview"``: store argument previews and digests with each entry.
+    store_args: str = "preview"
 
 
 class Miss(NamedTuple):
@@ -382,7 +386,8 @@ class Pipeline:
             raise
 
         engine.stats.misses += 1
-        return (yield from self._store(flight, key, input_id, result, owner, base, bypass))
+        call = (args, kwargs)
+        return (yield from self._store(flight, key, input_id, result, owner, base, bypass, call))
 
     def _lookup(
         self, key: str, absent: bool
@@ -456,6 +461,7 @@ class Pipeline:
         owner: str | None,
         base: dict[str, Any] | None,
         bypass: bool,
+        call: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> Steps:
         task = self.task
         engine = self.engine
@@ -496,6 +502,7 @@ class Pipeline:
                 result_data=payload,
                 expires_at=expires,
                 size_bytes=len(payload),
+                meta=self._meta(call, result),
             )
             report = self._reporter(base, result)
             if wait:
@@ -523,6 +530,23 @@ class Pipeline:
         if base is not None:
             yield from self._fire("on_cache_miss", CacheMissContext(**base, result=result))
         return result
+
+    def _meta(
+        self, call: tuple[tuple[Any, ...], dict[str, Any]] | None, result: Any
+    ) -> dict[str, Any] | None:
+        """What the entry remembers of its call; never raises (meta only describes)."""
+        task = self.task
+        meta: dict[str, Any] = {}
+        if call is not None and task.store_args == "preview":
+            try:
+                meta.update(argument_meta(task.keyer.key_arguments(*call)))
+            except Exception as exc:
+                logger.debug("arguments of %s not stored: %r", task.identity, exc)
+        if task.usage is not None:
+            used = measure(task.usage, result, task.identity)
+            if used is not None:
+                meta["usage"] = used
+        return meta or None
 
     # -- how a flight ends (performed as Call steps) ---------------------------------------
 

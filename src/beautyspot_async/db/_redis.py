@@ -29,7 +29,7 @@ import anyio
 from beautyspot_async._errormap import ErrorMap
 from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
-from beautyspot_async._record import TaskRecord, checked_record
+from beautyspot_async._record import TaskRecord, checked_record, meta_text, parse_meta
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
@@ -62,6 +62,7 @@ _META_FIELDS = (
     "size_bytes",
     "created_at",
     "updated_at",
+    "meta",
 )
 
 # KEYS: record hash, updated index, expires index.
@@ -178,8 +179,9 @@ async def _close(client: aioredis.Redis) -> None:
         await client.aclose()
 
 
-def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
+def _from_hash(cache_key: str, h: dict[bytes, bytes], *, with_meta: bool = False) -> TaskRecord:
     # Hash fields are whatever anyone wrote there: parse leniently, then check.
+    # The hit path leaves meta undecoded (with_meta false): hits never pay for it.
     return checked_record(
         cache_key,
         _text(h.get(b"func_name")),
@@ -193,6 +195,7 @@ def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
         _number(h.get(b"size_bytes", b"0"), int),
         _number(h.get(b"created_at"), float),
         _number(h.get(b"updated_at"), float),
+        h.get(b"meta") if with_meta else None,
     )
 
 
@@ -386,6 +389,7 @@ class RedisTaskDB(RecordTaskDB):
             "result_data": r.result_data,
             "expires_at": None if r.expires_at is None else repr(float(r.expires_at)),
             "size_bytes": str(r.size_bytes),
+            "meta": meta_text(r.meta),
         }
         present = [(k, v) for k, v in values.items() if v is not None]
         absent = [k for k, v in values.items() if v is None]
@@ -459,12 +463,26 @@ class RedisTaskDB(RecordTaskDB):
             async for member, _score in client.zscan_iter(self._updated, count=256):
                 chunk.append(member.decode())
                 if len(chunk) >= 256:
-                    for record in (await self.get_many(chunk)).values():
+                    for record in await self._with_meta(chunk):
                         yield record
                     chunk = []
             if chunk:
-                for record in (await self.get_many(chunk)).values():
+                for record in await self._with_meta(chunk):
                     yield record
+
+    async def _with_meta(self, keys: list[str]) -> list[TaskRecord]:
+        hashes = await self._pipelined(
+            keys, lambda pipe, key: pipe.hgetall(self._rec + key.encode()), "iter_records"
+        )
+        return [_from_hash(k, h, with_meta=True) for k, h in zip(keys, hashes, strict=True) if h]
+
+    async def get_meta(self, cache_key: str) -> Mapping[str, Any] | None:
+        """The ``meta`` field of the record's hash, alone."""
+
+        async def op(r: aioredis.Redis) -> Any:
+            return await r.hget(self._rec + cache_key.encode(), "meta")
+
+        return parse_meta(await self._call(op, "get_meta"))
 
     async def get_history(self, limit: int = 1000) -> pd.DataFrame:
         """Return up to ``limit`` records' metadata, newest first, from the index."""
@@ -484,7 +502,7 @@ class RedisTaskDB(RecordTaskDB):
         for key, row in await self._call(op, "get_history"):
             h = {f.encode(): v for f, v in zip(_META_FIELDS, row, strict=True) if v is not None}
             if b"func_name" in h:  # deleted between the two reads
-                records.append(_from_hash(key, h))
+                records.append(_from_hash(key, h, with_meta=True))
         return records_to_frame(records)
 
     # -- failure records -------------------------------------------------------
