@@ -60,13 +60,26 @@ def _cut(text: str, limit: int) -> str:
     return text[: max(limit - len(ELLIPSIS), 0)] + ELLIPSIS
 
 
+# One encoder for every preview: json.dumps() with options builds a new one per call.
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_SMALL_INT: Final = 10**18
+
+
 def preview(value: Any, limit: int = MAX_ARG_CHARS) -> str:
     """``value`` as compact JSON text of at most ``limit`` characters; never raises."""
+    kind = type(value)
     try:
-        # The bounds keep the rendering itself cheap: no more is converted
-        # than can be shown.
-        shown = to_jsonable(value, max_items=20, max_depth=4, max_str=limit)
-        text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"), default=str)
+        # Scalars, most arguments, skip the generic rendering (a few us each).
+        if kind is str:
+            text = _ENCODE(value[:limit])
+        elif value is None or kind is bool or kind is float:
+            text = _ENCODE(value)
+        elif kind is int and -_SMALL_INT < value < _SMALL_INT:
+            text = str(value)
+        else:
+            # The bounds keep the rendering itself cheap: no more is converted
+            # than can be shown.
+            text = _ENCODE(to_jsonable(value, max_items=20, max_depth=4, max_str=limit))
     except Exception:  # a pathological value: its preview is not worth failing the call
         text = f"<{type(value).__name__}>"
     return _cut(text, limit)

@@ -65,6 +65,28 @@ _META_FIELDS = (
     "meta",
 )
 
+# What the hit-path reads fetch: every field but meta, which only the readers
+# that show it (history, iter_records, get_meta) fetch.
+_RECORD_FIELDS = (
+    "func_name",
+    "input_id",
+    "version",
+    "result_type",
+    "content_type",
+    "result_value",
+    "result_data",
+    "expires_at",
+    "size_bytes",
+    "created_at",
+    "updated_at",
+)
+
+
+def _present(row: list[bytes | None]) -> dict[bytes, bytes]:
+    # HMGET answers None for a missing field, and for every field of a missing hash.
+    return {f.encode(): v for f, v in zip(_RECORD_FIELDS, row, strict=True) if v is not None}
+
+
 # KEYS: record hash, updated index, expires index.
 # ARGV: cache_key, expires_at ('' = never), channel, n, n field/value pairs,
 #       then the fields to delete (the None-valued ones).
@@ -348,10 +370,11 @@ class RedisTaskDB(RecordTaskDB):
     async def get(self, cache_key: str) -> TaskRecord | None:
         """Return the record stored under ``cache_key``, or ``None``."""
 
-        async def op(r: aioredis.Redis) -> dict[bytes, bytes]:
-            return cast("dict[bytes, bytes]", await r.hgetall(self._rec + cache_key.encode()))
+        async def op(r: aioredis.Redis) -> list[bytes | None]:
+            key = self._rec + cache_key.encode()
+            return cast("list[bytes | None]", await r.hmget(key, _RECORD_FIELDS))
 
-        h = await self._call(op, "get")
+        h = _present(await self._call(op, "get"))
         return _from_hash(cache_key, h) if h else None
 
     async def _pipelined(
@@ -373,10 +396,11 @@ class RedisTaskDB(RecordTaskDB):
         if not keys:
             return {}
 
-        hashes = await self._pipelined(
-            keys, lambda pipe, key: pipe.hgetall(self._rec + key.encode()), "get_many"
+        rows = await self._pipelined(
+            keys, lambda pipe, key: pipe.hmget(self._rec + key.encode(), _RECORD_FIELDS), "get_many"
         )
-        return {k: _from_hash(k, h) for k, h in zip(keys, hashes, strict=True) if h}
+        found = ((k, _present(row)) for k, row in zip(keys, rows, strict=True))
+        return {k: _from_hash(k, h) for k, h in found if h}
 
     def _save_args(self, r: TaskRecord) -> tuple[list[bytes], list[Any]]:
         values: dict[str, Any] = {
