@@ -166,6 +166,11 @@ async def test_args_and_usage_round_trip(spot: bs.Spot, kind: str) -> None:
     }
     assert row["usage"] == {"tokens": 5.0}
     meta = await on_io(spot, spot.db.get_meta, row["cache_key"])
+    if kind in ("sqlite", "postgres", "redis"):  # hit-path reads leave meta out
+        hot = await on_io(spot, spot.db.get, row["cache_key"])
+        assert hot.meta is None
+        many = await on_io(spot, spot.db.get_many, [row["cache_key"]])
+        assert many[row["cache_key"]].meta is None
     assert dict(meta)["args"] == row["args"]
     assert set(meta["digests"]) == {"prompt", "api_key", "temperature"}
     assert all(len(d) == _preview.DIGEST_CHARS for d in meta["digests"].values())
