@@ -177,11 +177,15 @@ def open_spot(workdir: Path, *, default_wait: bool) -> Any:
     """A Spot over the benchmark's backend with otherwise default options."""
     import beautyspot_async as bs
 
+    # Only when asked: the option does not exist before it was added, and
+    # this module also benchmarks older checkouts.
+    extra = {"store_args": BACKEND["store_args"]} if BACKEND.get("store_args") else {}
     return bs.Spot(
         "bench_core",
         db=make_db(workdir),
         storage=str(workdir / "blobs"),
         default_wait=default_wait,
+        **extra,
     )
 
 
@@ -296,10 +300,17 @@ def main(argv: list[str] | None = None) -> None:
         default="sqlite",
         help="sqlite (default), or a postgresql://... or redis://... URL",
     )
+    parser.add_argument(
+        "--store-args",
+        choices=["preview", "none"],
+        default=None,
+        help="Spot(store_args=...) (default: the Spot's own default)",
+    )
     parser.add_argument("--namespace", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--fresh-worker", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     BACKEND["db"] = args.db
+    BACKEND["store_args"] = args.store_args or ""
     BACKEND["namespace"] = args.namespace or f"bench_core_{os.getpid()}"
     n = args.n if args.n is not None else (1_000 if args.quick else 10_000)
 

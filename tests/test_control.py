@@ -436,3 +436,39 @@ class TestCommandLine:
         assert gone.exit_code == 0, gone.output
         again = runner.invoke(app, ["delete", db, key])
         assert again.exit_code == 1
+
+
+class TestExplainArguments:
+    async def test_differing_argument_is_named_with_both_previews(self, tmp_path: Path) -> None:
+        async with open_spot("sqlite", tmp_path) as spot:
+
+            @spot.mark
+            async def ask(prompt: str, temperature: float = 0.0, api_key: str = "k1") -> str:
+                return prompt
+
+            await ask("Summarize ticket #12")
+            await ask("Something else entirely", temperature=0.9)
+            explanation = await ask.explain("Summarise ticket #12")  # type: ignore[attr-defined]
+        assert explanation.status == "miss"
+        best = explanation.closest[0]
+        assert [d.name for d in best.differences] == ["prompt"]
+        (diff,) = best.differences
+        assert diff.stored == '"Summarize ticket #12"'
+        assert diff.current == '"Summarise ticket #12"'
+        assert 'prompt: stored "Summarize ticket #12" -> now "Summarise ticket #12"' in str(
+            explanation
+        )
+
+    async def test_secret_change_shows_redacted(self, tmp_path: Path) -> None:
+        async with open_spot("memory", tmp_path) as spot:
+
+            @spot.mark
+            async def ask(prompt: str, api_key: str) -> str:
+                return prompt
+
+            await ask("hi", api_key="old")
+            explanation = await ask.explain("hi", api_key="new")  # type: ignore[attr-defined]
+        (diff,) = explanation.closest[0].differences
+        assert (diff.name, diff.stored, diff.current) == ("api_key", "<redacted>", "<redacted>")
+        assert "old" not in str(explanation)
+        assert "new" not in str(explanation)

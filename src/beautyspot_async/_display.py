@@ -281,6 +281,24 @@ def failure_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def stored_args(meta: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The argument previews kept in an entry's meta; None when it has none."""
+    found = meta.get("args") if isinstance(meta, Mapping) else None
+    if not isinstance(found, Mapping):
+        return None
+    return {
+        str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in found.items()
+    }
+
+
+def args_line(args: Any, limit: int = 80) -> str:
+    """Stored argument previews on one line (``name=preview, ...``), cut at ``limit``."""
+    if not isinstance(args, Mapping) or not args:
+        return "-"
+    text = ", ".join(f"{k}={' '.join(str(v).split())}" for k, v in args.items())
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
 def summary_json(s: FuncSummary) -> dict[str, Any]:
     """One :class:`FuncSummary` as a JSON-ready dict (ISO timestamps)."""
     data = dataclasses.asdict(s)
@@ -308,6 +326,8 @@ def entry_json(entry: Entry, *, max_chars: int = 4000) -> dict[str, Any]:
         "updated_at": _utc_iso(r.updated_at),
         "expires_at": _utc_iso(r.expires_at),
         "problem": entry.problem,
+        "args": stored_args(r.meta),
+        "usage": (r.meta or {}).get("usage"),
         "value": to_jsonable(entry.value),
         "preview": entry.preview(max_chars),
     }

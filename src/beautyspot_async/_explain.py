@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ._preview import argument_meta
 from .exceptions import BeautySpotError
 
 if TYPE_CHECKING:
@@ -186,8 +187,10 @@ def _compare(
         stored_version = None
     if stored_version != version:
         differences.append(Difference("version", _text(stored_version), _text(version)))
-    stored_args = row.get("args")
-    stored_digests = row.get("digests")
+    meta = row.get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    stored_args = meta.get("args")
+    stored_digests = meta.get("digests")
     if current_args is not None and isinstance(stored_digests, Mapping):
         previews = stored_args if isinstance(stored_args, Mapping) else {}
         for name in sorted(set(current_args) | set(stored_digests)):
@@ -216,4 +219,11 @@ def current_arguments(
     keyer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Mapping[str, tuple[str, str]] | None:
     """The call's arguments as ``name -> (preview, digest)``, as entries store them."""
-    return None
+    try:
+        meta = argument_meta(keyer.key_arguments(args, kwargs))
+    except Exception as exc:
+        logger.debug("explain could not describe the call's arguments: %r", exc)
+        return None
+    previews = meta.get("args") or {}
+    digests = meta.get("digests") or {}
+    return {name: (str(previews.get(name)), str(d)) for name, d in digests.items()}

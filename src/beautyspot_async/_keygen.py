@@ -273,6 +273,41 @@ class ArgumentKeyer:
             return self._custom_id(self._key_fn(*bound.args, **bound.kwargs), b"")
         return self._encode(self._bind(args, kwargs))
 
+    def key_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[str, Any, Any]]:
+        """The call's arguments as the key sees them: ``(name, value, keyed_value)``.
+
+        Bound to the signature with defaults applied; arguments a policy
+        ignores are left out, ``**kwargs`` entries are listed by their own
+        names, and ``keyed_value`` is the value after a ``KeyGen.map``
+        transform. With a custom key function every bound argument is listed
+        (which ones it reads is unknowable). Raises ``TypeError`` when the
+        arguments do not bind.
+        """
+        if self._pre_args:
+            args = self._pre_args + args
+        if self._pre_kwargs:
+            kwargs = {**self._pre_kwargs, **kwargs}
+        if self._mode != "canonical":
+            return [(n, v, v) for n, v in self._bind_slow(args, kwargs).arguments.items()]
+        found: list[tuple[str, Any, Any]] = []
+        for name, entry, value in zip(
+            self._names, self._plan, self._bind(args, kwargs), strict=True
+        ):
+            if entry is None:
+                continue
+            _, transform, var_keyword = entry
+            if var_keyword:
+                for extra, item in value.items():
+                    if extra in self._extra_ignored:
+                        continue
+                    mapped = self._extra_transforms.get(extra)
+                    found.append((extra, item, item if mapped is None else mapped(item)))
+                continue
+            found.append((name, value, value if transform is None else transform(value)))
+        return found
+
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[Any]:
         n = len(args)
         if self._fast and n <= self._n_positional:

@@ -27,14 +27,14 @@ import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._display import decode_lenient, render_preview
 from ._failure import is_failure_key
 from ._gc import GcReport, collect_garbage, orphan_blobs
 from ._portal import io_loop
-from ._record import BLOB, TaskRecord, as_record
+from ._record import BLOB, TaskRecord, as_record, parse_meta
 from .exceptions import CacheCorruptedError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -202,11 +202,23 @@ async def _readable(spot: Spot) -> bool:
     return True
 
 
+def overrides_get_meta(db: TaskDB) -> bool:
+    """Whether ``db`` reads meta on its own (else ``get`` already returned it, or nothing)."""
+    from .db._base import TaskDB as Base
+
+    return type(db).get_meta is not Base.get_meta
+
+
 async def _get(spot: Spot, cache_key: str) -> TaskRecord | None:
     if is_failure_key(cache_key):  # a failure kept among the records is no result
         return None
     found = await _on_io_loop(spot, spot.db.get, cache_key)
-    return as_record(found, cache_key, backend=spot.db.backend_name)
+    record = as_record(found, cache_key, backend=spot.db.backend_name)
+    # The shipped backends' get() leaves meta out (it is on the hit path).
+    if record is not None and record.meta is None and overrides_get_meta(spot.db):
+        meta = await _on_io_loop(spot, spot.db.get_meta, cache_key)
+        record = replace(record, meta=parse_meta(meta))
+    return record
 
 
 async def _records(db: TaskDB) -> AsyncIterator[TaskRecord]:
@@ -251,9 +263,9 @@ async def history(spot: Spot, *, limit: int = 1000, func_name: str | None = None
     A store that was never created has an empty history.
     """
     if not await _readable(spot):
-        from .db._history import records_to_frame
+        from .db._history import records_to_frame, with_meta_columns
 
-        return records_to_frame([])
+        return with_meta_columns(records_to_frame([]))
     if func_name is None:
         return await spot.history(limit=limit)
     frame = await spot.history(limit=2**62)

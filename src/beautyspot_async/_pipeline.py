@@ -36,11 +36,13 @@ from ._explain import Explanation, current_arguments, explain_call
 from ._memory_tier import IMMUTABLE_TYPES, NO_VALUE, MemoryEntry
 from ._modes import current as current_mode
 from ._modes import record_replay_miss
+from ._preview import argument_meta
 from ._reader import Absent
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, FlightEnd
 from ._steps import EXECUTE, Blocking, Call, Io, Step, Steps, Wait
 from ._store import WriteItem
+from ._usage import measure
 from .cachekey import ArgumentKeyer, KeyScope
 from .exceptions import BackendError, CacheCorruptedError, CacheMissError, SerializationError
 from .hooks import (
@@ -88,6 +90,8 @@ class TaskConfig:
     usage: Callable[[Any], Any] | None = None
     #: ``@spot.mark(mode=)``: this function's cache mode, over the Spot's.
     mode: str | None = None
+    #: ``"preview"``: store argument previews and digests with each entry.
+    store_args: str = "preview"
 
 
 class Miss(NamedTuple):
@@ -461,7 +465,8 @@ class Pipeline:
             raise
 
         engine.stats.misses += 1
-        return (yield from self._store(flight, key, input_id, result, owner, base, bypass))
+        call = (args, kwargs)
+        return (yield from self._store(flight, key, input_id, result, owner, base, bypass, call))
 
     def _lookup(
         self, key: str, absent: bool
@@ -535,6 +540,7 @@ class Pipeline:
         owner: str | None,
         base: dict[str, Any] | None,
         bypass: bool,
+        call: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> Steps:
         task = self.task
         engine = self.engine
@@ -575,6 +581,7 @@ class Pipeline:
                 result_data=payload,
                 expires_at=expires,
                 size_bytes=len(payload),
+                meta=self._meta(call, result),
             )
             report = self._reporter(base, result)
             if wait:
@@ -602,6 +609,23 @@ class Pipeline:
         if base is not None:
             yield from self._fire("on_cache_miss", CacheMissContext(**base, result=result))
         return result
+
+    def _meta(
+        self, call: tuple[tuple[Any, ...], dict[str, Any]] | None, result: Any
+    ) -> dict[str, Any] | None:
+        """What the entry remembers of its call; never raises (meta only describes)."""
+        task = self.task
+        meta: dict[str, Any] = {}
+        if call is not None and task.store_args == "preview":
+            try:
+                meta.update(argument_meta(task.keyer.key_arguments(*call)))
+            except Exception as exc:
+                logger.debug("arguments of %s not stored: %r", task.identity, exc)
+        if task.usage is not None:
+            used = measure(task.usage, result, task.identity)
+            if used is not None:
+                meta["usage"] = used
+        return meta or None
 
     # -- how a flight ends (performed as Call steps) ---------------------------------------
 

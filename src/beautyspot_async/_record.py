@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -19,6 +20,8 @@ __all__ = [
     "TaskRecord",
     "as_record",
     "checked_record",
+    "meta_text",
+    "parse_meta",
     "payload_size",
     "saved_record",
     "written_values",
@@ -42,6 +45,7 @@ HISTORY_COLUMNS: Final = (
     "created_at",
     "updated_at",
     "expires_at",
+    "meta",
 )
 
 
@@ -55,6 +59,13 @@ class TaskRecord:
     stored row had wrongly typed fields: they were replaced by harmless
     defaults, and the pipeline treats the entry as corrupt (a miss, a
     warning, a rewrite).
+
+    ``meta`` is what the library knows about the call beyond its key: the
+    arguments' previews and digests, its usage (a JSON-able dict, stored as
+    JSON text). The reads on the hit path (``get``, ``get_many``, the
+    ``nowait`` reads, ``lookup_or_lease``) of the shipped backends leave it
+    out (``None``) so that hits never pay for it; ``iter_records``,
+    ``get_history`` and ``get_meta`` return it.
     """
 
     cache_key: str
@@ -70,6 +81,9 @@ class TaskRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     problem: str | None = field(default=None, compare=False)
+    # Not compared: a backend that drops it (or a hit-path read that skips
+    # it) still returns "the same record".
+    meta: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def is_expired(self, now: float) -> bool:
         """Whether the record is past its expiry at wall-clock time ``now``."""
@@ -77,7 +91,11 @@ class TaskRecord:
 
 
 #: A record's stored fields, in the order the SQL backends' tables hold them.
-RECORD_COLUMNS: Final = tuple(f.name for f in fields(TaskRecord) if f.name != "problem")
+#: ``meta`` is not among them: it is written beside them and read only where
+#: it is shown, never on the hit path.
+RECORD_COLUMNS: Final = tuple(
+    f.name for f in fields(TaskRecord) if f.name not in ("problem", "meta")
+)
 
 #: ``written_values(record)``: what a save writes, in :data:`RECORD_COLUMNS`
 #: order up to ``size_bytes``; the timestamps are left to the backend's clock.
@@ -107,6 +125,7 @@ def saved_record(
     result_data: bytes | None = None,
     expires_at: float | None = None,
     size_bytes: int | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> TaskRecord:
     """The record a :meth:`TaskDB.save` call describes, its size settled.
 
@@ -125,10 +144,48 @@ def saved_record(
         result_data=result_data,
         expires_at=expires_at,
         size_bytes=payload_size(size_bytes, result_data),
+        meta=meta,
     )
 
 
 _FIELDS: Final = frozenset(TaskRecord.__dataclass_fields__) - {"problem"}
+
+
+def meta_text(meta: Mapping[str, Any] | None) -> str | None:
+    """``meta`` as the JSON text a backend stores; ``None`` when there is none.
+
+    Never raises: what cannot be written as JSON is stored as no meta, since
+    meta is a description of the entry, not part of it.
+    """
+    if not meta:
+        return None
+    try:
+        return json.dumps(meta, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_meta(value: Any) -> dict[str, Any] | None:
+    """A stored meta (JSON text, bytes or a mapping) as a dict; ``None`` when unreadable.
+
+    A malformed meta is dropped rather than reported: the entry's result is
+    intact, only its description is lost.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = bytes(value).decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        decoded = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
 _REQUIRED: Final = ("func_name", "input_id", "version", "result_type", "content_type")
 _TIMES: Final = ("expires_at", "created_at", "updated_at")
 
@@ -183,6 +240,50 @@ def as_record(found: Any, cache_key: str, *, backend: str = "custom") -> TaskRec
     return checked_record(**fields)
 
 
+def _slot_setters() -> tuple[Callable[[TaskRecord, Any], None], ...]:
+    return tuple(getattr(TaskRecord, f.name).__set__ for f in fields(TaskRecord))
+
+
+(_s0, _s1, _s2, _s3, _s4, _s5, _s6, _s7, _s8, _s9, _s10, _s11, _s12, _s13) = _slot_setters()
+_new_record = object.__new__
+
+
+def _intact(
+    cache_key: str,
+    func_name: str,
+    input_id: str,
+    version: str | None,
+    result_type: str,
+    content_type: str | None,
+    result_value: str | None,
+    result_data: bytes | None,
+    expires_at: float | None,
+    size_bytes: int,
+    created_at: float,
+    updated_at: float,
+    meta: Mapping[str, Any] | None,
+) -> TaskRecord:
+    # TaskRecord(...) of already checked fields, through the slots directly:
+    # a frozen dataclass's __init__ pays an object.__setattr__ per field, and
+    # this runs once per row on every hit (half the cost of the record).
+    record = _new_record(TaskRecord)
+    _s0(record, cache_key)
+    _s1(record, func_name)
+    _s2(record, input_id)
+    _s3(record, version)
+    _s4(record, result_type)
+    _s5(record, content_type)
+    _s6(record, result_value)
+    _s7(record, result_data)
+    _s8(record, expires_at)
+    _s9(record, size_bytes)
+    _s10(record, created_at)
+    _s11(record, updated_at)
+    _s12(record, None)
+    _s13(record, meta)
+    return record
+
+
 def _text(value: Any, name: str, problems: list[str], *, optional: bool) -> Any:
     if type(value) is str or (value is None and optional):
         return value
@@ -221,6 +322,7 @@ def checked_record(
     size_bytes: Any = 0,
     created_at: Any = 0.0,
     updated_at: Any = 0.0,
+    meta: Any = None,
 ) -> TaskRecord:
     """A :class:`TaskRecord` from a stored row's raw fields, whatever their types.
 
@@ -229,7 +331,11 @@ def checked_record(
     by hand, written by other software, damaged) comes back with harmless
     values in those fields and :attr:`TaskRecord.problem` saying what was
     wrong, so no reader crashes on it and the pipeline rewrites it.
+    ``meta`` (JSON text or a mapping) that cannot be read becomes ``None``
+    and is no problem: the result itself is intact.
     """
+    if meta is not None:
+        meta = parse_meta(meta)
     if (
         type(cache_key) is str
         and type(func_name) is str
@@ -244,7 +350,7 @@ def checked_record(
         and type(created_at) is float
         and type(updated_at) is float
     ):
-        return TaskRecord(
+        return _intact(
             cache_key,
             func_name,
             input_id,
@@ -257,6 +363,7 @@ def checked_record(
             size_bytes,
             created_at,
             updated_at,
+            meta,
         )
     problems: list[str] = []
     if isinstance(result_data, bytearray | memoryview):
@@ -282,6 +389,7 @@ def checked_record(
         size_bytes=size_bytes,
         created_at=_seconds(created_at, "created_at", problems, optional=False),
         updated_at=_seconds(updated_at, "updated_at", problems, optional=False),
+        meta=meta,
     )
     if not problems:
         return record

@@ -31,6 +31,7 @@ from ._typed import typed_serializer
 from ._urls import resolve_db, resolve_storage
 from .cachekey import ArgumentKeyer, function_identity, underlying_function
 from .db import TaskDB
+from .db._history import with_meta_columns
 from .exceptions import ConfigurationError
 from .hooks import HookBase, HookSet
 from .serializer import MsgpackSerializer, Serializer, default_serializer
@@ -90,6 +91,11 @@ class Spot:
     :class:`~beautyspot_async.BackendError` naming the backend and the
     operation, or runs it uncached under ``on_backend_error="bypass"``,
     instead of hanging it. The Spot recovers once the server answers again.
+
+    ``store_args`` (``"preview"``, the default, or ``"none"``): with
+    ``"preview"`` each stored result keeps a short preview and a digest of
+    every argument in its key (secret-looking names redacted), shown by
+    :meth:`history`, the CLI and the dashboard.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class Spot:
         memory_cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
         backend_timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
+        store_args: Literal["preview", "none"] = "preview",
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -127,6 +134,9 @@ class Spot:
         if lease_ttl is not None and not lease_ttl > 0:
             raise ConfigurationError(f"lease_ttl must be > 0 seconds or None, got {lease_ttl!r}")
         backend_timeout = check_timeout(backend_timeout)
+        if store_args not in ("preview", "none"):
+            raise ConfigurationError(f"store_args must be 'preview' or 'none', got {store_args!r}")
+        self._store_args: str = store_args
         if serializer is None:
             serializer = default_serializer()
         _check_serializer(serializer, "serializer")
@@ -285,6 +295,7 @@ class Spot:
                 hooks=self._hooks.merged(task_hooks),
                 usage=usage if usage is None or not stream else stream_usage(usage),
                 mode=mode,
+                store_args=self._store_args,
             )
             if stream:
                 pipeline = Pipeline(self._engine, task)
@@ -566,12 +577,14 @@ class Spot:
         """The newest ``limit`` stored results' metadata, newest first.
 
         Pending write-behind results are flushed first, so everything a call
-        has returned is listed. Payloads are not loaded.
+        has returned is listed. Payloads are not loaded. Besides the
+        backend's columns, ``args`` holds the stored argument previews
+        (name -> text, or None) and ``usage`` the call's recorded usage.
         """
         if not isinstance(limit, int) or limit < 0:
             raise ConfigurationError(f"limit must be an int >= 0, got {limit!r}")
         frame: pd.DataFrame = await self._engine.history(limit)
-        return frame
+        return with_meta_columns(frame)
 
     async def failures(
         self, func: Callable[..., Any] | str | None = None, limit: int = 1000

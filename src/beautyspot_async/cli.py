@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import _display as display
 from . import _maintenance as maint
@@ -202,6 +203,7 @@ def history_command(
     # case fits a narrow terminal; --json always carries every field.
     show_version = bool(frame["version"].notna().any())
     show_expiry = bool(frame["expires_at"].notna().any())
+    show_args = "args" in frame.columns and bool(frame["args"].notna().any())
     table.add_column("updated (UTC)")
     table.add_column("function", overflow="fold", ratio=1, min_width=12)
     table.add_column("key", no_wrap=True)
@@ -211,8 +213,10 @@ def history_command(
     table.add_column("size", justify="right", no_wrap=True)
     if show_expiry:
         table.add_column("expires (UTC)")
+    if show_args:
+        table.add_column("args", overflow="ellipsis", no_wrap=True, ratio=2, min_width=12)
     for row in display.history_rows(frame):
-        cells = [
+        cells: list[str | Text] = [
             _iso_text(row["updated_at"]),
             str(row["func_name"]),
             str(row["cache_key"])[:KEY_CHARS],
@@ -222,6 +226,9 @@ def history_command(
         cells += [str(row["result_type"]), format_size(row["size_bytes"])]
         if show_expiry:
             cells.append(_iso_text(row["expires_at"]))
+        if show_args:
+            # Plain text: a preview like [1, 2] must not be read as markup.
+            cells.append(Text(display.args_line(row.get("args"))))
         table.add_row(*cells)
     Console().print(table)
 
@@ -345,6 +352,12 @@ def show_command(
     meta.add_row("created", format_time(record.created_at))
     meta.add_row("updated", format_time(record.updated_at))
     meta.add_row("expires", format_time(record.expires_at))
+    args = display.stored_args(record.meta)
+    if args:
+        meta.add_row("args", Text("\n".join(f"{k} = {v}" for k, v in args.items())))
+    usage = (record.meta or {}).get("usage")
+    if usage is not None:
+        meta.add_row("usage", Text(json.dumps(usage) if isinstance(usage, dict) else str(usage)))
     console.print(meta)
     if found.problem is not None:
         console.print(f"[bold yellow]Warning:[/] {escape(found.problem)}", highlight=False)

@@ -221,6 +221,7 @@ def render_index(
             f"<td>{_text(row['result_type'])}</td>"
             f'<td class="num">{int(row["size_bytes"])}</td>'
             f"<td>{_time(row['expires_at'])}</td>"
+            f'<td class="args">{html.escape(display.args_line(row.get("args"), 120))}</td>'
             f'<td><a class="preview" href="/api/entries/{quote(key, safe="")}">preview</a></td>'
             "</tr>"
         )
@@ -244,7 +245,7 @@ def render_index(
 <p>{heading}, newest first.</p>
 <table>
 <thead><tr><th>updated (UTC)</th><th>function</th><th>cache key</th><th>version</th>
-<th>stored</th><th>bytes</th><th>expires (UTC)</th><th></th></tr></thead>
+<th>stored</th><th>bytes</th><th>expires (UTC)</th><th>args</th><th></th></tr></thead>
 <tbody>
 {"".join(body)}
 </tbody>

@@ -45,7 +45,7 @@ logger = logging.getLogger("beautyspot_async")
 
 #: Keywords of :meth:`TaskDB.save` beyond the ones section 5 of the contract
 #: fixes; they are passed only to a ``save()`` that accepts them.
-OPTIONAL_SAVE_KEYWORDS: Final = frozenset({"size_bytes"})
+OPTIONAL_SAVE_KEYWORDS: Final = frozenset({"size_bytes", "meta"})
 _accepted_optional: dict[type, frozenset[str]] = {}
 
 
@@ -137,7 +137,10 @@ class TaskDB(ABC):
         declares them (or takes ``**kwargs``). Today there is one:
         ``size_bytes: int | None = None``, the payload's size wherever it
         lives; a backend that stores it defaults it to ``len(result_data)``
-        (0 when that is None).
+        (0 when that is None). ``meta: Mapping[str, Any] | None = None``
+        is what the library knows about the call (argument previews, usage),
+        a JSON-able dict; it is passed only when there is one, and a backend
+        that does not store it loses nothing but that description.
         """
 
     @abstractmethod
@@ -174,6 +177,15 @@ class TaskDB(ABC):
                 found[key] = record
         return found
 
+    async def get_meta(self, cache_key: str) -> Mapping[str, Any] | None:
+        """The meta stored with ``cache_key`` (None when absent or not stored).
+
+        What ``show`` and the dashboard display. The default reads the whole
+        record with :meth:`get`; the shipped backends read the one field.
+        """
+        record = as_record(await self.get(cache_key), cache_key, backend=self.backend_name)
+        return None if record is None else record.meta
+
     async def save_many(self, records: Iterable[TaskRecord]) -> None:
         """Upsert every record; the batch is durable on return.
 
@@ -183,6 +195,8 @@ class TaskDB(ABC):
         optional = _optional_keywords(type(self))
         for r in records:
             extra: dict[str, Any] = {"size_bytes": r.size_bytes} if "size_bytes" in optional else {}
+            if r.meta is not None and "meta" in optional:
+                extra["meta"] = r.meta
             await self.save(
                 cache_key=r.cache_key,
                 func_name=r.func_name,
@@ -465,6 +479,7 @@ class RecordTaskDB(TaskDB):
         result_data: bytes | None = None,
         expires_at: float | None = None,
         size_bytes: int | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         """Insert or replace the record for ``cache_key``; durable on return."""
         await self._save_record(
@@ -479,6 +494,7 @@ class RecordTaskDB(TaskDB):
                 result_data=result_data,
                 expires_at=expires_at,
                 size_bytes=size_bytes,
+                meta=meta,
             )
         )
 

@@ -2,7 +2,8 @@
 
 Shared by every backend so that ``get_history`` has one shape everywhere:
 exactly :data:`~beautyspot_async.db.HISTORY_COLUMNS`, text columns as
-``object`` (``None`` stays ``None``), ``size_bytes`` as ``int64`` and the three
+``object`` (``None`` stays ``None``), ``meta`` as dicts (or ``None``),
+``size_bytes`` as ``int64`` and the three
 timestamps as ``datetime64[ns, UTC]`` with ``NaT`` for "never expires".
 Times past 2262-04-11 (the end of ``datetime64[ns]``) show as that date, and
 a field that is not a number (a damaged row) as ``NaT`` or size 0.
@@ -15,12 +16,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord
+from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, parse_meta
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TIMESTAMP_COLUMNS", "records_to_frame", "to_ns"]
+__all__ = ["TIMESTAMP_COLUMNS", "records_to_frame", "to_ns", "with_meta_columns"]
 
 logger = logging.getLogger("beautyspot_async")
 
@@ -28,7 +29,7 @@ logger = logging.getLogger("beautyspot_async")
 TIMESTAMP_COLUMNS: Final = ("created_at", "updated_at", "expires_at")
 
 _TEXT_COLUMNS: Final = tuple(
-    c for c in HISTORY_COLUMNS if c not in TIMESTAMP_COLUMNS and c != "size_bytes"
+    c for c in HISTORY_COLUMNS if c not in TIMESTAMP_COLUMNS and c not in ("size_bytes", "meta")
 )
 # numpy's NaT is the smallest int64 when a datetime64 array is viewed as integers.
 _NAT: Final = -(2**63)
@@ -40,7 +41,10 @@ def _as_tuple(row: HistoryRow) -> tuple[Any, ...]:
     if isinstance(row, TaskRecord):
         return tuple(getattr(row, c) for c in HISTORY_COLUMNS)
     if isinstance(row, Mapping):
-        return tuple(row[c] for c in HISTORY_COLUMNS)
+        # meta came after the other columns: a custom backend's rows may lack it.
+        return tuple(row[c] if c != "meta" else row.get(c) for c in HISTORY_COLUMNS)
+    if len(row) == len(HISTORY_COLUMNS) - 1 and HISTORY_COLUMNS[-1] == "meta":
+        return (*row, None)
     if len(row) != len(HISTORY_COLUMNS):
         raise ValueError(
             f"a history row needs {len(HISTORY_COLUMNS)} values "
@@ -113,6 +117,30 @@ def records_to_frame(rows: Iterable[HistoryRow]) -> pd.DataFrame:
             columns[name] = pd.Series(ns.view("datetime64[ns]")).dt.tz_localize("UTC")
         elif name == "size_bytes":
             columns[name] = pd.Series([_size(v) for v in values], dtype="int64")
+        elif name == "meta":
+            columns[name] = pd.Series([parse_meta(v) for v in values], dtype=object)
         else:
             columns[name] = pd.Series([_text(v) for v in values], dtype=object)
     return pd.DataFrame(columns, columns=list(HISTORY_COLUMNS))
+
+
+def with_meta_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``args`` and ``usage`` columns read from its ``meta`` column.
+
+    A frame without ``meta`` (a custom backend's own) gets them as ``None``.
+    """
+    import pandas as pd
+
+    metas = (
+        [parse_meta(m) for m in frame["meta"]] if "meta" in frame.columns else [None] * len(frame)
+    )
+    frame = frame.copy()
+    if "meta" not in frame.columns:
+        frame["meta"] = pd.Series(metas, index=frame.index, dtype=object)
+    frame["args"] = pd.Series(
+        [m.get("args") if m else None for m in metas], index=frame.index, dtype=object
+    )
+    frame["usage"] = pd.Series(
+        [m.get("usage") if m else None for m in metas], index=frame.index, dtype=object
+    )
+    return frame

@@ -31,7 +31,15 @@ import anyio
 from beautyspot_async._errormap import ErrorMap, backend_error
 from beautyspot_async._failure import FailureRecord, checked_failure, failure_row
 from beautyspot_async._lazy import LazyClient
-from beautyspot_async._record import HISTORY_COLUMNS, TaskRecord, checked_record, written_values
+from beautyspot_async._record import (
+    HISTORY_COLUMNS,
+    RECORD_COLUMNS,
+    TaskRecord,
+    checked_record,
+    meta_text,
+    parse_meta,
+    written_values,
+)
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
@@ -83,6 +91,11 @@ def _quote(ident: str) -> str:
     return f'"{ident}"'
 
 
+#: What the hit-path reads select: every column but meta, which only the
+#: readers that show it (history, iter_records, get_meta) fetch.
+_SELECT_RECORD = ", ".join(RECORD_COLUMNS)
+
+
 def _record(row: asyncpg.Record) -> TaskRecord:
     # Typed columns, but a value can still be nonsense (a NaN expiry).
     return checked_record(
@@ -98,6 +111,7 @@ def _record(row: asyncpg.Record) -> TaskRecord:
         row["size_bytes"],
         row["created_at"],
         row["updated_at"],
+        row.get("meta"),
     )
 
 
@@ -273,7 +287,8 @@ class PostgresTaskDB(RecordTaskDB):
                 expires_at double precision,
                 size_bytes bigint NOT NULL DEFAULT 0,
                 created_at double precision NOT NULL,
-                updated_at double precision NOT NULL)""",
+                updated_at double precision NOT NULL,
+                meta text)""",
             f"CREATE INDEX IF NOT EXISTS {_quote(p + 'tasks_func_name')} "
             f"ON {self._tasks} (func_name)",
             f"CREATE INDEX IF NOT EXISTS {_quote(p + 'tasks_updated_at')} "
@@ -307,6 +322,18 @@ class PostgresTaskDB(RecordTaskDB):
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_id)
                 for statement in statements:
                     await conn.execute(statement)
+                # Added after layout version 1 without a bump: older releases
+                # name their columns and never see it. Asked first, since even
+                # ADD COLUMN IF NOT EXISTS takes an exclusive lock on the table.
+                has_meta = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) "
+                    "AND attname = 'meta' AND NOT attisdropped)",
+                    self._tasks,
+                )
+                if not has_meta:
+                    await conn.execute(
+                        f"ALTER TABLE {self._tasks} ADD COLUMN IF NOT EXISTS meta text"
+                    )
                 found = await conn.fetchval(f"SELECT version FROM {self._versions} WHERE id = 1")
                 if found is None:
                     await conn.execute(
@@ -333,7 +360,7 @@ class PostgresTaskDB(RecordTaskDB):
 
     async def get(self, cache_key: str) -> TaskRecord | None:
         """Return the record stored under ``cache_key``, or ``None``."""
-        query = f"SELECT * FROM {self._tasks} WHERE cache_key = $1"
+        query = f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = $1"
 
         async def op(conn: asyncpg.Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(query, cache_key)
@@ -346,7 +373,7 @@ class PostgresTaskDB(RecordTaskDB):
         keys = list(dict.fromkeys(cache_keys))
         if not keys:
             return {}
-        query = f"SELECT * FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
+        query = f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
 
         async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             rows: list[asyncpg.Record] = await conn.fetch(query, keys)
@@ -359,14 +386,15 @@ class PostgresTaskDB(RecordTaskDB):
     def _upsert(self) -> str:
         # The CTE makes the upsert and its NOTIFY one statement; PostgreSQL
         # delivers the notification only when the write commits.
-        notify = "SELECT pg_notify($11, cache_key) FROM up" if self._notify else "SELECT 1"
+        notify = "SELECT pg_notify($12, cache_key) FROM up" if self._notify else "SELECT 1"
         return f"""
             WITH up AS (
                 INSERT INTO {self._tasks} (
                     cache_key, func_name, input_id, version, result_type, content_type,
-                    result_value, result_data, expires_at, size_bytes, created_at, updated_at)
+                    result_value, result_data, expires_at, size_bytes, created_at, updated_at,
+                    meta)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                        extract(epoch FROM now()), extract(epoch FROM now()))
+                        extract(epoch FROM now()), extract(epoch FROM now()), $11)
                 ON CONFLICT (cache_key) DO UPDATE SET
                     func_name = EXCLUDED.func_name,
                     input_id = EXCLUDED.input_id,
@@ -377,6 +405,7 @@ class PostgresTaskDB(RecordTaskDB):
                     result_data = EXCLUDED.result_data,
                     expires_at = EXCLUDED.expires_at,
                     size_bytes = EXCLUDED.size_bytes,
+                    meta = EXCLUDED.meta,
                     -- created_at is kept, unless it is no time at all: a
                     -- rewrite must repair the row checked_record rejected.
                     created_at = CASE WHEN {self._tasks}.created_at = 'NaN'
@@ -386,7 +415,7 @@ class PostgresTaskDB(RecordTaskDB):
             {notify}"""
 
     def _upsert_args(self, r: TaskRecord) -> tuple[Any, ...]:
-        args = written_values(r)
+        args = (*written_values(r), meta_text(r.meta))
         return (*args, self._channel) if self._notify else args
 
     async def _save_record(self, record: TaskRecord) -> None:
@@ -457,7 +486,7 @@ class PostgresTaskDB(RecordTaskDB):
         began, so the re-read catches a holder that stored its result and
         released its lease between our first read and our lease.
         """
-        select = f"SELECT * FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
+        select = f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
         take = f"""
             INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
             SELECT k, $2, extract(epoch FROM clock_timestamp()) + $3
@@ -524,6 +553,15 @@ class PostgresTaskDB(RecordTaskDB):
             async with pool.acquire() as conn, conn.transaction():
                 async for row in conn.cursor(query, prefetch=256):
                     yield _record(row)
+
+    async def get_meta(self, cache_key: str) -> Mapping[str, Any] | None:
+        """The meta column of ``cache_key``, alone."""
+        query = f"SELECT meta FROM {self._tasks} WHERE cache_key = $1"
+
+        async def op(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchval(query, cache_key)
+
+        return parse_meta(await self._run(op, "get_meta"))
 
     async def get_history(self, limit: int = 1000) -> pd.DataFrame:
         """Return up to ``limit`` records' metadata, newest ``updated_at`` first."""

@@ -29,7 +29,7 @@ import anyio
 from beautyspot_async._errormap import ErrorMap
 from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
-from beautyspot_async._record import TaskRecord, checked_record
+from beautyspot_async._record import TaskRecord, checked_record, meta_text, parse_meta
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
 from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
@@ -62,7 +62,30 @@ _META_FIELDS = (
     "size_bytes",
     "created_at",
     "updated_at",
+    "meta",
 )
+
+# What the hit-path reads fetch: every field but meta, which only the readers
+# that show it (history, iter_records, get_meta) fetch.
+_RECORD_FIELDS = (
+    "func_name",
+    "input_id",
+    "version",
+    "result_type",
+    "content_type",
+    "result_value",
+    "result_data",
+    "expires_at",
+    "size_bytes",
+    "created_at",
+    "updated_at",
+)
+
+
+def _present(row: list[bytes | None]) -> dict[bytes, bytes]:
+    # HMGET answers None for a missing field, and for every field of a missing hash.
+    return {f.encode(): v for f, v in zip(_RECORD_FIELDS, row, strict=True) if v is not None}
+
 
 # KEYS: record hash, updated index, expires index.
 # ARGV: cache_key, expires_at ('' = never), channel, n, n field/value pairs,
@@ -178,8 +201,9 @@ async def _close(client: aioredis.Redis) -> None:
         await client.aclose()
 
 
-def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
+def _from_hash(cache_key: str, h: dict[bytes, bytes], *, with_meta: bool = False) -> TaskRecord:
     # Hash fields are whatever anyone wrote there: parse leniently, then check.
+    # The hit path leaves meta undecoded (with_meta false): hits never pay for it.
     return checked_record(
         cache_key,
         _text(h.get(b"func_name")),
@@ -193,6 +217,7 @@ def _from_hash(cache_key: str, h: dict[bytes, bytes]) -> TaskRecord:
         _number(h.get(b"size_bytes", b"0"), int),
         _number(h.get(b"created_at"), float),
         _number(h.get(b"updated_at"), float),
+        h.get(b"meta") if with_meta else None,
     )
 
 
@@ -345,10 +370,11 @@ class RedisTaskDB(RecordTaskDB):
     async def get(self, cache_key: str) -> TaskRecord | None:
         """Return the record stored under ``cache_key``, or ``None``."""
 
-        async def op(r: aioredis.Redis) -> dict[bytes, bytes]:
-            return cast("dict[bytes, bytes]", await r.hgetall(self._rec + cache_key.encode()))
+        async def op(r: aioredis.Redis) -> list[bytes | None]:
+            key = self._rec + cache_key.encode()
+            return cast("list[bytes | None]", await r.hmget(key, _RECORD_FIELDS))
 
-        h = await self._call(op, "get")
+        h = _present(await self._call(op, "get"))
         return _from_hash(cache_key, h) if h else None
 
     async def _pipelined(
@@ -370,10 +396,11 @@ class RedisTaskDB(RecordTaskDB):
         if not keys:
             return {}
 
-        hashes = await self._pipelined(
-            keys, lambda pipe, key: pipe.hgetall(self._rec + key.encode()), "get_many"
+        rows = await self._pipelined(
+            keys, lambda pipe, key: pipe.hmget(self._rec + key.encode(), _RECORD_FIELDS), "get_many"
         )
-        return {k: _from_hash(k, h) for k, h in zip(keys, hashes, strict=True) if h}
+        found = ((k, _present(row)) for k, row in zip(keys, rows, strict=True))
+        return {k: _from_hash(k, h) for k, h in found if h}
 
     def _save_args(self, r: TaskRecord) -> tuple[list[bytes], list[Any]]:
         values: dict[str, Any] = {
@@ -386,6 +413,7 @@ class RedisTaskDB(RecordTaskDB):
             "result_data": r.result_data,
             "expires_at": None if r.expires_at is None else repr(float(r.expires_at)),
             "size_bytes": str(r.size_bytes),
+            "meta": meta_text(r.meta),
         }
         present = [(k, v) for k, v in values.items() if v is not None]
         absent = [k for k, v in values.items() if v is None]
@@ -459,12 +487,26 @@ class RedisTaskDB(RecordTaskDB):
             async for member, _score in client.zscan_iter(self._updated, count=256):
                 chunk.append(member.decode())
                 if len(chunk) >= 256:
-                    for record in (await self.get_many(chunk)).values():
+                    for record in await self._with_meta(chunk):
                         yield record
                     chunk = []
             if chunk:
-                for record in (await self.get_many(chunk)).values():
+                for record in await self._with_meta(chunk):
                     yield record
+
+    async def _with_meta(self, keys: list[str]) -> list[TaskRecord]:
+        hashes = await self._pipelined(
+            keys, lambda pipe, key: pipe.hgetall(self._rec + key.encode()), "iter_records"
+        )
+        return [_from_hash(k, h, with_meta=True) for k, h in zip(keys, hashes, strict=True) if h]
+
+    async def get_meta(self, cache_key: str) -> Mapping[str, Any] | None:
+        """The ``meta`` field of the record's hash, alone."""
+
+        async def op(r: aioredis.Redis) -> Any:
+            return await r.hget(self._rec + cache_key.encode(), "meta")
+
+        return parse_meta(await self._call(op, "get_meta"))
 
     async def get_history(self, limit: int = 1000) -> pd.DataFrame:
         """Return up to ``limit`` records' metadata, newest first, from the index."""
@@ -484,7 +526,7 @@ class RedisTaskDB(RecordTaskDB):
         for key, row in await self._call(op, "get_history"):
             h = {f.encode(): v for f, v in zip(_META_FIELDS, row, strict=True) if v is not None}
             if b"func_name" in h:  # deleted between the two reads
-                records.append(_from_hash(key, h))
+                records.append(_from_hash(key, h, with_meta=True))
         return records_to_frame(records)
 
     # -- failure records -------------------------------------------------------

@@ -38,6 +38,8 @@ from beautyspot_async._record import (
     RECORD_COLUMNS,
     TaskRecord,
     checked_record,
+    meta_text,
+    parse_meta,
     written_values,
 )
 from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
@@ -76,7 +78,8 @@ _SCHEMA: Final = (
         expires_at   REAL,
         size_bytes   INTEGER NOT NULL DEFAULT 0,
         created_at   REAL NOT NULL,
-        updated_at   REAL NOT NULL
+        updated_at   REAL NOT NULL,
+        meta         TEXT
     ) WITHOUT ROWID
     """,
     "CREATE INDEX IF NOT EXISTS tasks_func_name ON tasks (func_name)",
@@ -127,9 +130,10 @@ _SAVE_FAILURE: Final = f"""
 # created_at survives an overwrite, unless it is no number at all: a rewrite
 # must repair a row that checked_record rejected.
 _UPSERT: Final = f"""
-    INSERT INTO tasks ({_SELECT_RECORD}) VALUES ({", ".join("?" * len(RECORD_COLUMNS))})
+    INSERT INTO tasks ({_SELECT_RECORD}, meta) VALUES ({", ".join("?" * (len(RECORD_COLUMNS) + 1))})
     ON CONFLICT (cache_key) DO UPDATE SET
         {", ".join(f"{c} = excluded.{c}" for c in RECORD_COLUMNS[1:] if c != "created_at")},
+        meta = excluded.meta,
         created_at = CASE WHEN typeof(tasks.created_at) IN ('real', 'integer')
             THEN tasks.created_at ELSE excluded.created_at END
 """
@@ -283,6 +287,11 @@ class SQLiteTaskDB(RecordTaskDB):
                 await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             for statement in _FAILURES_SCHEMA:
                 await conn.execute(statement)
+            # Like the failures table: a column added after version 1 without a
+            # bump. Older releases name their columns, so they never see it.
+            columns = await conn.execute_fetchall("PRAGMA table_info(tasks)")
+            if "meta" not in {row[1] for row in columns}:
+                await conn.execute("ALTER TABLE tasks ADD COLUMN meta TEXT")
             await conn.execute("COMMIT")
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -413,7 +422,7 @@ class SQLiteTaskDB(RecordTaskDB):
         after = ""
         while True:
             rows = await self._read(
-                f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key > ? "
+                f"SELECT {_SELECT_RECORD}, meta FROM tasks WHERE cache_key > ? "
                 "ORDER BY cache_key LIMIT ?",
                 (after, _ITER_PAGE),
             )
@@ -422,6 +431,10 @@ class SQLiteTaskDB(RecordTaskDB):
             if len(rows) < _ITER_PAGE:
                 return
             after = rows[-1][0]
+
+    async def get_meta(self, cache_key: str) -> Mapping[str, Any] | None:
+        rows = await self._read("SELECT meta FROM tasks WHERE cache_key = ?", (cache_key,))
+        return parse_meta(rows[0][0]) if rows else None
 
     async def get_history(self, limit: int = 1000) -> pd.DataFrame:
         rows = await self._read(
@@ -601,7 +614,7 @@ class _Writing:
 
 def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
     """An upsert's parameters; both timestamps are ``now`` (the upsert keeps created_at)."""
-    return (*written_values(r), now, now)
+    return (*written_values(r), now, now, meta_text(r.meta))
 
 
 def _begin_immediate(raw: sqlite3.Connection, timeout: float) -> None:

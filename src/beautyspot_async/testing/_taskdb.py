@@ -20,6 +20,7 @@ from ._common import (
     new_key,
     opened,
     overrides,
+    record,
     save,
     save_fields,
     unopened,
@@ -325,11 +326,42 @@ async def _check_schema_exists(db: TaskDB, clock: FakeClock | None) -> None:
     assert await db.schema_exists() is True, "schema_exists must be True after init_schema"
 
 
+_META = {
+    "args": {"prompt": '"Grüße, \\"quoted\\""', "api_key": "<redacted>"},
+    "digests": {"prompt": "0123456789abcdef", "api_key": "fedcba9876543210"},
+    "usage": {"input_tokens": 12.0, "output_tokens": 3.5},
+}
+
+
+async def _check_meta_round_trip(db: TaskDB, clock: FakeClock | None) -> None:
+    """A record's ``meta`` comes back as saved, or not at all; a rewrite replaces it.
+
+    Storing meta is optional (a backend that drops it loses only the
+    description of its entries), but a backend that keeps it must return
+    exactly the dict saved, from ``get_meta`` and in the history's ``meta``
+    column, and a rewrite without meta must not keep the old one.
+    """
+    key = new_key("meta")
+    await db.save_many([record(key, meta=_META)])
+    assert_matches(await get(db, key), save_fields(key))
+    found = await db.get_meta(key)
+    assert found is None or dict(found) == _META, f"get_meta() returned {found!r}"
+    frame = await db.get_history(1000)
+    if "meta" in frame.columns and found is not None:
+        rows = frame[frame["cache_key"] == key]
+        assert len(rows) == 1, "the record is missing from get_history()"
+        shown = rows.iloc[0]["meta"]
+        assert shown == _META, f"get_history() shows meta {shown!r}"
+    await db.save_many([record(key)])
+    assert await db.get_meta(key) is None, "a rewrite without meta kept the old meta"
+
+
 RECORD_CHECKS: tuple[Check, ...] = (
     _check_init_schema_idempotent,
     _check_schema_exists,
     _check_get_missing,
     _check_round_trip,
+    _check_meta_round_trip,
     _check_timestamps,
     _check_upsert,
     _check_get_many,
