@@ -371,3 +371,21 @@ def test_a_second_process_waits_for_the_stream_then_replays(tmp_path: Path) -> N
     assert consumer.returncode == 0, consumer.stderr
     assert "got [0, 1, 2, 3, 4]" in consumer.stdout
     assert "producing" not in consumer.stdout  # it waited on the lease and replayed
+
+
+async def test_usage_settles_a_stacked_limiter_on_a_stream(tmp_path: Path) -> None:
+    clock = FakeClock()
+    limiter = bs.Limiter(tpm=60_000, clock=clock)
+    async with open_spot("memory", tmp_path, limiter=limiter) as spot:
+
+        @spot.mark(usage=lambda chunks: chunks[-1].tokens)
+        @spot.limiter(cost=1_000)
+        async def ask(n: int) -> AsyncIterator[Chunk]:
+            for i in range(n):
+                yield Chunk("w", tokens=7 * (i + 1))
+
+        items = [c async for c in ask(3)]
+        assert items[-1].tokens == 21
+        assert limiter.statistics().tokens_debt == pytest.approx(21, abs=1e-3)
+        assert [c async for c in ask(3)] == items  # a hit: no admission
+        assert limiter.statistics().admitted == 1

@@ -34,6 +34,7 @@ from ._hosted import spawn_hosted
 from ._modes import OFF, REFRESH, REPLAY
 from ._pipeline import UNPROBED, Miss
 from ._steps import drive_async, drive_sync, drive_sync_yielding
+from ._usage import collecting, measure, settle_all
 from .exceptions import CacheCorruptedError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -268,11 +269,18 @@ async def _produce(
     """The host task of a live stream: the pipeline, with the generator as its body."""
     engine = pipeline.engine
 
+    usage = pipeline.task.usage
+
     async def execute() -> dict[str, Any]:
-        async with contextlib.aclosing(fn(*args, **kwargs)) as generator:
-            async for item in generator:
-                live.append(item, engine.clock())
-        return _record(live.items, live.offsets)
+        with collecting() as reservations:
+            async with contextlib.aclosing(fn(*args, **kwargs)) as generator:
+                async for item in generator:
+                    live.append(item, engine.clock())
+        record = _record(live.items, live.offsets)
+        if reservations and usage is not None:
+            # A stacked @spot.limiter booked an estimate: correct it to what was used.
+            settle_all(reservations, measure(usage, record, pipeline.task.identity))
+        return record
 
     try:
         with live.scope:

@@ -12,11 +12,12 @@ so nothing has to be threaded through the user's function.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._callables import is_async_callable
@@ -24,7 +25,15 @@ from ._callables import is_async_callable
 if TYPE_CHECKING:
     from ._reservation import Reservation
 
-__all__ = ["Usage", "UsageTotal", "collect_reservation", "measure", "settling"]
+__all__ = [
+    "Usage",
+    "UsageTotal",
+    "collect_reservation",
+    "collecting",
+    "measure",
+    "settle_all",
+    "settling",
+]
 
 logger = logging.getLogger("beautyspot_async")
 
@@ -81,18 +90,30 @@ def _settle(bucket: list[Reservation], usage: Usage | None) -> None:
         reservation.settle(_scalar(usage))
 
 
+@contextlib.contextmanager
+def collecting() -> Iterator[list[Reservation]]:
+    """Collect the limiter reservations taken inside the block (by this task and its threads)."""
+    bucket: list[Reservation] = []
+    token = _open.set(bucket)
+    try:
+        yield bucket
+    finally:
+        _open.reset(token)
+
+
+def settle_all(bucket: list[Reservation], usage: Usage | None) -> None:
+    """Settle every reservation in ``bucket`` to ``usage`` (nothing when it is None)."""
+    _settle(bucket, usage)
+
+
 def settling(fn: Callable[..., Any], usage: Callable[[Any], Any], where: str) -> Callable[..., Any]:
     """``fn``, settling the limiter reservations its call takes to ``usage(result)``."""
     if is_async_callable(fn):
 
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            bucket: list[Reservation] = []
-            token = _open.set(bucket)
-            try:
+            with collecting() as bucket:
                 result = await fn(*args, **kwargs)
-            finally:
-                _open.reset(token)
             if bucket:
                 _settle(bucket, measure(usage, result, where))
             return result
@@ -101,12 +122,8 @@ def settling(fn: Callable[..., Any], usage: Callable[[Any], Any], where: str) ->
 
     @functools.wraps(fn)
     def run_sync(*args: Any, **kwargs: Any) -> Any:
-        bucket: list[Reservation] = []
-        token = _open.set(bucket)
-        try:
+        with collecting() as bucket:
             result = fn(*args, **kwargs)
-        finally:
-            _open.reset(token)
         if bucket:
             _settle(bucket, measure(usage, result, where))
         return result

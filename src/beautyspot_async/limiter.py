@@ -520,6 +520,18 @@ class Limiter:
         def cost_of(*args: Any, **kwargs: Any) -> float:
             return cost(*args, **kwargs) if callable(cost) else cost
 
+        if inspect.isasyncgenfunction(fn):
+            # A stream: admitted once, before its first item.
+            @functools.wraps(fn)
+            async def stream_wrapper(*args: Any, **kwargs: Any) -> Any:
+                collect_reservation(await limiter.acquire(cost_of(*args, **kwargs)))
+                async with contextlib.aclosing(fn(*args, **kwargs)) as items:
+                    async for item in items:
+                        yield item
+
+            stream_wrapper.__beautyspot_limiter__ = limiter  # type: ignore[attr-defined]
+            return cast(Callable[P, R], stream_wrapper)
+
         if is_async_callable(fn):
             async_fn = cast(Callable[..., Coroutine[Any, Any, Any]], fn)
 
