@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ov
 from . import _maintenance as maintenance
 from . import _policy
 from ._batch import Batch, MapProgress, MapReport
+from ._budget import check_budget
 from ._engine import Engine, SpotStatistics
 from ._marked import SyncMarked, check_markable, wrap
 from ._modes import Mode, check_mode, env_mode
@@ -89,6 +90,12 @@ class Spot:
     :class:`~beautyspot_async.BackendError` naming the backend and the
     operation, or runs it uncached under ``on_backend_error="bypass"``,
     instead of hanging it. The Spot recovers once the server answers again.
+
+    ``max_bytes`` (an int, or a size such as ``"10GB"``) and ``max_entries``
+    bound the store: when a write takes it over either, the writer evicts
+    the least recently used entries, blobs included, a tenth below the bound;
+    after ``flush()`` the store is within it. Hits record last use lazily (at
+    most one write per entry per hour, never on the hit path).
     """
 
     def __init__(
@@ -111,6 +118,8 @@ class Spot:
         memory_cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
         backend_timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
+        max_bytes: int | str | None = None,
+        max_entries: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -126,6 +135,8 @@ class Spot:
         if lease_ttl is not None and not lease_ttl > 0:
             raise ConfigurationError(f"lease_ttl must be > 0 seconds or None, got {lease_ttl!r}")
         backend_timeout = check_timeout(backend_timeout)
+        max_bytes = check_budget("max_bytes", max_bytes)
+        max_entries = check_budget("max_entries", max_entries)
         if serializer is None:
             serializer = default_serializer()
         _check_serializer(serializer, "serializer")
@@ -151,6 +162,8 @@ class Spot:
             memory_entries=memory_cache_entries,
             memory_bytes=memory_cache_bytes,
             backend_timeout=backend_timeout,
+            max_bytes=max_bytes,
+            max_entries=max_entries,
         )
         self._engine.mode = None if mode is None else check_mode(mode, "Spot(mode=...)")
         self._engine.env_mode = env_mode()
