@@ -407,9 +407,10 @@ class TaskDB(ABC):
         frame = await self.get_history(2**31 - 1)
         if "cache_key" not in getattr(frame, "columns", ()):
             return rows
-        for key, size, updated in zip(
-            frame["cache_key"], frame["size_bytes"], frame["updated_at"], strict=True
-        ):
+        n = len(frame)
+        sizes = frame["size_bytes"] if "size_bytes" in frame.columns else [0] * n
+        times = frame["updated_at"] if "updated_at" in frame.columns else [0.0] * n
+        for key, size, updated in zip(frame["cache_key"], sizes, times, strict=True):
             if not is_failure_key(key):
                 stamp = updated.timestamp() if hasattr(updated, "timestamp") else float(updated)
                 rows.append((str(key), int(size), float(stamp)))

@@ -143,7 +143,7 @@ class MemoryTaskDB(RecordTaskDB):
         with self._lock:
             for key in cache_keys:
                 if key in self._rows:
-                    self._used[key] = now
+                    self._used[key] = max(now, self._used.get(key, now))
 
     async def usage_totals(self) -> tuple[int, int]:
         await anyio.lowlevel.checkpoint()
