@@ -530,7 +530,11 @@ def gc_command(
     if size is not None or age is not None:
         n = len(report.evicted)
         freed = format_size(sum(nbytes for _, nbytes in report.evicted))
-        typer.echo(f"{done}{n} {'entry' if n == 1 else 'entries'} evicted, {freed}{suffix}")
+        entries = f"{n} {'entry' if n == 1 else 'entries'}"
+        if yes:
+            typer.echo(f"evicted {entries}, {freed}")
+        else:
+            typer.echo(f"{entries} to evict, {freed}{suffix}")
     blobs = f"{len(report.orphans)} orphaned {'blob' if len(report.orphans) == 1 else 'blobs'}"
     typer.echo(f"{done}{blobs}{suffix}")
     if report.young_orphans:
