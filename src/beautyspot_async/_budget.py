@@ -36,8 +36,8 @@ TOUCH_INTERVAL: Final = 3600.0
 _SWEEP_EVERY: Final = 60.0
 #: In ``Budget.touched``: queued, not written yet.
 _PENDING: Final = math.inf
-#: Candidates read per eviction query.
-_EVICT_PAGE: Final = 256
+#: At most this many candidates per eviction query (each query sorts the store).
+_MAX_PAGE: Final = 10_000
 
 _SIZE_UNITS: Final = {
     "": 1,
@@ -164,7 +164,8 @@ class Budget:
         if now - self._swept >= _SWEEP_EVERY:
             self._swept = now
             stale = now - TOUCH_INTERVAL
-            for key in [k for k, t in self.touched.items() if t <= stale]:
+            # A copy: hits on other threads insert while this runs.
+            for key in [k for k, t in self.touched.copy().items() if t <= stale]:
                 self.touched.pop(key, None)
         keys: list[str] = []
         queue = self._queue
@@ -194,7 +195,11 @@ class Budget:
         if self._usage is not None and not self._over(self._usage, low=False):
             return
         usage = await self._store.usage_totals()
-        if self._over(usage, low=False):
+        # Again if the recount says so: other processes write meanwhile. Bounded,
+        # so writers that outpace eviction cannot hold this writer here.
+        for _ in range(3):
+            if not self._over(usage, low=False):
+                break
             usage = await self._evict(usage)
         self._usage = usage
 
@@ -202,7 +207,7 @@ class Budget:
         """Evict least recently used entries until ``usage`` is under the low-water marks."""
         entries, total = usage
         while self._over((entries, total), low=True):
-            candidates = await self._store.eviction_candidates(_EVICT_PAGE)
+            candidates = await self._store.eviction_candidates(self._page(entries, total))
             if not candidates:
                 break
             doomed: list[EvictionCandidate] = []
@@ -215,6 +220,16 @@ class Budget:
             await self.evict(doomed)
         # Recount: other processes write too, and a row may have been gone already.
         return await self._store.usage_totals()
+
+    def _page(self, entries: int, total: int) -> int:
+        """How many candidates to read: about the excess, so one ordered query usually does."""
+        excess = 0
+        if self.max_entries is not None:
+            excess = entries - _low_water(self.max_entries)
+        if self.max_bytes is not None and entries > 0 and total > 0:
+            average = total / entries
+            excess = max(excess, math.ceil((total - _low_water(self.max_bytes)) / average))
+        return min(max(excess + excess // 5 + 16, 16), _MAX_PAGE)
 
     async def evict(self, doomed: Sequence[EvictionCandidate]) -> int:
         """Delete ``doomed`` (row, then blob) and drop them from this process's tiers."""
