@@ -425,3 +425,33 @@ async def test_list_blobs_default_has_unknown_ages(tmp_path: Path) -> None:
         assert report.orphans == [location]
     finally:
         await spot.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_hits_alone_get_their_last_use_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that only reads still records last use: the writer is nudged now and then."""
+    import anyio
+
+    from beautyspot_async import _writer
+
+    monkeypatch.setattr(_writer, "TOUCH_NUDGE", 0.02)
+    db = SQLiteTaskDB(tmp_path / "n.db")
+    spy = TouchSpy(db)
+    spot = bs.Spot("nudge", db=db, storage=tmp_path / "blobs")
+    try:
+
+        @spot.mark
+        async def f(x: int) -> int:
+            return x
+
+        await f(1)
+        await spot.flush()
+        await f(1)  # a hit, and no flush after it
+        with anyio.fail_after(5):
+            while not spy.batches:
+                await anyio.sleep(0.02)
+        assert spy.batches == [[f.key(1)]]
+    finally:
+        await spot.aclose()
