@@ -455,3 +455,21 @@ async def test_hits_alone_get_their_last_use_written(
         assert spy.batches == [[f.key(1)]]
     finally:
         await spot.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_close_writes_the_last_hits(tmp_path: Path) -> None:
+    db = SQLiteTaskDB(tmp_path / "c.db")
+    spy = TouchSpy(db)
+    spot = bs.Spot("close", db=db, storage=tmp_path / "blobs")
+
+    @spot.mark
+    async def f(x: int) -> int:
+        return x
+
+    await f(1)
+    await spot.flush()
+    await f(1)
+    assert spy.batches == []
+    await spot.aclose()
+    assert spy.batches == [[f.key(1)]]

@@ -79,6 +79,9 @@ class Writer(QueueDrain["Submission | _Marker"]):
             self._ticker.cancel()
             self._ticker = None
         await super().stop()
+        if self.budget is not None and self.budget.pending:
+            # Hits since the last batch, with nothing left to write to carry them.
+            await self.budget.settle()
 
     def nudge(self) -> None:
         """Have the drain run once (it settles touches and budgets) with nothing to write."""
