@@ -320,7 +320,11 @@ class TestGc:
         async def save() -> str:
             return await LocalStorage(built.blobs).save("e" * 32, b"orphan")
 
-        return asyncio.run(save())
+        location = asyncio.run(save())
+        # Older than gc's default orphan grace (a younger one may be an upload in progress).
+        when = time.time() - 2 * 3600
+        os.utime(built.blobs / location, (when, when))
+        return location
 
     def test_storage_is_required(self, built: Built) -> None:
         result = invoke("gc", built.db)
@@ -379,6 +383,8 @@ class TestGc:
         refused = built.blobs / "ab" / "cd" / "NOT-A-KEY.bin"
         refused.parent.mkdir(parents=True, exist_ok=True)
         refused.write_bytes(b"stranger")
+        when = time.time() - 2 * 3600
+        os.utime(refused, (when, when))
         location = self.orphan(built)  # sorts after ab/cd/NOT-A-KEY.bin
         result = invoke("gc", built.db, "-s", built.blobs, "--yes")
         assert not (built.blobs / location).exists()

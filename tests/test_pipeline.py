@@ -77,6 +77,9 @@ class ScriptedEngine:
     def remember(self, key: str, entry: Any) -> None:
         pass
 
+    def hit(self, key: str) -> None:
+        """Like the counters, noted directly: a dict check, never I/O."""
+
     def __getattr__(self, name: str) -> Callable[..., Any]:
         def unperformed(*args: Any) -> Any:
             raise AssertionError(f"the pipeline performed {name} itself instead of yielding it")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import anyio
 
+from ._budget import Budget
 from ._coalesce import NowaitCoalescer
 from ._failed_keys import FailedKeys
 from ._failure import FailureRecord
@@ -29,6 +30,7 @@ from ._singleflight import Flight, FlightRegistry
 from ._store import DEFAULT_BACKEND_TIMEOUT, ResultStore, WriteItem
 from ._writer import ErrorReporter, Submission, Writer
 from .db import TaskDB
+from .exceptions import ConfigurationError
 from .storage import BlobStorageBase
 
 __all__ = ["Engine", "EngineStats", "SpotStatistics"]
@@ -94,6 +96,8 @@ class Engine:
         memory_entries: int,
         memory_bytes: int,
         backend_timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
+        max_bytes: int | None = None,
+        max_entries: int | None = None,
     ) -> None:
         self.store = ResultStore(db, storage, timeout=backend_timeout)
         self.writer = Writer(self.store)
@@ -102,9 +106,23 @@ class Engine:
         self._reader = Reader(self.store, self.leases.release_soon)
         self._coalescer = NowaitCoalescer(db)
         self._memory = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
+        # Not a bound method of the engine: the writer, which the finalizer
+        # below keeps alive, must not keep the engine alive through it.
+        self._memory_discard = self._memory.discard
         self._flights = FlightRegistry()
         #: Streams being produced in this process, by key (see _stream).
         self.streams: dict[str, Any] = {}
+        if (max_bytes is not None or max_entries is not None) and type(db).delete is TaskDB.delete:
+            raise ConfigurationError(
+                f"{type(db).__name__} does not implement delete(), so it cannot evict "
+                "entries to keep Spot(max_bytes=, max_entries=)"
+            )
+        self.budget = Budget(
+            self.store, clock, self._memory_discard, max_bytes=max_bytes, max_entries=max_entries
+        )
+        self.writer.budget = self.budget
+        #: Read on the hit path: keys whose last use is written or queued.
+        self._touched = self.budget.touched
         #: Counters the pipeline bumps directly: a method call per count would
         #: cost the hit path more than the count itself.
         self.stats = EngineStats()
@@ -175,6 +193,7 @@ class Engine:
         deleted = await self.store.delete_entries(keys)
         for key in keys:
             self._memory.discard(key)
+            self.budget.forget_key(key)
         if keys:
             await self.store.delete_failures(keys)
         return deleted
@@ -257,6 +276,8 @@ class Engine:
         entry = self._memory.get(key)
         if entry is None:
             return NO_VALUE
+        if key not in self._touched:  # Budget.hit, inlined: this is the warm hit path
+            self.budget.hit(key)
         if entry.expires_at is not None and entry.expires_at <= self.clock():
             self._memory.discard(key)
             return NO_VALUE
@@ -275,6 +296,11 @@ class Engine:
     def forget(self, key: str) -> None:
         """Drop ``key`` from the memory tier (its stored entry was deleted)."""
         self._memory.discard(key)
+
+    def hit(self, key: str) -> None:
+        """Note a hit answered from the backend (its last use is written later, batched)."""
+        if key not in self._touched:
+            self.budget.hit(key)
 
     # -- reads ---------------------------------------------------------------------------
 

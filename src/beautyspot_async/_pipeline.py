@@ -300,6 +300,7 @@ class Pipeline:
             # unregistered type (the pipeline raises): either way, not here.
             return NO_VALUE
         engine.stats.hits += 1
+        engine.hit(key)
         entry_value = value if type(value) in IMMUTABLE_TYPES else NO_VALUE
         engine.remember(key, MemoryEntry(payload, record.expires_at, entry_value))
         return value
@@ -387,6 +388,7 @@ class Pipeline:
             value, _ = yield from self._decode(record)
             if value is not NO_VALUE:
                 engine.stats.hits += 1
+                engine.hit(key)
                 return value
         explanation = yield Io(self.explain, (args, kwargs), engine.loop_bound)
         record_replay_miss(explanation)
@@ -450,6 +452,7 @@ class Pipeline:
                 value, payload = yield from self._decode(record)
                 if value is not NO_VALUE:
                     engine.stats.hits += 1
+                    engine.hit(key)
                     entry = MemoryEntry(
                         payload,
                         record.expires_at,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ov
 from . import _maintenance as maintenance
 from . import _policy
 from ._batch import Batch, MapProgress, MapReport
+from ._budget import check_budget
 from ._engine import Engine, SpotStatistics
 from ._marked import SyncMarked, check_markable, wrap, wrap_stream
 from ._modes import Mode, check_mode, env_mode
@@ -96,6 +97,12 @@ class Spot:
     ``"preview"`` each stored result keeps a short preview and a digest of
     every argument in its key (secret-looking names redacted), shown by
     :meth:`history`, the CLI and the dashboard.
+
+    ``max_bytes`` (an int, or a size such as ``"10GB"``) and ``max_entries``
+    bound the store: when a write takes it over either, the writer evicts
+    the least recently used entries, blobs included, a tenth below the bound;
+    after ``flush()`` the store is within it. Hits record last use lazily (at
+    most one write per entry per hour, never on the hit path).
     """
 
     def __init__(
@@ -119,6 +126,8 @@ class Spot:
         clock: Callable[[], float] = time.time,
         backend_timeout: float | None = DEFAULT_BACKEND_TIMEOUT,
         store_args: Literal["preview", "none"] = "preview",
+        max_bytes: int | str | None = None,
+        max_entries: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
@@ -137,6 +146,8 @@ class Spot:
         if store_args not in ("preview", "none"):
             raise ConfigurationError(f"store_args must be 'preview' or 'none', got {store_args!r}")
         self._store_args: str = store_args
+        max_bytes = check_budget("max_bytes", max_bytes)
+        max_entries = check_budget("max_entries", max_entries)
         if serializer is None:
             serializer = default_serializer()
         _check_serializer(serializer, "serializer")
@@ -162,6 +173,8 @@ class Spot:
             memory_entries=memory_cache_entries,
             memory_bytes=memory_cache_bytes,
             backend_timeout=backend_timeout,
+            max_bytes=max_bytes,
+            max_entries=max_entries,
         )
         self._engine.mode = None if mode is None else check_mode(mode, "Spot(mode=...)")
         self._engine.env_mode = env_mode()

@@ -28,7 +28,7 @@ import anyio
 from ._errormap import backend_error
 from ._failure import FailureRecord, is_failure_key
 from ._record import BLOB, TaskRecord, as_record
-from .db import LeaseHolder, TaskDB
+from .db import EvictionCandidate, LeaseHolder, TaskDB
 from .exceptions import BackendError, BeautySpotError, CacheCorruptedError, ConfigurationError
 from .storage import BlobStorageBase
 
@@ -335,6 +335,33 @@ class ResultStore:
             if blob and isinstance(record, TaskRecord) and record.result_value:
                 with self.guard(self.storage.backend_name, "deleting a blob"):
                     await self.storage.delete(record.result_value)
+        return deleted
+
+    # -- size budgets ------------------------------------------------------------
+
+    async def touch(self, cache_keys: Sequence[str], now: float) -> None:
+        with self.guard(self.db.backend_name, "recording last use"):
+            await self.db.touch(cache_keys, now)
+
+    async def usage_totals(self) -> tuple[int, int]:
+        with self.guard(self.db.backend_name, "counting usage"):
+            entries, total = await self.db.usage_totals()
+        return int(entries), int(total)
+
+    async def eviction_candidates(self, limit: int) -> list[EvictionCandidate]:
+        with self.guard(self.db.backend_name, "listing least recently used entries"):
+            return list(await self.db.eviction_candidates(limit))
+
+    async def delete_candidates(self, doomed: Sequence[EvictionCandidate]) -> int:
+        """:meth:`delete_entries` for entries already read: row first, then blob."""
+        deleted = 0
+        for candidate in doomed:
+            with self.guard(self.db.backend_name, "evicting an entry"):
+                existed = await self.db.delete(candidate.cache_key)
+            deleted += bool(existed)
+            if candidate.result_type == BLOB and candidate.result_value:
+                with self.guard(self.storage.backend_name, "deleting a blob"):
+                    await self.storage.delete(candidate.result_value)
         return deleted
 
     # -- failure records -------------------------------------------------------

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ._budget import Budget
 from ._drain import QueueDrain
 from ._portal import Outcome, Waiter, settle_all
 from ._store import ResultStore, WriteItem
@@ -55,6 +56,9 @@ class Writer(QueueDrain["Submission | _Marker"]):
         self._batch_size = batch_size
         self.written = 0
         self.failed = 0
+        #: Last-use touches and size budgets, settled after the write batches.
+        self.budget: Budget | None = None
+        self._ticker: asyncio.Task[None] | None = None
 
     def submit(self, submission: Submission) -> None:
         """Queue a write; callable from any thread, never waits."""
@@ -64,6 +68,24 @@ class Writer(QueueDrain["Submission | _Marker"]):
         """Queue a write whose caller waits on ``waiter`` for durability."""
         submission.done = waiter
         self._enqueue(submission)
+
+    def start(self) -> None:
+        super().start()
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(_nudge_now_and_then(self))
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        await super().stop()
+        if self.budget is not None and self.budget.pending:
+            # Hits since the last batch, with nothing left to write to carry them.
+            await self.budget.settle()
+
+    def nudge(self) -> None:
+        """Have the drain run once (it settles touches and budgets) with nothing to write."""
+        self._enqueue(_Marker())
 
     async def flush(self) -> None:
         """Return once everything queued before this call has been written.
@@ -100,10 +122,18 @@ class Writer(QueueDrain["Submission | _Marker"]):
             if batch:
                 await self._write(batch)
             if marker is not None and not marker.done.done():
+                if self.budget is not None:
+                    # flush() returns with the store within its budget.
+                    await self.budget.settle()
                 marker.done.set_result(None)
+        if self.budget is not None:
+            await self.budget.settle()
 
     async def _write(self, batch: list[Submission]) -> None:
-        errors = await self._store.write([s.item for s in batch])
+        items = [s.item for s in batch]
+        errors = await self._store.write(items)
+        if self.budget is not None:
+            self.budget.written(items, errors)
         outcomes: list[Outcome] = []
         for submission, error in zip(batch, errors, strict=True):
             if error is None:
@@ -118,3 +148,16 @@ class Writer(QueueDrain["Submission | _Marker"]):
                 outcomes.append((submission.done, None, error))
         if outcomes:
             settle_all(outcomes)
+
+
+#: Seconds between checks for hits whose last use waits to be written.
+TOUCH_NUDGE = 30.0
+
+
+async def _nudge_now_and_then(writer: Writer) -> None:
+    # Hits never wake the writer (that would cost the hit path a syscall);
+    # this does, now and then, so the last use of hits alone gets written.
+    while True:
+        await asyncio.sleep(TOUCH_NUDGE)
+        if writer.budget is not None and writer.budget.pending:
+            writer.nudge()

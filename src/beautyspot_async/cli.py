@@ -31,7 +31,9 @@ from rich.text import Text
 
 from . import _display as display
 from . import _maintenance as maint
-from ._gc import DEFAULT_TEMP_GRACE
+from ._budget import parse_age as parse_max_age
+from ._budget import parse_size
+from ._gc import DEFAULT_ORPHAN_GRACE, DEFAULT_TEMP_GRACE
 from ._spot import Spot
 from ._version import __version__
 from .exceptions import BeautySpotError, ConfigurationError
@@ -473,6 +475,31 @@ def gc_command(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Delete; without it, only list (dry run).")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would go (the default without --yes).")
+    ] = False,
+    max_bytes: Annotated[
+        str | None,
+        typer.Option(
+            "--max-bytes",
+            help="Evict least recently used entries (and their blobs) until the store "
+            "holds at most this much: 10GB, 512MiB or bytes.",
+        ),
+    ] = None,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age",
+            help="Evict entries not used (hit or written) for this long: 90d, 12h, 30m, 45s.",
+        ),
+    ] = None,
+    orphan_grace: Annotated[
+        float,
+        typer.Option(
+            "--orphan-grace",
+            help="Seconds an orphaned blob is kept (its row may be on its way).",
+        ),
+    ] = DEFAULT_ORPHAN_GRACE,
     temp_grace: Annotated[
         float,
         typer.Option(
@@ -481,27 +508,51 @@ def gc_command(
         ),
     ] = DEFAULT_TEMP_GRACE,
 ) -> None:
-    """Find (and with --yes delete) orphaned blobs and stale temp files of killed writes."""
+    """Find (and with --yes delete) over-budget entries, orphaned blobs and stale temp files."""
+    if yes and dry_run:
+        _fail("pass --yes or --dry-run, not both")
+    try:
+        size = None if max_bytes is None else parse_size(max_bytes)
+        age = None if max_age is None else parse_max_age(max_age)
+    except ValueError as exc:
+        _fail(str(exc))
     report = _run(
         db,
         storage,
-        lambda spot: maint.collect_garbage(spot, dry_run=not yes, temp_grace=temp_grace),
+        lambda spot: maint.collect_garbage(
+            spot,
+            dry_run=not yes,
+            temp_grace=temp_grace,
+            orphan_grace=orphan_grace,
+            max_bytes=size,
+            max_age=age,
+        ),
     )
+    for key, nbytes in report.evicted:
+        typer.echo(f"{key}  {format_size(nbytes)}")
     for location in report.orphans:
         typer.echo(location)
     for name in report.temp_files:
         typer.echo(name)
+    done, suffix = ("deleted ", "") if yes else ("", " (dry run; pass --yes to delete)")
+    if size is not None or age is not None:
+        n = len(report.evicted)
+        freed = format_size(sum(nbytes for _, nbytes in report.evicted))
+        entries = f"{n} {'entry' if n == 1 else 'entries'}"
+        if yes:
+            typer.echo(f"evicted {entries}, {freed}")
+        else:
+            typer.echo(f"{entries} to evict, {freed}{suffix}")
     blobs = f"{len(report.orphans)} orphaned {'blob' if len(report.orphans) == 1 else 'blobs'}"
+    typer.echo(f"{done}{blobs}{suffix}")
+    if report.young_orphans:
+        typer.echo(
+            f"kept {report.young_orphans} younger orphaned "
+            f"{'blob' if report.young_orphans == 1 else 'blobs'} (--orphan-grace)"
+        )
     temps = len(report.temp_files)
-    temp_text = f"{temps} stale temp {'file' if temps == 1 else 'files'}"
-    if yes:
-        typer.echo(f"deleted {blobs}")
-        if temps:
-            typer.echo(f"deleted {temp_text}")
-    else:
-        typer.echo(f"{blobs} (dry run; pass --yes to delete)")
-        if temps:
-            typer.echo(f"{temp_text} (dry run; pass --yes to delete)")
+    if temps:
+        typer.echo(f"{done}{temps} stale temp {'file' if temps == 1 else 'files'}{suffix}")
     if report.refused:
         console = Console(stderr=True)
         for location, reason in report.refused:

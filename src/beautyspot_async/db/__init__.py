@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._failure import FailureRecord
 from .._record import BLOB, HISTORY_COLUMNS, INLINE, TaskRecord
-from ._base import LeaseHolder, TaskDB
+from ._base import EvictionCandidate, LeaseHolder, TaskDB
 from ._common import WaitStatistics
 from ._history import records_to_frame
 from ._memory import MemoryTaskDB
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOB",
+    "EvictionCandidate",
     "FailureRecord",
     "HISTORY_COLUMNS",
     "INLINE",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 for _cls in (
+    EvictionCandidate,
     FailureRecord,
     LeaseHolder,
     TaskDB,

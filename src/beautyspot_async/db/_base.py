@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, Self
 
 import anyio
+import anyio.lowlevel
 
 from .._failure import (
     FailureRecord,
@@ -29,7 +30,7 @@ from ._common import WaitStatistics, lookup_then_lease
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LeaseHolder", "RecordTaskDB", "TaskDB"]
+__all__ = ["EvictionCandidate", "LeaseHolder", "RecordTaskDB", "TaskDB"]
 
 
 class LeaseHolder(NamedTuple):
@@ -39,6 +40,19 @@ class LeaseHolder(NamedTuple):
     owner: str
     #: Seconds until the lease expires unless renewed (on the backend's clock).
     expires_in: float
+
+
+class EvictionCandidate(NamedTuple):
+    """An entry as :meth:`TaskDB.eviction_candidates` lists it (enough to delete it)."""
+
+    cache_key: str
+    #: The payload's size wherever it lives (row or blob).
+    size_bytes: int
+    result_type: str
+    #: The blob location when ``result_type`` is ``"blob"``.
+    result_value: str | None
+    #: When the entry was last used: its last recorded hit or its last write.
+    used_at: float
 
 
 logger = logging.getLogger("beautyspot_async")
@@ -367,6 +381,76 @@ class TaskDB(ABC):
             except NotImplementedError:
                 await self.save_many([tombstone(key)])
         return len(live)
+
+    # -- size budgets (last use, totals, eviction order) -----------------------
+
+    async def touch(self, cache_keys: Sequence[str], now: float) -> None:
+        """Record that ``cache_keys`` were used (hit) at ``now``.
+
+        Called by the writer in batches, at most once per entry per hour, so
+        a store need not make it cheap per key, only per batch. A key that is
+        not stored may be ignored. The default records nothing: the least
+        recently used order then falls back to ``updated_at`` (last write).
+        Backends that track use must drop a key's last use with its row.
+        """
+        await anyio.lowlevel.checkpoint()
+
+    async def usage_totals(self) -> tuple[int, int]:
+        """``(entries, bytes)`` stored: the row count and the sum of ``size_bytes``.
+
+        The default walks :meth:`iter_records` when the backend has it, else
+        the whole :meth:`get_history`: linear, but only budget enforcement and
+        ``gc`` call it, at open and on demand.
+        """
+        entries = total = 0
+        for record in await self._all_metadata():
+            entries += 1
+            total += max(int(record[1]), 0)
+        return entries, total
+
+    async def _all_metadata(self) -> list[tuple[str, int, float]]:
+        """``(cache_key, size_bytes, updated_at)`` of every result row (failures skipped)."""
+        rows: list[tuple[str, int, float]] = []
+        if type(self).iter_records is not TaskDB.iter_records:
+            async for row in self.iter_records():
+                key = row.get("cache_key", "") if isinstance(row, Mapping) else ""
+                record = as_record(row, key, backend=self.backend_name)
+                if record is not None and not is_failure_key(record.cache_key):
+                    rows.append((record.cache_key, record.size_bytes, record.updated_at))
+            return rows
+        frame = await self.get_history(2**31 - 1)
+        if "cache_key" not in getattr(frame, "columns", ()):
+            return rows
+        n = len(frame)
+        sizes = frame["size_bytes"] if "size_bytes" in frame.columns else [0] * n
+        times = frame["updated_at"] if "updated_at" in frame.columns else [0.0] * n
+        for key, size, updated in zip(frame["cache_key"], sizes, times, strict=True):
+            if not is_failure_key(key):
+                stamp = updated.timestamp() if hasattr(updated, "timestamp") else float(updated)
+                rows.append((str(key), int(size), float(stamp)))
+        return rows
+
+    async def eviction_candidates(self, limit: int) -> list[EvictionCandidate]:
+        """Up to ``limit`` entries, least recently used first.
+
+        Last use is the later of the entry's last recorded :meth:`touch` and
+        its ``updated_at``. The default orders :meth:`get_history` (or
+        :meth:`iter_records`) by ``updated_at`` and reads the chosen rows
+        with :meth:`get_many`; backends that track use override it with one
+        ordered query.
+        """
+        if limit <= 0:
+            return []
+        oldest = sorted(await self._all_metadata(), key=lambda row: row[2])[:limit]
+        found = await self.get_many([key for key, _, _ in oldest])
+        candidates = []
+        for key, size, updated in oldest:
+            record = as_record(found.get(key), key, backend=self.backend_name)
+            if record is not None:
+                candidates.append(
+                    EvictionCandidate(key, size, record.result_type, record.result_value, updated)
+                )
+        return candidates
 
     # -- cross-process single-flight (leases) --------------------------------
 

@@ -13,7 +13,7 @@ import anyio.lowlevel
 
 from beautyspot_async._failure import FailureRecord
 from beautyspot_async._record import TaskRecord
-from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
+from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ class MemoryTaskDB(RecordTaskDB):
         self._leases: dict[str, tuple[str, float]] = {}
         # Apart from the records, so no reader of records ever meets one.
         self._failures: dict[str, FailureRecord] = {}
+        # Last recorded hit per key (see touch()), dropped with the row.
+        self._used: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"MemoryTaskDB(<{len(self._rows)} records>)"
@@ -104,6 +106,7 @@ class MemoryTaskDB(RecordTaskDB):
         await anyio.lowlevel.checkpoint()
         with self._lock:
             self._seq.pop(cache_key, None)
+            self._used.pop(cache_key, None)
             return self._rows.pop(cache_key, None) is not None
 
     async def delete_expired(self, now: float | None = None) -> int:
@@ -114,6 +117,7 @@ class MemoryTaskDB(RecordTaskDB):
             for key in doomed:
                 del self._rows[key]
                 del self._seq[key]
+                self._used.pop(key, None)
             return len(doomed)
 
     async def iter_records(self) -> AsyncIterator[TaskRecord]:
@@ -133,6 +137,34 @@ class MemoryTaskDB(RecordTaskDB):
                 reverse=True,
             )[: max(limit, 0)]
         return records_to_frame(newest)
+
+    async def touch(self, cache_keys: Sequence[str], now: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            for key in cache_keys:
+                if key in self._rows:
+                    self._used[key] = max(now, self._used.get(key, now))
+
+    async def usage_totals(self) -> tuple[int, int]:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            return len(self._rows), sum(max(r.size_bytes, 0) for r in self._rows.values())
+
+    async def eviction_candidates(self, limit: int) -> list[EvictionCandidate]:
+        await anyio.lowlevel.checkpoint()
+        with self._lock:
+            candidates = [
+                EvictionCandidate(
+                    r.cache_key,
+                    r.size_bytes,
+                    r.result_type,
+                    r.result_value,
+                    max(r.updated_at, self._used.get(r.cache_key, r.updated_at)),
+                )
+                for r in self._rows.values()
+            ]
+        candidates.sort(key=lambda c: c.used_at)
+        return candidates[: max(limit, 0)]
 
     async def save_failure(self, failure: FailureRecord) -> None:
         await anyio.lowlevel.checkpoint()

@@ -11,6 +11,7 @@ Layout, all under one schema and one table-name prefix (default
     <prefix>leases          cross-process single-flight leases
     <prefix>schema_version  one row: the layout version this module wrote
     <prefix>failures        calls that failed for good (the batch runner's)
+    <prefix>last_used       last recorded hit per key (size budgets' LRU order)
 
 Timestamps come from the server clock and are stored as double precision
 POSIX seconds, which map one to one onto :class:`TaskRecord` floats.
@@ -40,7 +41,7 @@ from beautyspot_async._record import (
     parse_meta,
     written_values,
 )
-from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
+from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
 from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
 
@@ -176,6 +177,7 @@ class PostgresTaskDB(RecordTaskDB):
         self._leases = f"{s}.{_quote(table_prefix + 'leases')}"
         self._versions = f"{s}.{_quote(table_prefix + 'schema_version')}"
         self._failures = f"{s}.{_quote(table_prefix + 'failures')}"
+        self._last_used = f"{s}.{_quote(table_prefix + 'last_used')}"
         qualified = f"{schema}.{table_prefix}tasks".encode()
         digest = hashlib.sha256(qualified).digest()
         # Channel names are identifiers (at most 63 bytes); a digest keeps
@@ -313,6 +315,11 @@ class PostgresTaskDB(RecordTaskDB):
                 args text)""",
             f"CREATE INDEX IF NOT EXISTS {_quote(p + 'failures_failed_at')} "
             f"ON {self._failures} (failed_at)",
+            # Same: last recorded hit per key, apart from the result rows so a
+            # hit never rewrites one.
+            f"""CREATE TABLE IF NOT EXISTS {self._last_used} (
+                cache_key text PRIMARY KEY,
+                used_at double precision NOT NULL)""",
         ]
 
         async def op(conn: asyncpg.Connection) -> None:
@@ -517,25 +524,32 @@ class PostgresTaskDB(RecordTaskDB):
         return await self._run(op, "lookup_or_lease")
 
     async def delete(self, cache_key: str) -> bool:
-        """Remove ``cache_key``; return whether a row existed."""
+        """Remove ``cache_key`` (and its last use); return whether a row existed."""
         query = f"DELETE FROM {self._tasks} WHERE cache_key = $1"
+        forget = f"DELETE FROM {self._last_used} WHERE cache_key = $1"
 
         async def op(conn: asyncpg.Connection) -> str:
-            status: str = await conn.execute(query, cache_key)
+            async with conn.transaction():
+                await conn.execute(forget, cache_key)
+                status: str = await conn.execute(query, cache_key)
             return status
 
         return await self._run(op, "delete") != "DELETE 0"
 
     async def delete_expired(self, now: float | None = None) -> int:
         """Remove rows expired at ``now`` (default: the server clock), via the index."""
-        query = (
-            f"DELETE FROM {self._tasks} WHERE expires_at IS NOT NULL "
-            "AND expires_at <= coalesce($1::double precision, extract(epoch FROM now()))"
-        )
+        query = f"""
+            WITH gone AS (
+                DELETE FROM {self._tasks} WHERE expires_at IS NOT NULL
+                AND expires_at <= coalesce($1::double precision, extract(epoch FROM now()))
+                RETURNING cache_key),
+            forgotten AS (
+                DELETE FROM {self._last_used} u USING gone WHERE u.cache_key = gone.cache_key)
+            SELECT count(*) FROM gone"""
 
         async def op(conn: asyncpg.Connection) -> str:
-            status: str = await conn.execute(query, now)
-            return status
+            count = await conn.fetchval(query, now)
+            return f"DELETE {int(count)}"
 
         status = await self._run(op, "delete_expired")
         return int(status.rsplit(" ", 1)[-1])
@@ -576,6 +590,51 @@ class PostgresTaskDB(RecordTaskDB):
 
         rows = await self._run(op, "get_history")
         return records_to_frame(tuple(row) for row in rows)
+
+    # -- size budgets ----------------------------------------------------------------
+
+    async def touch(self, cache_keys: Sequence[str], now: float) -> None:
+        """Upsert the keys' last use in one statement (stored keys only)."""
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return
+        query = f"""
+            INSERT INTO {self._last_used} (cache_key, used_at)
+            SELECT cache_key, $2 FROM {self._tasks} WHERE cache_key = ANY($1::text[])
+            ON CONFLICT (cache_key) DO UPDATE
+                SET used_at = greatest({self._last_used}.used_at, EXCLUDED.used_at)"""
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(query, keys, float(now))
+
+        await self._run(op, "touch")
+
+    async def usage_totals(self) -> tuple[int, int]:
+        """One ``COUNT``/``SUM`` over the result rows."""
+        query = f"SELECT count(*), coalesce(sum(greatest(size_bytes, 0)), 0) FROM {self._tasks}"
+
+        async def op(conn: asyncpg.Connection) -> tuple[int, int]:
+            row = await conn.fetchrow(query)
+            return int(row[0]), int(row[1])
+
+        return await self._run(op, "usage_totals")
+
+    async def eviction_candidates(self, limit: int) -> list[EvictionCandidate]:
+        """Least recently used first: the later of the last touch and ``updated_at``."""
+        query = f"""
+            SELECT t.cache_key, t.size_bytes, t.result_type, t.result_value,
+                   greatest(t.updated_at, u.used_at) AS used
+            FROM {self._tasks} t LEFT JOIN {self._last_used} u ON u.cache_key = t.cache_key
+            ORDER BY used LIMIT $1"""
+
+        async def op(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(query, max(limit, 0))
+            return rows
+
+        return [
+            EvictionCandidate(str(r[0]), int(r[1]), str(r[2]), r[3], float(r[4]))
+            for r in await self._run(op, "eviction_candidates")
+        ]
 
     # -- failure records -------------------------------------------------------
 

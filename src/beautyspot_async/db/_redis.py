@@ -13,6 +13,7 @@ Key space, all under ``<prefix>:`` so one prefix is one database::
     <prefix>:saved             pub/sub channel; payload is the cache key
     <prefix>:fail:<cache_key>  HASH, one per failed call (the batch runner's)
     <prefix>:idx:failed        ZSET cache_key -> failed_at (newest first)
+    <prefix>:idx:used          ZSET cache_key -> last recorded hit (size budgets)
 
 Writes run as Lua scripts so a record and its index entries change together,
 stamped with the server's ``TIME``. Targets a single Redis node (or a primary
@@ -21,6 +22,7 @@ with replicas); the keys of one prefix are not co-located for Redis Cluster.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -30,7 +32,7 @@ from beautyspot_async._errormap import ErrorMap
 from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import TaskRecord, checked_record, meta_text, parse_meta
-from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
+from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
 from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
 
@@ -196,6 +198,14 @@ def _number(value: bytes | None, kind: type[float] | type[int]) -> Any:
         return value
 
 
+def _size(value: bytes | None) -> int:
+    # Budgets only add sizes up: an unreadable one counts as nothing.
+    try:
+        return max(int(value or 0), 0)
+    except ValueError:
+        return 0
+
+
 async def _close(client: aioredis.Redis) -> None:
     with anyio.CancelScope(shield=True):
         await client.aclose()
@@ -283,6 +293,7 @@ class RedisTaskDB(RecordTaskDB):
         self._schema = f"{prefix}:schema".encode()
         self._fail = f"{prefix}:fail:".encode()
         self._failed = f"{prefix}:idx:failed".encode()
+        self._used = f"{prefix}:idx:used".encode()
         self.channel = f"{prefix}:saved".encode()
         self._client = LazyClient(self._open, _close)
         self._scripts: dict[str, Any] = {}
@@ -457,7 +468,9 @@ class RedisTaskDB(RecordTaskDB):
         keys = [self._rec + cache_key.encode(), self._updated, self._expires]
 
         async def op(r: aioredis.Redis) -> Any:
-            return await self._scripts["delete"](keys=keys, args=[cache_key])
+            existed = await self._scripts["delete"](keys=keys, args=[cache_key])
+            await r.zrem(self._used, cache_key)
+            return existed
 
         return bool(await self._call(op, "delete"))
 
@@ -528,6 +541,89 @@ class RedisTaskDB(RecordTaskDB):
             if b"func_name" in h:  # deleted between the two reads
                 records.append(_from_hash(key, h, with_meta=True))
         return records_to_frame(records)
+
+    # -- size budgets ----------------------------------------------------------------
+
+    async def touch(self, cache_keys: Sequence[str], now: float) -> None:
+        """Raise the keys' scores in the last-use index (``ZADD GT``), one round trip.
+
+        Keys deleted meanwhile may get a member; :meth:`eviction_candidates`
+        drops such members when it meets them.
+        """
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return
+
+        async def op(r: aioredis.Redis) -> None:
+            await r.zadd(self._used, dict.fromkeys(keys, float(now)), gt=True)
+
+        await self._call(op, "touch")
+
+    async def usage_totals(self) -> tuple[int, int]:
+        """Walk the updated_at index, reading ``size_bytes`` a pipelined page at a time."""
+        entries = total = 0
+        with _ERRORS.translating("usage_totals"):
+            client = await self._client.get()
+            page: list[bytes] = []
+
+            async def add(members: list[bytes]) -> tuple[int, int]:
+                async with client.pipeline(transaction=False) as pipe:
+                    for m in members:
+                        pipe.hget(self._rec + m, "size_bytes")
+                    sizes = await pipe.execute()
+                found = [s for s in sizes if s is not None]
+                return len(found), sum(_size(s) for s in found)
+
+            async for member, _score in client.zscan_iter(self._updated, count=512):
+                page.append(member)
+                if len(page) >= 512:
+                    n, b = await add(page)
+                    entries, total, page = entries + n, total + b, []
+            if page:
+                n, b = await add(page)
+                entries, total = entries + n, total + b
+        return entries, total
+
+    async def eviction_candidates(self, limit: int) -> list[EvictionCandidate]:
+        """Least recently used first, from the union of the update and last-use indexes.
+
+        ``ZUNIONSTORE ... AGGREGATE MAX`` into a temporary key gives each entry
+        the later of its last write and last hit, in one transaction.
+        """
+        if limit <= 0:
+            return []
+        scratch = f"{self.prefix}:tmp:lru:{uuid.uuid4().hex}".encode()
+
+        async def op(r: aioredis.Redis) -> list[Any]:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.zunionstore(scratch, [self._updated, self._used], aggregate="MAX")
+                pipe.zrange(scratch, 0, limit - 1, withscores=True)
+                pipe.delete(scratch)
+                replies: list[Any] = await pipe.execute()
+            ranked = cast("list[tuple[bytes, float]]", replies[1])
+            async with r.pipeline(transaction=False) as pipe:
+                for member, _ in ranked:
+                    pipe.hmget(self._rec + member, ["size_bytes", "result_type", "result_value"])
+                rows = await pipe.execute()
+            gone = [m for (m, _), row in zip(ranked, rows, strict=True) if row[1] is None]
+            if gone:  # last-use members of deleted entries
+                await r.zrem(self._used, *gone)
+            return [
+                (m.decode(), score, row)
+                for (m, score), row in zip(ranked, rows, strict=True)
+                if row[1] is not None
+            ]
+
+        return [
+            EvictionCandidate(
+                key,
+                _size(row[0]),
+                row[1].decode(),
+                None if row[2] is None else row[2].decode(),
+                float(score),
+            )
+            for key, score, row in await self._call(op, "eviction_candidates")
+        ]
 
     # -- failure records -------------------------------------------------------
 

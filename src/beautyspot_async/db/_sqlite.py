@@ -42,7 +42,7 @@ from beautyspot_async._record import (
     parse_meta,
     written_values,
 )
-from beautyspot_async.db._base import LeaseHolder, RecordTaskDB
+from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
 from beautyspot_async.db._sqlite_nowait import (
     IN_CHUNK,
@@ -115,6 +115,29 @@ _FAILURES_SCHEMA: Final = (
     """,
     "CREATE INDEX IF NOT EXISTS failures_failed_at ON failures (failed_at)",
 )
+# Also run at every open (see above): last recorded hit per key, apart from
+# ``tasks`` so a hit never rewrites a result row.
+_LAST_USED_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS last_used (
+        cache_key TEXT PRIMARY KEY NOT NULL,
+        used_at   REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+# Only keys still stored: a touch racing a deletion must not leave a row behind.
+_TOUCH: Final = """
+    INSERT INTO last_used (cache_key, used_at)
+    SELECT cache_key, ? FROM tasks WHERE cache_key = ?
+    ON CONFLICT (cache_key) DO UPDATE SET used_at = max(last_used.used_at, excluded.used_at)
+"""
+_EVICTION_ORDER: Final = """
+    SELECT t.cache_key, t.size_bytes, t.result_type, t.result_value,
+           max(t.updated_at, coalesce(u.used_at, t.updated_at)) AS used
+    FROM tasks t LEFT JOIN last_used u ON u.cache_key = t.cache_key
+    WHERE t.cache_key NOT LIKE '!%'
+    ORDER BY used LIMIT ?
+"""
 _FAILURE_COLUMNS: Final = (
     "cache_key, func_name, input_id, version, exc_type, message, attempts, failed_at, args"
 )
@@ -285,7 +308,7 @@ class SQLiteTaskDB(RecordTaskDB):
                 for statement in _SCHEMA:
                     await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            for statement in _FAILURES_SCHEMA:
+            for statement in (*_FAILURES_SCHEMA, *_LAST_USED_SCHEMA):
                 await conn.execute(statement)
             # Like the failures table: a column added after version 1 without a
             # bump. Older releases name their columns, so they never see it.
@@ -405,17 +428,48 @@ class SQLiteTaskDB(RecordTaskDB):
         return int(count)
 
     async def delete(self, cache_key: str) -> bool:
-        return (
-            await self._change("DELETE FROM tasks WHERE cache_key = ?", (cache_key,), "delete") > 0
-        )
+        def work(raw: sqlite3.Connection) -> bool:
+            raw.execute("DELETE FROM last_used WHERE cache_key = ?", (cache_key,))
+            return raw.execute("DELETE FROM tasks WHERE cache_key = ?", (cache_key,)).rowcount > 0
+
+        return await self._transaction("delete", work)
 
     async def delete_expired(self, now: float | None = None) -> int:
         cutoff = self._clock() if now is None else now
-        return await self._change(
-            "DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?",
-            (cutoff,),
-            "delete_expired",
+        expired = "FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?"
+
+        def work(raw: sqlite3.Connection) -> int:
+            raw.execute(
+                f"DELETE FROM last_used WHERE cache_key IN (SELECT cache_key {expired})", (cutoff,)
+            )
+            return int(raw.execute(f"DELETE {expired}", (cutoff,)).rowcount)
+
+        return await self._transaction("delete_expired", work)
+
+    # -- size budgets ----------------------------------------------------------------
+
+    async def touch(self, cache_keys: Sequence[str], now: float) -> None:
+        """Upsert the keys' last use in one transaction (stored keys only)."""
+        params = [(now, key) for key in dict.fromkeys(cache_keys)]
+        if params:
+            await self._transaction("touch", lambda raw: raw.executemany(_TOUCH, params))
+
+    async def usage_totals(self) -> tuple[int, int]:
+        """One ``COUNT``/``SUM`` over the result rows (failure rows excluded)."""
+        rows = await self._read(
+            "SELECT count(*), coalesce(sum(max(size_bytes, 0)), 0) FROM tasks "
+            "WHERE cache_key NOT LIKE '!%'"
         )
+        entries, total = rows[0]
+        return int(entries), int(total)
+
+    async def eviction_candidates(self, limit: int) -> list[EvictionCandidate]:
+        """Least recently used first: the later of the last touch and ``updated_at``."""
+        rows = await self._read(_EVICTION_ORDER, (max(limit, 0),))
+        return [
+            EvictionCandidate(str(k), int(size or 0), str(kind), _text_or_none(value), float(used))
+            for k, size, kind, value, used in rows
+        ]
 
     async def iter_records(self) -> AsyncIterator[TaskRecord]:
         """Yield every record, a page of rows at a time, in key order."""
@@ -662,6 +716,10 @@ def _in_transaction(
 def _record(row: Sequence[Any]) -> TaskRecord:
     # SQLite columns hold any type whatever the schema says: check them.
     return checked_record(*row)
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _closed_underneath(exc: BaseException) -> bool:

@@ -63,6 +63,18 @@ class BlobStorageBase(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot list its blobs")
 
+    async def list_blobs(self) -> AsyncIterator[tuple[str, float | None]]:
+        """Yield ``(location, modified_at)`` for every stored blob (POSIX seconds).
+
+        Garbage collection keeps orphans younger than a grace period, so
+        that a blob whose row is not written yet (an upload in progress) is
+        never taken. The default pairs :meth:`list_locations` with ``None``,
+        an unknown age, which gc treats as old: such a storage gets no grace
+        period and should implement this when its listing knows the times.
+        """
+        async for location in self.list_locations():
+            yield location, None
+
     async def remove_stale_temp_files(
         self, *, older_than: float, dry_run: bool = False
     ) -> list[str]:

@@ -266,6 +266,19 @@ class LocalStorage(BlobStorageBase):
                 for name in names:
                     yield f"{first}/{second}/{name}"
 
+    async def list_blobs(self) -> AsyncIterator[tuple[str, float | None]]:
+        """:meth:`list_locations` with each file's modification time."""
+        async for location in self.list_locations():
+            modified = await anyio.to_thread.run_sync(self._mtime, location)
+            if modified is not None:  # gone since it was listed
+                yield location, modified
+
+    def _mtime(self, location: str) -> float | None:
+        try:
+            return (self._root / location).stat().st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     async def remove_stale_temp_files(
         self, *, older_than: float, dry_run: bool = False
     ) -> list[str]:

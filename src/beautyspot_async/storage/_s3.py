@@ -315,6 +315,11 @@ class S3Storage(BlobStorageBase):
         Objects under the prefix that this storage did not write (their path
         is not a valid location) are skipped.
         """
+        async for location, _ in self.list_blobs():
+            yield location
+
+    async def list_blobs(self) -> AsyncIterator[tuple[str, float | None]]:
+        """:meth:`list_locations` with each object's ``LastModified``, from the same listing."""
         client = await self._get_client()
         root = f"{self.prefix}/" if self.prefix else ""
         paginator = client.get_paginator("list_objects_v2")
@@ -328,4 +333,5 @@ class S3Storage(BlobStorageBase):
                         parse_location(location)
                     except ConfigurationError:
                         continue
-                    yield location
+                    modified = obj.get("LastModified")
+                    yield location, None if modified is None else modified.timestamp()

@@ -81,6 +81,28 @@ async def _check_blob_list(storage: BlobStorageBase) -> None:
         await storage.delete(location)
 
 
+async def _check_blob_list_with_times(storage: BlobStorageBase) -> None:
+    """list_blobs lists what list_locations does, each with its modification time or None.
+
+    A time must be when the blob was written (give or take a clock skew of a
+    few minutes): gc keeps orphans younger than a grace period by it.
+    """
+    before = time.time()
+    kept = {await storage.save(_blob_key(), bytes([i])) for i in range(2)}
+    after = time.time()
+    try:
+        listed = dict([blob async for blob in storage.list_blobs()])
+    except NotImplementedError:
+        return  # no listing at all: list_locations' check says so
+    assert kept <= listed.keys(), f"list_blobs missed {kept - listed.keys()}"
+    for location in kept:
+        modified = listed[location]
+        assert modified is None or before - 300 <= modified <= after + 300, (
+            f"list_blobs gave {location!r} the time {modified!r}, written at {before:.0f}"
+        )
+        await storage.delete(location)
+
+
 async def _check_blob_hostile(storage: BlobStorageBase) -> None:
     """Keys and locations that could escape the storage raise ConfigurationError.
 
@@ -132,6 +154,7 @@ _BLOB_CHECKS: tuple[_BlobCheck, ...] = (
     _check_blob_overwrite,
     _check_blob_delete,
     _check_blob_list,
+    _check_blob_list_with_times,
     _check_blob_hostile,
     _check_blob_stale_temp_files,
 )

@@ -10,6 +10,7 @@ import anyio
 from beautyspot_async._record import BLOB, HISTORY_COLUMNS, TaskRecord
 from beautyspot_async.db._base import TaskDB
 
+from ._budgets import BUDGET_CHECKS
 from ._clock import FakeClock
 from ._common import (
     UNOPENED,
@@ -398,7 +399,8 @@ async def check_taskdb(
     ``release_lease``, ``release_leases``, ``renew_leases``,
     ``lease_holders``, ``take_over_leases``, ``lookup_or_lease``,
     ``save_and_release``, ``wait_for_result``) and the failure records
-    (``save_failure``, ``get_failures``, ``delete_failures``). Every method a backend may
+    (``save_failure``, ``get_failures``, ``delete_failures``) and the size-budget
+    methods (``touch``, ``usage_totals``, ``eviction_candidates``). Every method a backend may
     override is exercised -- the base class's defaults pass too -- except
     that ``delete`` and ``iter_records`` are skipped when left to the base
     class (which raises ``NotImplementedError``), and lease exclusivity is
@@ -409,7 +411,8 @@ async def check_taskdb(
     unexpected exception from the backend is chained to it as
     ``__cause__``).
     """
-    for check in (*RECORD_CHECKS, *NOWAIT_CHECKS, *LEASE_CHECKS, *FAILURE_CHECKS):
+    checks = (*RECORD_CHECKS, *NOWAIT_CHECKS, *LEASE_CHECKS, *FAILURE_CHECKS, *BUDGET_CHECKS)
+    for check in checks:
         async with opened(factory) as db:
             with naming("check_taskdb", check):
                 if check not in UNOPENED:
