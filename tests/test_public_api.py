@@ -98,4 +98,6 @@ class TestOptionalDependencies:
         out = subprocess.run(
             [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path
         ).stdout
-        assert 'pip install "beautyspot-async[postgres]"' in out
+        assert "pip install asyncpg" in out
+        assert out.count("pip install") == 2  # the package, and the extra from a checkout
+        assert "beautyspot-async[" not in out  # it is not published on an index

@@ -32,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from . import _gcra
+from ._extras import install_hint
 from .exceptions import BackendError, ConfigurationError
 
 __all__ = ["KEY_PREFIX", "RedisBudgetStore"]
@@ -153,7 +154,7 @@ class RedisBudgetStore:
             import redis
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ConfigurationError(
-                "a redis:// limiter backend needs redis-py: pip install 'beautyspot-async[redis]'"
+                f"a redis:// limiter backend needs redis-py: {install_hint('redis')}"
             ) from exc
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError,)
         try:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._extras import install_hint
 from .db import MemoryTaskDB, SQLiteTaskDB, TaskDB
 from .exceptions import ConfigurationError
 from .storage import BlobStorageBase, LocalStorage
@@ -21,8 +22,8 @@ _EXTRA_FOR = {"postgresql": "postgres", "redis": "redis", "s3": "s3"}
 def _missing_extra(scheme: str, exc: ImportError) -> ConfigurationError:
     extra = _EXTRA_FOR[scheme]
     error = ConfigurationError(
-        f"the {scheme}:// backend needs an optional dependency ({exc.name or exc}); "
-        f'install it with: pip install "beautyspot-async[{extra}]"'
+        f"the {scheme}:// backend needs an optional dependency that is not installed; "
+        f"install it with: {install_hint(extra)}"
     )
     error.__cause__ = exc
     return error

@@ -33,6 +33,7 @@ from . import _display as display
 from . import _maintenance as maint
 from ._budget import parse_age as parse_max_age
 from ._budget import parse_size
+from ._extras import install_hint
 from ._gc import DEFAULT_ORPHAN_GRACE, DEFAULT_TEMP_GRACE
 from ._spot import Spot
 from ._version import __version__
@@ -194,6 +195,9 @@ def history_command(
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 50,
     func: FuncOpt = None,
     as_json: JsonOpt = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", "-w", help="Show the full 32-character keys.")
+    ] = False,
 ) -> None:
     """List stored results, newest first."""
     frame = _run(db, storage, lambda spot: maint.history(spot, limit=limit, func_name=func))
@@ -221,7 +225,7 @@ def history_command(
         cells: list[str | Text] = [
             _iso_text(row["updated_at"]),
             str(row["func_name"]),
-            str(row["cache_key"])[:KEY_CHARS],
+            str(row["cache_key"]) if wide else str(row["cache_key"])[:KEY_CHARS],
         ]
         if show_version:
             cells.append("-" if row["version"] is None else str(row["version"]))
@@ -578,10 +582,10 @@ def ui_command(
     """Serve the web dashboard on loopback (needs the "dashboard" extra)."""
     try:
         from .dashboard import serve
-    except ImportError as exc:
+    except ImportError:
         _fail(
-            f"the dashboard needs an optional dependency ({exc.name or exc}); "
-            'install it with: pip install "beautyspot-async[dashboard]"'
+            "the dashboard needs an optional dependency that is not installed; "
+            f"install it with: {install_hint('dashboard')}"
         )
     try:
         spot = _open_spot(db, storage)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import anyio
 
 from beautyspot_async._errormap import ErrorMap, backend_error
+from beautyspot_async._extras import install_hint
 from beautyspot_async._failure import FailureRecord, checked_failure, failure_row
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import (
@@ -48,9 +49,7 @@ from beautyspot_async.exceptions import ConfigurationError
 try:
     import asyncpg
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "PostgresTaskDB needs asyncpg: pip install 'beautyspot-async[postgres]'"
-    ) from exc
+    raise ImportError(f"PostgresTaskDB needs {install_hint('postgres')}") from exc
 
 from beautyspot_async.db._pglisten import Listener
 

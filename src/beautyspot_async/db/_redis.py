@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import anyio
 
 from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._extras import install_hint
 from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import TaskRecord, checked_record, meta_text, parse_meta
@@ -43,7 +44,7 @@ try:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("RedisTaskDB needs redis: pip install 'beautyspot-async[redis]'") from exc
+    raise ImportError(f"RedisTaskDB needs {install_hint('redis')}") from exc
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from beautyspot_async._errormap import ErrorMap
+from beautyspot_async._extras import install_hint
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async.exceptions import CacheCorruptedError, ConfigurationError
 from beautyspot_async.storage._base import BlobStorageBase
@@ -36,7 +37,7 @@ try:
     from aiobotocore.session import get_session
     from botocore.exceptions import BotoCoreError, ClientError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("S3Storage needs aiobotocore: pip install 'beautyspot-async[s3]'") from exc
+    raise ImportError(f"S3Storage needs {install_hint('s3')}") from exc
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
