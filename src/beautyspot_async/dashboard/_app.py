@@ -229,6 +229,7 @@ def create_app(
     """
     env = _environment()
     csrf = secrets.token_urlsafe(32)
+    cache = browse.HistoryCache()
 
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html_text = env.get_template(name).render(spot_name=spot.name, **context)
@@ -250,7 +251,7 @@ def create_app(
 
     async def index(request: Request) -> Response:
         query = index_query(request)
-        found = await browse.browse(spot, query)
+        found = await browse.browse(spot, query, cache=cache)
 
         def link(**changes: Any) -> str:
             params = {
@@ -277,7 +278,7 @@ def create_app(
         )
 
     async def api_index(request: Request) -> Response:
-        found = await browse.browse(spot, index_query(request))
+        found = await browse.browse(spot, index_query(request), cache=cache)
         return JSONResponse(
             {
                 "total": found.total,
@@ -328,7 +329,9 @@ def create_app(
         if not token or not hmac.compare_digest(token.encode(), csrf.encode()):
             return Response("missing or wrong CSRF token", status_code=403)
         key = request.path_params["key"]
-        if not await maint.delete(spot, key):
+        deleted = await maint.delete(spot, key)
+        cache.clear()
+        if not deleted:
             return Response("no entry with this key", status_code=404)
         return RedirectResponse("/?" + urlencode({"deleted": key}), status_code=303)
 
