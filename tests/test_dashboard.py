@@ -153,6 +153,56 @@ class TestHostCheck:
         assert seen["allowed_hosts"] == ["a.example", "b"]
 
 
+class TestServe:
+    """`ui` listens on loopback, port 0 picks a free port, and the URL is printed."""
+
+    def test_ui_prints_the_url_and_passes_the_flags(
+        self, built: Built, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import beautyspot_async.dashboard as dashboard
+
+        seen: dict[str, Any] = {}
+
+        def fake_serve(spot: bs.Spot, **options: Any) -> None:
+            seen.update(options)
+            options["announce"]("http://127.0.0.1:43210/")
+
+        monkeypatch.setattr(dashboard, "serve", fake_serve)
+        result = runner.invoke(cli_app, ["ui", str(built.db), "--port", "0", "--allow-delete"])
+        assert result.exit_code == 0, result.output
+        assert "http://127.0.0.1:43210/" in result.stdout
+        assert (seen["host"], seen["port"], seen["allow_delete"]) == ("127.0.0.1", 0, True)
+        result = runner.invoke(cli_app, ["ui", str(built.db)])
+        assert (seen["host"], seen["allow_delete"]) == ("127.0.0.1", False)
+
+    def test_port_zero_binds_a_free_loopback_port(self) -> None:
+        from beautyspot_async.dashboard._app import bind, url_of
+
+        with bind("127.0.0.1", 0) as sock:
+            url = url_of(sock)
+            assert url.startswith("http://127.0.0.1:")
+            assert not url.endswith(":0/")
+
+    def test_a_host_name_given_to_serve_is_answered(
+        self, built: Built, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import uvicorn
+
+        from beautyspot_async.dashboard import _app
+
+        apps: list[Any] = []
+        real_bind = _app.bind
+        monkeypatch.setattr(_app, "bind", lambda host, port: real_bind("127.0.0.1", 0))
+        monkeypatch.setattr(
+            uvicorn.Server, "run", lambda self, sockets: apps.append(self.config.app)
+        )
+        spot = bs.Spot("exp", db=built.db, storage=built.blobs)
+        _app.serve(spot, host="dash.internal", port=0)
+        with TestClient(apps[0], base_url="http://dash.internal") as test_client:
+            assert test_client.get("/api/stats").status_code == 200
+            assert test_client.get("/", headers={"host": "evil.example"}).status_code == 400
+
+
 class TestMalformedRows:
     """One damaged row does not take the history page down."""
 

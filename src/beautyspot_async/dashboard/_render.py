@@ -58,10 +58,16 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def _as_text(value: Any) -> str | None:
+def _textual(kind: str) -> bool:
+    return kind.startswith("text/") or kind in ("application/json", "image/svg+xml")
+
+
+def _as_text(value: Any, kind: str) -> str | None:
     if isinstance(value, str):
         return value
-    if isinstance(value, bytes | bytearray):
+    # Bytes are text only when the content type says so; otherwise they are
+    # shown as data (a size and a hex summary), not as mojibake.
+    if isinstance(value, bytes | bytearray) and _textual(kind):
         return bytes(value).decode("utf-8", "replace")
     return None
 
@@ -117,7 +123,7 @@ def _view(entry: Entry) -> EntryView:
     notes: list[str] = []
     if entry.problem is not None and value is None:
         return EntryView("none", notes=notes)
-    text = _as_text(value)
+    text = _as_text(value, kind)
     if kind in _IMAGES:
         if image_bytes(entry) is not None:
             return EntryView("image", notes=notes)
@@ -157,7 +163,7 @@ def image_bytes(entry: Entry) -> tuple[bytes, str] | None:
             return bytes(value), kind
         return None
     if kind == "image/svg+xml":
-        text = _as_text(value)
+        text = _as_text(value, kind)
         if text is not None:
             return sanitize_svg(text).encode(), kind
     return None
