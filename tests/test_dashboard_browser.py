@@ -117,10 +117,11 @@ class Session:
     def pwned(self) -> Any:
         return self.page.evaluate("typeof window.__pwned")
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, *, full_page: bool = True) -> None:
         if SHOTS:
             Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(Path(SHOTS) / f"dashboard-{name}.png"), full_page=True)
+            path = Path(SHOTS) / f"dashboard-{name}.png"
+            self.page.screenshot(path=str(path), full_page=full_page)
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_index_pages_through_every_entry(session: Session, content: ContentSpot)
     assert page.locator("#count").inner_text().startswith(f"{total} entries")
     assert page.locator("table.entries tbody tr").count() == 50
     assert page.locator("section.totals").get_by_text("filler").count() == 1
-    session.shot("index")
+    session.shot("index", full_page=False)
     page.get_by_role("link", name="older →").click()
     page.wait_for_url("**page=2**")
     assert "showing 51\u2013100" in page.locator("#count").inner_text()
