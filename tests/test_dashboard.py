@@ -354,6 +354,14 @@ class TestEntryPage:
             assert part in text
         assert '<span class="badge expired">expired</span>' in text
 
+    def test_stored_arguments(self, cclient: TestClient, content: ContentSpot) -> None:
+        text = cclient.get(f"/entries/{content.keys['csv']}").text
+        if "no stored argument previews" in text:
+            pytest.skip("this build stores no argument previews with entries")
+        section = text[text.index("<h2>arguments</h2>") : text.index("<h2>result</h2>")]
+        assert "<th>topic</th>" in section
+        assert "topic-csv" in section
+
     def test_markdown_is_rendered_and_sanitized(
         self, cclient: TestClient, content: ContentSpot
     ) -> None:
