@@ -107,6 +107,11 @@ class Session:
 
         page.route("**/*", guard)
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        # A CSP violation (a blocked inline script or style) is logged as an error.
+        page.on(
+            "console",
+            lambda message: self.errors.append(message.text) if message.type == "error" else None,
+        )
 
     def open(self, path: str) -> Page:
         response = self.page.goto(self.base + path)
@@ -131,7 +136,7 @@ def session(browser: Browser, base_url: str) -> Iterator[Session]:
         opened = Session(context.new_page(), base_url)
         yield opened
         assert opened.foreign == [], "the dashboard made requests to another origin"
-        assert opened.errors == [], "a script on the page failed"
+        assert opened.errors == [], "a script failed or the CSP blocked something"
         assert opened.pwned() == "undefined"
     finally:
         context.close()

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+import markdown
 from markupsafe import Markup
 
 from .._display import to_jsonable
@@ -84,8 +85,6 @@ def _tree(value: Any) -> Any:
 
 
 def _markdown(text: str, notes: list[str]) -> EntryView:
-    import markdown
-
     rendered = markdown.markdown(_cut(text, notes), extensions=["tables", "fenced_code"])
     return EntryView("markdown", html=Markup(sanitize_html(rendered)), notes=notes)
 
