@@ -228,6 +228,21 @@ class TestMalformedRows:
 class TestUiCommand:
     """`ui` refuses a database it cannot open before serving anything."""
 
+    def test_missing_extra_is_named_with_one_hint(
+        self, built: Built, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import sys
+
+        for name in list(sys.modules):
+            if name.startswith("beautyspot_async.dashboard"):
+                monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setitem(sys.modules, "jinja2", None)
+        result = runner.invoke(cli_app, ["ui", str(built.db)])
+        assert result.exit_code == 2
+        message = " ".join(result.stderr.split())
+        assert "(jinja2)" in message
+        assert message.count("pip install") == 1
+
     def test_missing_database(self, tmp_path: Path) -> None:
         result = runner.invoke(cli_app, ["ui", str(tmp_path / "nope.db")])
         assert result.exit_code == 2
