@@ -287,7 +287,7 @@ def create_app(
                 "pages": found.pages,
                 "per_page": found.query.per_page,
                 "rows": found.rows,
-                "totals": [vars_of(t) for t in found.totals],
+                "totals": [_totals_json(t) for t in found.totals],
             }
         )
 
@@ -382,7 +382,7 @@ def create_app(
     return app
 
 
-def vars_of(totals: browse.FuncTotals) -> dict[str, Any]:
+def _totals_json(totals: browse.FuncTotals) -> dict[str, Any]:
     return {name: getattr(totals, name) for name in totals.__slots__}
 
 
