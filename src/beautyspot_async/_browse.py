@@ -25,13 +25,14 @@ if TYPE_CHECKING:
     from ._spot import Spot
 
 __all__ = [
-    "STATUSES",
     "FuncTotals",
     "HistoryCache",
     "IndexPage",
     "IndexQuery",
+    "STATUSES",
     "args_text",
     "browse",
+    "filter_failures",
     "filter_history",
     "func_totals",
     "index_page",

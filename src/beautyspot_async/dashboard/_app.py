@@ -58,7 +58,7 @@ from ._render import entry_view, image_bytes
 if TYPE_CHECKING:
     from .._spot import Spot
 
-__all__ = ["CSP", "LOOPBACK_HOSTS", "create_app", "host_name", "serve"]
+__all__ = ["CSP", "LOOPBACK_HOSTS", "bind", "create_app", "host_name", "serve", "url_of"]
 
 #: Most rows one request may ask for.
 MAX_LIMIT = 10_000
