@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
@@ -99,3 +100,46 @@ class TestSvg:
         root = ET.fromstring(sanitize_svg('<svg width="1"><circle r="1"/>'))
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
         assert sanitize_svg("not svg at all") == ""
+
+
+class TestEntryView:
+    """Which view a value gets, by content type, and the fallbacks."""
+
+    @staticmethod
+    def entry(value: object, content_type: str | None, problem: str | None = None) -> Any:
+        from beautyspot_async._maintenance import Entry
+        from beautyspot_async._record import TaskRecord
+
+        record = TaskRecord("k" * 32, "f", "i", None, "inline", content_type)
+        return Entry(record=record, value=value, problem=problem)
+
+    def test_jpeg_needs_its_signature(self) -> None:
+        from beautyspot_async.dashboard._render import entry_view, image_bytes
+
+        good = self.entry(b"\xff\xd8\xff\xe0rest", "image/jpeg")
+        assert entry_view(good).kind == "image"
+        assert image_bytes(good) == (b"\xff\xd8\xff\xe0rest", "image/jpeg")
+        bad = self.entry(b"<html>", "image/jpeg; q=1")
+        view = entry_view(bad)
+        assert (view.kind, image_bytes(bad)) == ("tree", None)
+        assert "not image/jpeg data" in view.notes[0]
+
+    def test_bytes_are_text_only_for_textual_types(self) -> None:
+        from beautyspot_async.dashboard._render import entry_view
+
+        assert entry_view(self.entry(b"a,b\n1,2\n", "text/csv")).table == [["a", "b"], ["1", "2"]]
+        view = entry_view(self.entry(b"\x00\x01binary", None))
+        assert view.kind == "tree"
+        assert str(view.tree).startswith("<8 bytes")
+
+    def test_bad_json_text_is_shown_as_text(self) -> None:
+        from beautyspot_async.dashboard._render import entry_view
+
+        view = entry_view(self.entry("{not json", "application/json"))
+        assert view.kind == "text"
+        assert "not valid JSON" in view.notes[0]
+
+    def test_nothing_decoded(self) -> None:
+        from beautyspot_async.dashboard._render import entry_view
+
+        assert entry_view(self.entry(None, "text/plain", problem="blob missing")).kind == "none"
