@@ -337,7 +337,8 @@ def create_app(
 
     async def failures_page(request: Request) -> Response:
         func = (request.query_params.get("func") or "").strip() or None
-        frame = await maint.failures(spot, limit=row_limit(request) or MAX_LIMIT)
+        wanted = _int(request.query_params.get("limit"), MAX_LIMIT)
+        frame = await maint.failures(spot, limit=min(max(wanted, 0), MAX_LIMIT))
         found = browse.filter_failures(frame, browse.IndexQuery(func=func))
         rows = display.failure_rows(found)
         for row in rows:
