@@ -62,3 +62,13 @@ def require_service(name: str, host: str, port: int) -> None:
     if _required():
         pytest.fail(f"{reason}, and BEAUTYSPOT_REQUIRE_SERVICES=1 requires it")
     pytest.skip(reason)
+
+
+def require_executable(path: str, *, install: str) -> str:
+    """Skip (or, in CI, fail) unless the program at ``path`` exists and is executable."""
+    if os.access(path, os.X_OK):
+        return path
+    reason = f"{path} is missing: {install}"
+    if _required():
+        pytest.fail(f"{reason}, and BEAUTYSPOT_REQUIRE_SERVICES=1 requires it", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)

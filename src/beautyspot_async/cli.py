@@ -568,8 +568,11 @@ def gc_command(
 def ui_command(
     db: DbArg,
     storage: StorageOpt = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str,
+        typer.Option(help="Interface to listen on; a name given here is also answered as Host."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
     allow_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -578,8 +581,14 @@ def ui_command(
             "by default only localhost, 127.0.0.1 and [::1].",
         ),
     ] = None,
+    allow_delete: Annotated[
+        bool,
+        typer.Option(
+            "--allow-delete", help="Show an invalidate button on each entry (read-only otherwise)."
+        ),
+    ] = False,
 ) -> None:
-    """Serve the web dashboard on loopback (needs the "dashboard" extra)."""
+    """Serve the web dashboard on loopback and print its URL (needs the "dashboard" extra)."""
     try:
         from .dashboard import serve
     except ImportError:
@@ -591,11 +600,23 @@ def ui_command(
         spot = _open_spot(db, storage)
     except (UsageProblem, ConfigurationError) as exc:
         _fail(str(exc))
-    typer.echo(f"beautyspot-async dashboard on http://{host}:{port}/ (Ctrl+C to stop)")
+
+    def announce(url: str) -> None:
+        typer.echo(f"beautyspot-async dashboard on {url} (Ctrl+C to stop)")
+
     try:
-        serve(spot, host=host, port=port, allowed_hosts=list(allow_host or ()))
+        serve(
+            spot,
+            host=host,
+            port=port,
+            allowed_hosts=list(allow_host or ()),
+            allow_delete=allow_delete,
+            announce=announce,
+        )
     except BeautySpotError as exc:
         _fail(str(exc))
+    except OSError as exc:  # the port is taken, the interface does not exist
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @app.command("version")
