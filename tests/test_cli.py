@@ -270,11 +270,14 @@ class TestShow:
         assert "no entry" in result.stderr
 
     def test_ambiguous_prefix_exits_2_and_lists_candidates(self, built: Built) -> None:
-        asyncio.run(_save_raw(built.db, ["abcd" + "0" * 28, "abcd" + "1" * 28]))
-        result = invoke("show", built.db, "abcd")
+        asyncio.run(_save_raw(built.db, ["abcdef" + "0" * 26, "abcdef" + "1" * 26]))
+        result = invoke("show", built.db, "abcdef")
         assert result.exit_code == 2
-        assert "'abcd' matches 2 entries" in flat(result.stderr)
-        assert invoke("show", built.db, "abcd1").exit_code == 0
+        assert "'abcdef' matches 2 entries" in flat(result.stderr)
+        assert invoke("show", built.db, "abcdef1").exit_code == 0
+        short = invoke("show", built.db, "abcd")
+        assert short.exit_code == 1
+        assert "a key prefix needs at least 6 characters" in flat(short.stderr)
 
     def test_preview_is_cut_at_max_chars(self, built: Built) -> None:
         result = invoke("show", built.db, built.keys["big"], "--max-chars", "50")

@@ -472,3 +472,26 @@ class TestExplainArguments:
         assert (diff.name, diff.stored, diff.current) == ("api_key", "<redacted>", "<redacted>")
         assert "old" not in str(explanation)
         assert "new" not in str(explanation)
+
+
+def test_cli_polish(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from beautyspot_async.cli import app, wrap_name
+
+    db = str(TestCommandLine.build(tmp_path))
+    runner = CliRunner()
+    import json
+
+    key = json.loads(runner.invoke(app, ["history", db, "--json"]).output)[0]["cache_key"]
+    wide = runner.invoke(app, ["history", db, "--wide"], env={"COLUMNS": "200"})
+    narrow = runner.invoke(app, ["history", db], env={"COLUMNS": "200"})
+    assert wide.exit_code == 0
+    assert key in wide.output
+    assert key not in narrow.output
+    assert key[:12] in narrow.output
+    missing = runner.invoke(app, ["gc", db, "--storage", str(tmp_path / "no-such-dir")])
+    assert missing.exit_code == 2
+    assert "no blob storage directory" in " ".join(missing.output.split())
+    assert wrap_name("app.services.llm.summarize", 14) == "app.services.\nllm.summarize"
+    assert all(len(part) <= 14 or "." not in part for part in wrap_name("a.b" * 9, 14).split())

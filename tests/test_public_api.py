@@ -99,5 +99,5 @@ class TestOptionalDependencies:
             [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path
         ).stdout
         assert "pip install asyncpg" in out
-        assert out.count("pip install") == 2  # the package, and the extra from a checkout
+        assert out.count("pip install") == 1  # the hint, once
         assert "beautyspot-async[" not in out  # it is not published on an index

@@ -18,7 +18,4 @@ EXTRAS: Final = {
 def install_hint(extra: str) -> str:
     """How to get ``extra``: its packages by name (beautyspot-async is not on an index)."""
     packages = " ".join(EXTRAS[extra])
-    return (
-        f'pip install {packages} (the "{extra}" extra; from a checkout: '
-        f"pip install -e '.[{extra}]')"
-    )
+    return f'pip install {packages} (the "{extra}" extra of beautyspot-async)'

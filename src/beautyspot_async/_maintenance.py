@@ -65,9 +65,7 @@ __all__ = [
 T = TypeVar("T")
 
 #: Shortest prefix :func:`resolve_key` searches for; shorter ones match too much.
-MIN_PREFIX: Final = 4
-#: Deleting by prefix asks for more of the key than looking does.
-MIN_DELETE_PREFIX: Final = 6
+MIN_PREFIX: Final = 6
 
 
 # -- pure: per-function summary -------------------------------------------------------
@@ -436,14 +434,6 @@ async def invalidate(
     keys = await io_loop.run(_select_for_cli, spot.db, func, version, created_before)
     if not dry_run:
         await spot._engine.invalidate(keys)
-    return keys
-
-
-async def resolve_for_delete(spot: Spot, key_or_prefix: str) -> list[str]:
-    """:func:`resolve_key` for deleting: a prefix must be at least MIN_DELETE_PREFIX long."""
-    keys = await resolve_key(spot, key_or_prefix)
-    if len(keys) == 1 and keys[0] != key_or_prefix and len(key_or_prefix) < MIN_DELETE_PREFIX:
-        return []
     return keys
 
 

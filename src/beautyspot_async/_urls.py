@@ -19,11 +19,18 @@ STORAGE_ENV = "BEAUTYSPOT_STORAGE"
 _EXTRA_FOR = {"postgresql": "postgres", "redis": "redis", "s3": "s3"}
 
 
+def _missing_name(exc: ImportError) -> str:
+    # The backends re-raise with their own sentence; the module is on the cause.
+    cause = exc.__cause__
+    name = exc.name or (cause.name if isinstance(cause, ImportError) else None)
+    return name or "see the cause below"
+
+
 def _missing_extra(scheme: str, exc: ImportError) -> ConfigurationError:
     extra = _EXTRA_FOR[scheme]
     error = ConfigurationError(
-        f"the {scheme}:// backend needs an optional dependency that is not installed; "
-        f"install it with: {install_hint(extra)}"
+        f"the {scheme}:// backend needs an optional dependency that is not installed "
+        f"({_missing_name(exc)}); install it with: {install_hint(extra)}"
     )
     error.__cause__ = exc
     return error

@@ -280,15 +280,16 @@ def stats_command(db: DbArg, storage: StorageOpt = None, as_json: JsonOpt = Fals
         _print_json([display.summary_json(s) for s in summaries])
         return
     table = Table(title="Stored results per function")
-    table.add_column("function", overflow="fold", ratio=1, min_width=8)
+    table.add_column("function", ratio=1, min_width=8)
     # "inline" (entries - blobs) is left to --json: eight columns do not fit 80.
     for heading in ("entries", "blobs", "size", "expired"):
         table.add_column(heading, justify="right")
     table.add_column("oldest (UTC)")
     table.add_column("newest (UTC)")
+    width = max(16, Console().width - 64)
     for s in summaries:
         table.add_row(
-            s.func_name,
+            Text(wrap_name(s.func_name, width)),
             str(s.entries),
             str(s.blobs),
             format_size(s.size_bytes),
@@ -335,7 +336,14 @@ def show_command(
     found = _run(db, storage, lambda spot: _find_entry(spot, key))
     if isinstance(found, list):
         if not found:
-            _fail(f"no entry with key {key!r}", code=1)
+            short = len(key) < maint.MIN_PREFIX
+            _fail(
+                f"no entry with key {key!r}"
+                + (
+                    f" (a key prefix needs at least {maint.MIN_PREFIX} characters)" if short else ""
+                ),
+                code=1,
+            )
         listing = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "")
         _fail(f"{key!r} matches {len(found)} entries: {listing}")
     record = found.record
@@ -378,7 +386,7 @@ def delete_command(
         str,
         typer.Argument(
             metavar="KEY",
-            help=f"A cache key, or a unique prefix of one (at least {maint.MIN_DELETE_PREFIX} "
+            help=f"A cache key, or a unique prefix of one (at least {maint.MIN_PREFIX} "
             "characters).",
         ),
     ],
@@ -387,7 +395,7 @@ def delete_command(
     """Delete one stored result (its row and its blob)."""
 
     async def go(spot: Spot) -> list[str] | bool:
-        keys = await maint.resolve_for_delete(spot, key)
+        keys = await maint.resolve_key(spot, key)
         if len(keys) != 1:
             return keys
         return await maint.delete(spot, keys[0])
@@ -397,7 +405,7 @@ def delete_command(
         if not outcome:
             _fail(
                 f"no entry with key {key!r} (a prefix needs at least "
-                f"{maint.MIN_DELETE_PREFIX} characters)",
+                f"{maint.MIN_PREFIX} characters)",
                 code=1,
             )
         shown = ", ".join(outcome[:5]) + (" ..." if len(outcome) > 5 else "")
@@ -445,6 +453,19 @@ def invalidate_command(
     )
     noun = "entry" if len(keys) == 1 else "entries"
     typer.echo(f"{'deleted' if yes else 'would delete'} {len(keys)} {noun}")
+
+
+def wrap_name(name: str, width: int) -> str:
+    """``name`` on lines of at most ``width``, broken after dots, never inside a word."""
+    lines: list[str] = []
+    line = ""
+    for part in name.replace(".", ".\0").split("\0"):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def parse_age(text: str) -> float:
@@ -520,6 +541,10 @@ def gc_command(
         age = None if max_age is None else parse_max_age(max_age)
     except ValueError as exc:
         _fail(str(exc))
+    if "://" not in storage and not Path(storage).expanduser().is_dir():
+        # Listing a directory that is not there finds nothing to delete, which
+        # reads as "clean": a typo would hide every orphan.
+        _fail(f"no blob storage directory at {storage!r}")
     report = _run(
         db,
         storage,
@@ -591,10 +616,10 @@ def ui_command(
     """Serve the web dashboard on loopback and print its URL (needs the "dashboard" extra)."""
     try:
         from .dashboard import serve
-    except ImportError:
+    except ImportError as exc:
         _fail(
-            "the dashboard needs an optional dependency that is not installed; "
-            f"install it with: {install_hint('dashboard')}"
+            f"the dashboard needs an optional dependency that is not installed "
+            f"({exc.name or exc}); install it with: {install_hint('dashboard')}"
         )
     try:
         spot = _open_spot(db, storage)
