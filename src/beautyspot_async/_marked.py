@@ -16,7 +16,7 @@ import anyio
 from ._callables import is_async_callable
 from ._callables import unwrap_partial as _unwrap_partial
 from ._control import add_controls
-from ._modes import NORMAL, OFF, REFRESH, REPLAY
+from ._modes import NORMAL, OFF, REFRESH, REPLAY, overrides
 from ._modes import scoped as scoped_mode
 from ._pipeline import UNPROBED, Miss, Pipeline
 from ._steps import drive_async, drive_sync
@@ -89,6 +89,10 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
     steps = pipeline.steps
     replay = pipeline.replay
     mode_of = pipeline.mode
+    # Most calls are in the normal mode with nothing set anywhere: tell that
+    # from one load, without a call (this is the warm hit path).
+    state = overrides()
+    plain = pipeline.explicit_mode is None and pipeline.engine.env_mode is None
     usage = pipeline.task.usage
     body = fn if usage is None else settling(fn, usage, pipeline.task.identity)
 
@@ -107,9 +111,10 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
     if is_async_callable(fn):
 
         async def async_marked(*args: Any, **kwargs: Any) -> Any:
-            mode = mode_of()
-            if mode != NORMAL:
-                return await run_async(mode, args, kwargs)
+            if state.active or not plain:
+                mode = mode_of()
+                if mode != NORMAL:
+                    return await run_async(mode, args, kwargs)
             found = await aprobe(args, kwargs)
             if type(found) is Miss:
                 return await drive_async(steps(args, kwargs, found), lambda: body(*args, **kwargs))
@@ -121,7 +126,7 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
         return async_marked
 
     def sync_marked(*args: Any, **kwargs: Any) -> Any:
-        mode = mode_of()
+        mode = mode_of() if state.active or not plain else NORMAL
         if mode == OFF:
             return body(*args, **kwargs)
         if mode == REFRESH:

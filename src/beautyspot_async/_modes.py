@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal
 
@@ -58,10 +59,23 @@ def record_replay_miss(explanation: Any) -> None:
 
 
 class _Overrides:
-    """Process-wide settings of the pytest plugin."""
+    """Process-wide settings of the pytest plugin, and a count of live overrides.
+
+    ``active`` counts the ``spot.mode()`` blocks open in any task plus the
+    plugin's settings: while it is zero, no call can be in anything but its
+    own default mode, which the hot path checks with a single load.
+    """
 
     forced: str | None = None
     session: str | None = None
+    active: int = 0
+    lock = threading.Lock()
+
+    @classmethod
+    def add(cls, delta: int) -> None:
+        # Blocks open and close on many threads at once: += alone could lose one.
+        with cls.lock:
+            cls.active += delta
 
 
 def check_mode(mode: Any, where: str) -> str:
@@ -70,6 +84,11 @@ def check_mode(mode: Any, where: str) -> str:
             f"{where} must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}"
         )
     return str(mode)
+
+
+def overrides() -> Any:
+    """The object whose ``active`` count the hot path reads (see ``_Overrides``)."""
+    return _Overrides
 
 
 def env_mode() -> str | None:
@@ -107,9 +126,11 @@ def scoped(engine: Any, mode: str) -> Iterator[None]:
     modes = dict(previous or {})
     modes[engine] = mode
     token = _context.set(modes)
+    _Overrides.add(1)
     try:
         yield
     finally:
+        _Overrides.add(-1)
         _context.reset(token)
 
 
@@ -118,12 +139,16 @@ def forced(mode: str | None) -> Iterator[None]:
     """Force ``mode`` on every Spot for the block, in every task and thread (tests)."""
     previous = _Overrides.forced
     _Overrides.forced = mode
+    _Overrides.add(1)
     try:
         yield
     finally:
+        _Overrides.add(-1)
         _Overrides.forced = previous
 
 
 def set_session_default(mode: str | None) -> None:
     """The pytest plugin's ``--beautyspot-mode``: the default of Spots created after."""
+    if (_Overrides.session is None) != (mode is None):
+        _Overrides.add(1 if mode is not None else -1)
     _Overrides.session = mode

@@ -498,7 +498,16 @@ class MsgpackSerializer:
         inside containers) when a value has no encoding; nothing is returned
         in that case, so no partial payload can be stored.
         """
-        return _dump(self._frozen, obj)
+        frozen = self._frozen
+        try:
+            # The common case inline (a call less on every miss); any failure
+            # is redone by _dump, which turns it into the right error.
+            packed: bytes = msgpack.packb(
+                obj, default=frozen.default, use_bin_type=True, strict_types=True
+            )
+            return packed
+        except Exception:
+            return _dump(frozen, obj)
 
     def loads(self, data: bytes | bytearray | memoryview) -> Any:
         """Decode bytes produced by :meth:`dumps` (with the same registrations).
@@ -510,7 +519,12 @@ class MsgpackSerializer:
         too, whose message names the type and how to register it: that entry
         is not corrupt, and the pipeline keeps it.
         """
-        return _load(self._frozen, data)
+        frozen = self._frozen
+        try:
+            # Inline for the hit path; a failure is redone by _load for its error.
+            return msgpack.unpackb(data, ext_hook=frozen.ext_hook, strict_map_key=False, raw=False)
+        except Exception:
+            return _load(frozen, data)
 
 
 class _Scoped:
