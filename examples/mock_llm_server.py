@@ -27,7 +27,7 @@ In-process (tests and ``llm_batch.py``), on a free port in a thread::
     with LLMServer(rpm=600).running() as server:
         client = AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
 
-Needs ``starlette`` and ``uvicorn`` (``pip install beautyspot-async[dashboard]``).
+Needs ``starlette`` and ``uvicorn`` (the ``dashboard`` extra: ``pip install -e ".[dashboard]"``).
 """
 
 from __future__ import annotations
