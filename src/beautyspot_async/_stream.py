@@ -162,7 +162,6 @@ class StreamCall:
         self._speed = speed
         self._next: Callable[[], Any] | None = None
         self._live: LiveStream | None = None
-        self._closed = False
 
     def __aiter__(self) -> StreamCall:
         return self
