@@ -15,7 +15,7 @@ import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import sniffio
+from ._portal import on_asyncio
 
 __all__ = ["spawn_hosted"]
 
@@ -26,7 +26,7 @@ _RUNNING: set[Any] = set()
 def spawn_hosted(run: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Start ``run()`` in a host task on the current event loop, with the caller's context."""
     context = contextvars.copy_context()
-    if sniffio.current_async_library() == "trio":
+    if not on_asyncio():  # anyio's other backend: trio
         import trio
 
         trio.lowlevel.spawn_system_task(run, context=context)

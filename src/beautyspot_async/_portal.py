@@ -34,7 +34,7 @@ from anyio.from_thread import BlockingPortal
 
 from ._wakeup import Wakeup
 
-__all__ = ["IOLoop", "Waiter", "io_loop", "settle", "settle_all", "wait_future"]
+__all__ = ["IOLoop", "Waiter", "io_loop", "on_asyncio", "settle", "settle_all", "wait_future"]
 
 T = TypeVar("T")
 
@@ -133,7 +133,7 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
     """Await a thread-safe future from asyncio or trio without blocking the loop."""
     if future.done():
         return future.result()
-    if _on_asyncio():
+    if on_asyncio():
         # shield: cancelling the waiter must not cancel the shared operation
         return await asyncio.shield(asyncio.wrap_future(future))
     wakeup = Wakeup.for_async()
@@ -142,7 +142,8 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
     return future.result()
 
 
-def _on_asyncio() -> bool:
+def on_asyncio() -> bool:
+    """Whether the calling thread runs an asyncio event loop (else trio, or none)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
