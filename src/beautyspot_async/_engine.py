@@ -8,7 +8,6 @@ from any thread and never wait.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -311,8 +310,8 @@ class Engine:
         except anyio.WouldBlock:
             return NO_VALUE
 
-    def read_nowait_batched(self, key: str) -> asyncio.Future[Any] | None:
-        """:meth:`read_nowait` shared with the loop's other callers, or None off asyncio."""
+    def read_nowait_batched(self, key: str) -> Any:
+        """:meth:`read_nowait` shared with the loop's other callers: see ``_coalesce``."""
         return self._coalescer.lookup(key)
 
     def lookup(self, key: str, owner: str | None, waiter: Waiter) -> None:

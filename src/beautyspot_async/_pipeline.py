@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 from . import _policy
+from ._coalesce import DIRECT
 from ._engine import Engine
 from ._explain import Explanation, current_arguments, explain_call
 from ._memory_tier import IMMUTABLE_TYPES, NO_VALUE, MemoryEntry
@@ -225,7 +226,7 @@ class Pipeline:
             engine.stats.memory_hits += 1
             return value
         pending = engine.read_nowait_batched(key)
-        record = engine.read_nowait(key) if pending is None else await pending
+        record = engine.read_nowait(key) if pending is None or pending is DIRECT else await pending
         value = self._accept(key, record)
         if value is NO_VALUE:
             return Miss(ids, False)
@@ -259,7 +260,8 @@ class Pipeline:
             else:
                 waiting.append((i, ids, engine.read_nowait_batched(ids[1])))
         for i, ids, pending in waiting:
-            record = engine.read_nowait(ids[1]) if pending is None else await pending
+            direct = pending is None or pending is DIRECT
+            record = engine.read_nowait(ids[1]) if direct else await pending
             value = self._accept(ids[1], record)
             if value is NO_VALUE:
                 answers[i] = Miss(ids, False)
