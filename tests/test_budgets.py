@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from beautyspot_async.storage import LocalStorage
 from beautyspot_async.testing import FakeClock
 from tests import _backends
 from tests._services import require_module
+from tests.test_custom_backends import FullerTaskDB
 from tests.test_custom_backends import MemoryTaskDB as CustomTaskDB
 
 pytestmark = pytest.mark.anyio
@@ -50,18 +51,6 @@ CASES = [
     pytest.param(("postgres", "asyncio"), marks=pytest.mark.services),
     pytest.param(("redis", "asyncio"), marks=pytest.mark.services),
 ]
-
-
-class FullerTaskDB(CustomTaskDB):
-    """A custom backend with delete() and iter_records() but none of the budget methods."""
-
-    async def delete(self, cache_key: str) -> bool:
-        return self._storage.pop(cache_key, None) is not None
-
-    async def iter_records(self) -> AsyncIterator[dict[str, Any]]:
-        for key, row in list(self._storage.items()):
-            stamp = row["updated_at"].timestamp()
-            yield {**row, "cache_key": key, "created_at": stamp, "updated_at": stamp}
 
 
 @pytest.fixture(params=CASES, ids=lambda case: "-".join(case))

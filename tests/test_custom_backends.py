@@ -8,6 +8,7 @@ of ``size_bytes`` and its ``get()`` returns the stored dict.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,21 @@ class MemoryTaskDB(TaskDB):
         df = pd.DataFrame(list(self._storage.values()))
         df["cache_key"] = list(self._storage.keys())
         return df.sort_values("updated_at", ascending=False).head(limit)
+
+
+class FullerTaskDB(MemoryTaskDB):
+    """The guide's backend plus delete() and iter_records(), none of the optional extras.
+
+    Failure records and budgets then run on TaskDB's defaults over these two.
+    """
+
+    async def delete(self, cache_key: str) -> bool:
+        return self._storage.pop(cache_key, None) is not None
+
+    async def iter_records(self) -> AsyncIterator[dict[str, Any]]:
+        for key, row in list(self._storage.items()):
+            stamp = row["updated_at"].timestamp()
+            yield {**row, "cache_key": key, "created_at": stamp, "updated_at": stamp}
 
 
 class TwoMethodStorage(BlobStorageBase):

@@ -37,6 +37,7 @@ from beautyspot_async.db import FailureRecord, MemoryTaskDB, SQLiteTaskDB, TaskD
 from beautyspot_async.testing import FakeClock
 from tests import _backends
 from tests._services import require_module
+from tests.test_custom_backends import FullerTaskDB
 from tests.test_custom_backends import MemoryTaskDB as CustomTaskDB
 
 pytestmark = pytest.mark.anyio
@@ -58,17 +59,6 @@ CASES = [
     pytest.param(("postgres", "asyncio"), marks=pytest.mark.services),
     pytest.param(("redis", "asyncio"), marks=pytest.mark.services),
 ]
-
-
-class FullerTaskDB(CustomTaskDB):
-    """The custom backend with delete() and iter_records(), still no failure methods."""
-
-    async def delete(self, cache_key: str) -> bool:
-        return self._storage.pop(cache_key, None) is not None
-
-    async def iter_records(self) -> AsyncIterator[dict[str, Any]]:
-        for key, row in list(self._storage.items()):
-            yield {**row, "cache_key": key}
 
 
 @pytest.fixture(params=CASES, ids=lambda case: "-".join(case))

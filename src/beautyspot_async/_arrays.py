@@ -1,3 +1,4 @@
+# Over 500 lines: pandas columns travel as the numpy encoding; both share the damage checks.
 """Exact encodings of numpy arrays and scalars and of pandas frames, series and indexes.
 
 Pure and synchronous; used by :mod:`._codecs` for the reserved codes

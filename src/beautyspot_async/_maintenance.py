@@ -370,49 +370,58 @@ async def delete(spot: Spot, cache_key: str) -> bool:
     return await spot._engine.invalidate([cache_key]) > 0
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What selecting entries to invalidate needs of one: no payload."""
+
+    cache_key: str
+    func_name: str
+    version: str | None
+    created_at: float
+
+
+async def _stored(spot: Spot) -> list[Stored]:
+    """Every stored entry, read from the history (payloads are never loaded)."""
+    frame = await spot.history(limit=2**62)
+    entries = []
+    for row in frame.to_dict("records"):
+        version = row.get("version")
+        created = row.get("created_at")
+        entries.append(
+            Stored(
+                cache_key=str(row["cache_key"]),
+                func_name=str(row["func_name"]),
+                version=version if isinstance(version, str) else None,
+                created_at=_timestamp(created),
+            )
+        )
+    return entries
+
+
+def _timestamp(value: Any) -> float:
+    try:
+        return float(value.timestamp())
+    except (AttributeError, TypeError, ValueError):  # None, NaT: no usable time
+        return math.nan
+
+
 def selected(
-    record: TaskRecord,
+    entry: Stored,
     *,
     func_name: str | None,
     version: str | None,
     current_version: str | None,
     created_before: float | None,
 ) -> bool:
-    """Whether ``record`` matches the filters of ``spot.invalidate`` (see there)."""
-    if func_name is not None and record.func_name != func_name:
+    """Whether ``entry`` matches the filters of ``spot.invalidate`` (see there)."""
+    if func_name is not None and entry.func_name != func_name:
         return False
     if version == "stale":
-        if record.version == current_version:
+        if entry.version == current_version:
             return False
-    elif version is not None and record.version != version:
+    elif version is not None and entry.version != version:
         return False
-    return created_before is None or record.created_at < created_before
-
-
-async def _select(db: TaskDB, filters: dict[str, Any]) -> list[str]:
-    return [r.cache_key async for r in _records(db) if selected(r, **filters)]
-
-
-async def _select_for_cli(
-    db: TaskDB, func: str | None, version: str | None, created_before: float | None
-) -> list[str]:
-    records = [r async for r in _records(db) if func is None or func_matches(r.func_name, func)]
-    # The CLI cannot import the function: "stale" keeps each function's newest version.
-    newest: dict[str, tuple[float, str | None]] = {}
-    for r in records:
-        if r.func_name not in newest or r.created_at > newest[r.func_name][0]:
-            newest[r.func_name] = (r.created_at, r.version)
-    return [
-        r.cache_key
-        for r in records
-        if selected(
-            r,
-            func_name=None,
-            version=version,
-            current_version=newest[r.func_name][1],
-            created_before=created_before,
-        )
-    ]
+    return created_before is None or entry.created_at < created_before
 
 
 async def invalidate(
@@ -428,10 +437,25 @@ async def invalidate(
     ``func`` is an identity or a bare function name; ``version="stale"`` is
     every version of a function but the one it stored last.
     """
-    await spot.flush()
     if not await _readable(spot):
         return []
-    keys = await io_loop.run(_select_for_cli, spot.db, func, version, created_before)
+    entries = [e for e in await _stored(spot) if func is None or func_matches(e.func_name, func)]
+    # The CLI cannot import the function: "stale" keeps each function's newest version.
+    newest: dict[str, Stored] = {}
+    for e in entries:
+        if e.func_name not in newest or e.created_at > newest[e.func_name].created_at:
+            newest[e.func_name] = e
+    keys = [
+        e.cache_key
+        for e in entries
+        if selected(
+            e,
+            func_name=None,
+            version=version,
+            current_version=newest[e.func_name].version,
+            created_before=created_before,
+        )
+    ]
     if not dry_run:
         await spot._engine.invalidate(keys)
     return keys
@@ -446,10 +470,14 @@ async def select_keys(
     created_before: float | None,
 ) -> list[str]:
     """The stored keys matching the filters of ``spot.invalidate``."""
-    filters = {
-        "func_name": func_name,
-        "version": version,
-        "current_version": current_version,
-        "created_before": created_before,
-    }
-    return await _on_io_loop(spot, _select, spot.db, filters)
+    return [
+        e.cache_key
+        for e in await _stored(spot)
+        if selected(
+            e,
+            func_name=func_name,
+            version=version,
+            current_version=current_version,
+            created_before=created_before,
+        )
+    ]

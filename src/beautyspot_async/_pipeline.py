@@ -372,6 +372,7 @@ class Pipeline:
         never writes; a miss raises :class:`CacheMissError` with the explanation.
         """
         engine = self.engine
+        absent = miss.absent
         if miss.ids is None:
             if self._keyer_blocking:
                 input_id = yield Blocking(self.task.keyer.input_id, (args, kwargs))
@@ -381,11 +382,13 @@ class Pipeline:
             value = yield Call(self._look, (key,))
             if value is not NO_VALUE and value is not _ABSENT:
                 return value
+            absent = value is _ABSENT
         else:
             key = miss.ids[1]
         if not engine.ready:
             yield Io(engine.open, (), False)
-        record = yield Io(engine.fetch, (key,), engine.loop_bound)
+        # A non-waiting read that said "not stored" needs no second look.
+        record = None if absent else (yield Io(engine.fetch, (key,), engine.loop_bound))
         if record is not None:
             value, _ = yield from self._decode(record)
             if value is not NO_VALUE:

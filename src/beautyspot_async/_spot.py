@@ -441,8 +441,7 @@ class Spot:
                 "current version"
             )
         cutoff = self._cutoff(older_than)
-        await self.flush()
-        keys = await maintenance.select_keys(
+        keys = await maintenance.select_keys(  # reads the history, which flushes first
             self,
             func_name=identity,
             version=version,

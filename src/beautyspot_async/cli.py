@@ -1,3 +1,4 @@
+# Over 500 lines: one typer app; every command is a thin shell over _maintenance.
 """The ``beautyspot-async`` command line: inspect and maintain a Spot's results.
 
 Every command takes the task database as ``DB``: a path to a SQLite file or a

@@ -1,3 +1,4 @@
+# Over 500 lines: the protocol; each optional method sits with its default and contract.
 """The task database protocol.
 
 A task database maps a cache key to one :class:`TaskRecord`. It stores the

@@ -1,3 +1,4 @@
+# Over 500 lines: one backend; its schema, queries and error translation read together.
 """PostgreSQL task database on asyncpg (extra ``[postgres]``).
 
 Over 500 lines because its SQL is inline: records, leases, failure records

@@ -1,3 +1,4 @@
+# Over 500 lines: one backend; its schema, queries and error translation read together.
 """The default task database: one SQLite file, shared safely by processes.
 
 (Over 500 lines: the schema and every statement on it must change together;
