@@ -17,14 +17,14 @@ from typing import Any, Literal
 import anyio
 
 from ._budget import Budget
-from ._coalesce import NowaitCoalescer
+from ._coalesce import InlineLeases, InlineWrite, InlineWrites, NowaitCoalescer
 from ._failed_keys import FailedKeys
 from ._failure import FailureRecord
 from ._leases import Leases
 from ._memory_tier import NO_VALUE, MemoryEntry, MemoryTier
 from ._portal import Waiter, io_loop
 from ._reader import Reader
-from ._record import TaskRecord
+from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, FlightRegistry
 from ._store import DEFAULT_BACKEND_TIMEOUT, ResultStore, WriteItem
 from ._writer import ErrorReporter, Submission, Writer
@@ -104,6 +104,20 @@ class Engine:
         self.failed = FailedKeys(self.store)
         self._reader = Reader(self.store, self.leases.release_soon)
         self._coalescer = NowaitCoalescer(db)
+        self._db = db
+        # Only for backends that have the non-waiting writes (SQLite): for
+        # the others every attempt would decline, at the price of a loop turn.
+        self._inline_leases = (
+            InlineLeases(db, self._reader.submit, self.leases.release_soon)
+            if type(db).lookup_or_lease_nowait is not TaskDB.lookup_or_lease_nowait
+            else None
+        )
+        self._inline_writes = (
+            InlineWrites(db, self._write_on_io_loop)
+            if type(db).save_and_release_nowait is not TaskDB.save_and_release_nowait
+            else None
+        )
+        self._housekeeping = False
         self._memory = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
         # Not a bound method of the engine: the writer, which the finalizer
         # below keeps alive, must not keep the engine alive through it.
@@ -317,9 +331,29 @@ class Engine:
     def lookup(self, key: str, owner: str | None, waiter: Waiter) -> None:
         """Settle ``waiter`` with the backend's ``ReadAnswer`` for ``key``, leasing it to ``owner``.
 
-        A ``Wait`` step submit: batched with the lookups of concurrent calls.
+        A ``Wait`` step submit: batched with the lookups of concurrent calls,
+        on the caller's thread when the backend can do it without waiting
+        (``_coalesce.InlineLeases``), otherwise on the I/O loop.
         """
-        self._reader.submit(key, owner, self.leases.ttl or 0.0, waiter)
+        ttl = self.leases.ttl or 0.0
+        inline = self._inline_leases
+        if owner is not None and inline is not None and inline.submit(key, owner, ttl, waiter):
+            if self._db.housekeeping_due:
+                self._schedule_housekeeping()
+            return
+        self._reader.submit(key, owner, ttl, waiter)
+
+    def _schedule_housekeeping(self) -> None:
+        # Once at a time: commits keep arriving while one is scheduled.
+        if not self._housekeeping and io_loop.running:
+            self._housekeeping = True
+            io_loop.submit(self._housekeep())
+
+    async def _housekeep(self) -> None:
+        try:
+            await self.store.housekeeping()
+        finally:
+            self._housekeeping = False
 
     async def fetch(self, key: str) -> TaskRecord | None:
         """The record stored under ``key``, without taking any lease (replay, explain)."""
@@ -376,6 +410,25 @@ class Engine:
             if key in failed_keys and error is None:
                 failed.cleared(key)
 
+        inline = self._inline_writes
+        if (
+            inline is not None
+            and record.result_type == INLINE
+            # A write-behind of this key still queued must not land after this one.
+            and not self._memory.pinned(key)
+            # Eviction runs in the writer's drain, after the writes it counts.
+            and not self.budget.enforced
+            and inline.submit((record, owner, waiter, written, report))
+        ):
+            if self._db.housekeeping_due:
+                self._schedule_housekeeping()
+            return
+        submission = Submission(WriteItem(record, owner), on_complete=written, report=report)
+        self.writer.submit_and_notify(submission, waiter)
+
+    def _write_on_io_loop(self, write: InlineWrite) -> None:
+        # What the caller's thread could not write: the writer's queue, as usual.
+        record, owner, waiter, written, report = write
         submission = Submission(WriteItem(record, owner), on_complete=written, report=report)
         self.writer.submit_and_notify(submission, waiter)
 
@@ -401,6 +454,7 @@ class Engine:
 
     def statistics(self) -> SpotStatistics:
         s = self.stats
+        inline_written = self._inline_writes.committed if self._inline_writes else 0
         return SpotStatistics(
             hits=s.hits,
             memory_hits=s.memory_hits,
@@ -409,7 +463,7 @@ class Engine:
             corrupt=s.corrupt,
             lease_waits=s.lease_waits,
             pending_writes=self.writer.pending,
-            written=self.writer.written,
+            written=self.writer.written + inline_written,
             write_failures=self.writer.failed,
             memory_entries=len(self._memory),
             memory_bytes=self._memory.nbytes,

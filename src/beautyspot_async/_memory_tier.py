@@ -79,6 +79,10 @@ class MemoryTier:
         with self._lock:
             self._pinned[key] = entry
 
+    def pinned(self, key: str) -> bool:
+        """Whether a write-behind result for ``key`` is waiting to be written."""
+        return key in self._pinned
+
     def unpin(self, key: str, entry: MemoryEntry) -> None:
         """Release a pinned entry into the bounded tier."""
         with self._lock:

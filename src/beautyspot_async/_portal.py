@@ -34,7 +34,16 @@ from anyio.from_thread import BlockingPortal
 
 from ._wakeup import Wakeup
 
-__all__ = ["IOLoop", "Waiter", "io_loop", "on_asyncio", "settle", "settle_all", "wait_future"]
+__all__ = [
+    "IOLoop",
+    "Waiter",
+    "io_loop",
+    "on_asyncio",
+    "settle",
+    "settle_all",
+    "settle_here",
+    "wait_future",
+]
 
 T = TypeVar("T")
 
@@ -193,7 +202,8 @@ Outcome = tuple[Waiter, Any, BaseException | None]
 Abandoned = Callable[[Waiter, Any], None]
 
 
-def _settle_here(outcomes: list[Outcome], on_abandoned: Abandoned | None) -> None:
+def settle_here(outcomes: list[Outcome], on_abandoned: Abandoned | None = None) -> None:
+    """Deliver outcomes to waiters of the running loop (or thread-safe ones), at once."""
     for waiter, value, error in outcomes:
         future = waiter.future
         if future.done():
@@ -228,7 +238,7 @@ def settle_all(outcomes: list[Outcome], on_abandoned: Abandoned | None = None) -
     for loop, batch in by_loop.items():
         # RuntimeError: that loop is closed, so nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle_here, batch, on_abandoned)
+            loop.call_soon_threadsafe(settle_here, batch, on_abandoned)
 
 
 def settle(waiter: Waiter, value: Any = None, error: BaseException | None = None) -> None:

@@ -14,11 +14,11 @@ from enum import Enum
 from typing import Any
 
 from ._drain import QueueDrain
-from ._portal import Outcome, Waiter, settle_all
+from ._portal import Abandoned, Outcome, Waiter, settle_all
 from ._record import TaskRecord
 from ._store import ResultStore
 
-__all__ = ["Absent", "Lookup", "ReadAnswer", "Reader", "read_answer"]
+__all__ = ["Absent", "Lookup", "ReadAnswer", "Reader", "lease_returner", "read_answer"]
 
 
 class Absent(Enum):
@@ -97,14 +97,22 @@ class Reader(QueueDrain[Lookup]):
                 on_abandoned = None
                 if owner is not None:
                     key_of = {id(lookup.waiter): lookup.key for lookup in lookups}
-                    on_abandoned = self._release_if_leased(owner, key_of)
+                    on_abandoned = lease_returner(self._release, owner, key_of)
                 settle_all(outcomes, on_abandoned=on_abandoned)
 
-    def _release_if_leased(self, owner: str, key_of: dict[int, str]) -> Any:
-        def release(waiter: Waiter, value: Any) -> None:
-            # The caller was cancelled after its lease was granted: give the
-            # lease back now instead of making other processes wait it out.
-            if value is Absent.OURS:
-                self._release(key_of[id(waiter)], owner)
 
-        return release
+def lease_returner(
+    release: Callable[[str, str], None], owner: str, key_of: dict[int, str]
+) -> Abandoned:
+    """What to do with an answer that reaches a cancelled caller (``settle_all``'s hook).
+
+    ``key_of`` maps ``id(waiter)`` to the waiter's key. A lease granted to a
+    caller that is gone is given back at once, instead of making other
+    processes wait it out.
+    """
+
+    def returned(waiter: Waiter, answer: Any) -> None:
+        if answer is Absent.OURS:
+            release(key_of[id(waiter)], owner)
+
+    return returned

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -304,6 +305,17 @@ class ResultStore:
         for owner, keys in owners.items():
             with contextlib.suppress(BeautySpotError):
                 await self.release_many({owner: keys})
+
+    async def housekeeping(self) -> None:
+        """The task database's deferred upkeep (a WAL checkpoint); never raises.
+
+        Skipped work is only deferred: the next non-waiting write asks again.
+        """
+        try:
+            with self.guard(self.db.backend_name, "housekeeping"):
+                await self.db.housekeeping()
+        except Exception as exc:
+            logging.getLogger("beautyspot_async").debug("housekeeping failed: %s", exc)
 
     async def history(self, limit: int) -> Any:
         request = limit

@@ -311,6 +311,43 @@ class TaskDB(ABC):
                 continue
         return found
 
+    def lookup_or_lease_nowait(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        """:meth:`lookup_or_lease` at once on this thread, or :class:`anyio.WouldBlock`.
+
+        An optional fast path for a miss's lease, run on the caller's thread
+        -- often its event loop's. Same answers as :meth:`lookup_or_lease`.
+        It must never wait (for a lock, the network, a large row) and must
+        finish in a bounded, small time; when it cannot, it raises
+        ``WouldBlock`` having changed nothing, and the caller falls back to
+        :meth:`lookup_or_lease`. The default always raises.
+        """
+        raise anyio.WouldBlock
+
+    def save_and_release_nowait(
+        self, records: Sequence[TaskRecord], leases: Mapping[str, Sequence[str]]
+    ) -> None:
+        """:meth:`save_and_release` at once on this thread, or :class:`anyio.WouldBlock`.
+
+        The same rules as :meth:`lookup_or_lease_nowait`: all of it is
+        durable on return, or nothing was written and the caller falls back
+        to :meth:`save_and_release`. The default always raises.
+        """
+        raise anyio.WouldBlock
+
+    @property
+    def housekeeping_due(self) -> bool:
+        """Whether the non-waiting writes put off work :meth:`housekeeping` should do now."""
+        return False
+
+    async def housekeeping(self) -> None:
+        """Do what the non-waiting writes put off (SQLite: a WAL checkpoint).
+
+        The engine runs it on the I/O loop when :attr:`housekeeping_due`
+        says so. The default does nothing.
+        """
+
     async def aclose(self) -> None:
         """Release connections. Idempotent; the database reopens on next use."""
 

@@ -36,19 +36,25 @@ from beautyspot_async._failure import FailureRecord, checked_failure, failure_ro
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import (
     HISTORY_COLUMNS,
-    RECORD_COLUMNS,
     TaskRecord,
     checked_record,
-    meta_text,
     parse_meta,
-    written_values,
 )
 from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
+from beautyspot_async.db._sqlite_inline import InlineWriter
 from beautyspot_async.db._sqlite_nowait import (
     IN_CHUNK,
     NowaitReader,
+    ThreadConnections,
     lenient_text,
+)
+from beautyspot_async.db._sqlite_sql import (
+    ACQUIRE_LEASE,
+    RELEASE_LEASE,
+    SELECT_RECORD,
+    UPSERT,
+    upsert_row,
 )
 from beautyspot_async.exceptions import BackendError, ConfigurationError
 
@@ -62,7 +68,6 @@ _T = TypeVar("_T")
 #: Layout version kept in ``PRAGMA user_version``; bump it with a migration.
 SCHEMA_VERSION: Final = 1
 
-_SELECT_RECORD: Final = ", ".join(RECORD_COLUMNS)
 _SELECT_HISTORY: Final = ", ".join(HISTORY_COLUMNS)
 
 _SCHEMA: Final = (
@@ -151,24 +156,6 @@ _SAVE_FAILURE: Final = f"""
         failed_at = excluded.failed_at, args = excluded.args
 """
 
-# created_at survives an overwrite, unless it is no number at all: a rewrite
-# must repair a row that checked_record rejected.
-_UPSERT: Final = f"""
-    INSERT INTO tasks ({_SELECT_RECORD}, meta) VALUES ({", ".join("?" * (len(RECORD_COLUMNS) + 1))})
-    ON CONFLICT (cache_key) DO UPDATE SET
-        {", ".join(f"{c} = excluded.{c}" for c in RECORD_COLUMNS[1:] if c != "created_at")},
-        meta = excluded.meta,
-        created_at = CASE WHEN typeof(tasks.created_at) IN ('real', 'integer')
-            THEN tasks.created_at ELSE excluded.created_at END
-"""
-
-_ACQUIRE_LEASE: Final = """
-    INSERT INTO leases (cache_key, owner, expires_at) VALUES (?, ?, ?)
-    ON CONFLICT (cache_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-    WHERE leases.owner = excluded.owner OR leases.expires_at <= ?
-"""
-
-_RELEASE_LEASE: Final = "DELETE FROM leases WHERE cache_key = ? AND owner = ?"
 _RENEW_LEASE: Final = "UPDATE leases SET expires_at = ? WHERE cache_key = ? AND owner = ?"
 _TAKE_OVER_LEASE: Final = (
     "UPDATE leases SET owner = ?, expires_at = ? WHERE cache_key = ? AND owner = ?"
@@ -217,7 +204,9 @@ class SQLiteTaskDB(RecordTaskDB):
         # Not loop-bound: aiosqlite answers each call on the caller's loop.
         self._conn = LazyClient(self._open, self._close, loop_bound=False)
         self._write_lock: asyncio.Lock | None = None
-        self._nowait = NowaitReader(None if self._in_memory else self._path, nowait_max_bytes)
+        self._connections = ThreadConnections(None if self._in_memory else self._path)
+        self._nowait = NowaitReader(self._connections, nowait_max_bytes)
+        self._inline = InlineWriter(self._connections, clock)
 
     def __repr__(self) -> str:
         return f"SQLiteTaskDB({os.fspath(self._path)!r})"
@@ -338,7 +327,7 @@ class SQLiteTaskDB(RecordTaskDB):
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. The next call reopens it."""
-        self._nowait.reset()
+        self._connections.reset()
         await self._conn.aclose()
 
     @staticmethod
@@ -358,7 +347,7 @@ class SQLiteTaskDB(RecordTaskDB):
 
     async def get(self, cache_key: str) -> TaskRecord | None:
         rows = await self._read(
-            f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key = ?", (cache_key,)
+            f"SELECT {SELECT_RECORD} FROM tasks WHERE cache_key = ?", (cache_key,)
         )
         return _record(rows[0]) if rows else None
 
@@ -369,7 +358,7 @@ class SQLiteTaskDB(RecordTaskDB):
             chunk = unique[start : start + IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
             rows = await self._read(
-                f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
+                f"SELECT {SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
             )
             for row in rows:
                 found[row[0]] = _record(row)
@@ -379,7 +368,7 @@ class SQLiteTaskDB(RecordTaskDB):
         async with self._writing() as conn:
             now = self._clock()
             with _ERRORS.translating("save"):
-                await conn.execute(_UPSERT, _row(record, now))
+                await conn.execute(UPSERT, upsert_row(record, now))
 
     async def save_many(self, records: Iterable[TaskRecord]) -> None:
         """Upsert every record in one transaction."""
@@ -387,10 +376,10 @@ class SQLiteTaskDB(RecordTaskDB):
         if not batch:
             return
         now = self._clock()
-        rows = [_row(r, now) for r in batch]
+        rows = [upsert_row(r, now) for r in batch]
 
         def write(raw: sqlite3.Connection) -> None:
-            raw.executemany(_UPSERT, rows)
+            raw.executemany(UPSERT, rows)
 
         await self._transaction("save_many", write)
 
@@ -399,12 +388,12 @@ class SQLiteTaskDB(RecordTaskDB):
     ) -> None:
         """Upsert the records and drop the leases in one transaction."""
         now = self._clock()
-        rows = [_row(r, now) for r in records]
+        rows = [upsert_row(r, now) for r in records]
         released = [(key, owner) for owner, keys in leases.items() for key in keys]
 
         def write(raw: sqlite3.Connection) -> None:
-            raw.executemany(_UPSERT, rows)
-            raw.executemany(_RELEASE_LEASE, released)
+            raw.executemany(UPSERT, rows)
+            raw.executemany(RELEASE_LEASE, released)
 
         await self._transaction("save_many", write)
 
@@ -477,7 +466,7 @@ class SQLiteTaskDB(RecordTaskDB):
         after = ""
         while True:
             rows = await self._read(
-                f"SELECT {_SELECT_RECORD}, meta FROM tasks WHERE cache_key > ? "
+                f"SELECT {SELECT_RECORD}, meta FROM tasks WHERE cache_key > ? "
                 "ORDER BY cache_key LIMIT ?",
                 (after, _ITER_PAGE),
             )
@@ -542,18 +531,18 @@ class SQLiteTaskDB(RecordTaskDB):
         # One statement: SQLite's write lock makes the check-and-take atomic
         # across processes. rowcount is 0 when the conflict clause's WHERE fails.
         return (
-            await self._change(_ACQUIRE_LEASE, (cache_key, owner, now + ttl, now), "acquire_lease")
+            await self._change(ACQUIRE_LEASE, (cache_key, owner, now + ttl, now), "acquire_lease")
             > 0
         )
 
     async def release_lease(self, cache_key: str, owner: str) -> None:
-        await self._change(_RELEASE_LEASE, (cache_key, owner), "release_lease")
+        await self._change(RELEASE_LEASE, (cache_key, owner), "release_lease")
 
     async def release_leases(self, cache_keys: Sequence[str], owner: str) -> None:
         params = [(key, owner) for key in cache_keys]
         if params:
             await self._transaction(
-                "release_leases", lambda raw: raw.executemany(_RELEASE_LEASE, params)
+                "release_leases", lambda raw: raw.executemany(RELEASE_LEASE, params)
             )
 
     async def renew_leases(self, cache_keys: Sequence[str], owner: str, ttl: float) -> None:
@@ -609,12 +598,12 @@ class SQLiteTaskDB(RecordTaskDB):
                 chunk = keys[start : start + IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 for row in raw.execute(
-                    f"SELECT {_SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
+                    f"SELECT {SELECT_RECORD} FROM tasks WHERE cache_key IN ({marks})", chunk
                 ):
                     found[row[0]] = _record(row)
             for key in keys:
                 if key not in found:
-                    cursor = raw.execute(_ACQUIRE_LEASE, (key, owner, now + ttl, now))
+                    cursor = raw.execute(ACQUIRE_LEASE, (key, owner, now + ttl, now))
                     found[key] = cursor.rowcount > 0
             return found
 
@@ -642,6 +631,43 @@ class SQLiteTaskDB(RecordTaskDB):
         """One ``IN (...)`` query per chunk on this thread's fast-path connection."""
         return self._nowait.get_many(cache_keys)
 
+    def lookup_or_lease_nowait(
+        self, cache_keys: Sequence[str], owner: str, ttl: float
+    ) -> dict[str, TaskRecord | bool]:
+        """One IMMEDIATE transaction on this thread's own connection, or WouldBlock.
+
+        Declines (see ``_sqlite_inline``) when another connection holds the
+        write lock, for a stored row larger than 64 KiB, and for more than
+        500 keys.
+        """
+        return self._inline.lookup_or_lease(cache_keys, owner, ttl)
+
+    def save_and_release_nowait(
+        self, records: Sequence[TaskRecord], leases: Mapping[str, Sequence[str]]
+    ) -> None:
+        """:meth:`save_and_release` on this thread's own connection, or WouldBlock.
+
+        Declines like :meth:`lookup_or_lease_nowait`, and for payloads over
+        64 KiB in all.
+        """
+        self._inline.save_and_release(records, leases)
+
+    @property
+    def housekeeping_due(self) -> bool:
+        """Whether the callers' connections committed enough to ask for a checkpoint."""
+        return self._inline.checkpoint_due
+
+    async def housekeeping(self) -> None:
+        """A passive WAL checkpoint: the callers' connections never checkpoint."""
+        self._inline.checkpointed()
+        if self._conn.peek() is None:
+            return
+        async with self._writing() as conn:
+            with _ERRORS.translating("checkpoint"):
+                # Fetched to the end: a statement left open would make the
+                # next COMMIT on this connection fail.
+                await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+
 
 class _Writing:
     """``async with``: the open connection, held under the write lock.
@@ -665,11 +691,6 @@ class _Writing:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._lock is not None:
             self._lock.release()
-
-
-def _row(r: TaskRecord, now: float) -> tuple[Any, ...]:
-    """An upsert's parameters; both timestamps are ``now`` (the upsert keeps created_at)."""
-    return (*written_values(r), now, now, meta_text(r.meta))
 
 
 def _begin_immediate(raw: sqlite3.Connection, timeout: float) -> None:

@@ -1,4 +1,4 @@
-"""SQLite's fast path: reads that never wait, on a read-only connection per thread.
+"""SQLite's fast path: reads that never wait, on a connection per thread.
 
 A cache hit read this way skips the hop to the event loop and to aiosqlite's
 thread. When an answer would mean waiting (a lock held by a writer, a payload
@@ -18,7 +18,13 @@ import anyio
 
 from beautyspot_async._record import RECORD_COLUMNS, TaskRecord, checked_record
 
-__all__ = ["IN_CHUNK", "NowaitReader", "lenient_text"]
+__all__ = [
+    "IN_CHUNK",
+    "NowaitReader",
+    "ThreadConnections",
+    "lenient_text",
+    "record_from_row",
+]
 
 # SQLite builds before 3.32 allow 999 host parameters per statement.
 IN_CHUNK: Final = 900
@@ -49,31 +55,96 @@ def lenient_text(raw: bytes) -> str | bytes:
         return raw
 
 
-class _ReaderSlot(threading.local):
-    """The current thread's fast-path connection and the generation it belongs to."""
+class _Slot(threading.local):
+    """The current thread's connection, the generation it belongs to, and its journal mode."""
 
     conn: sqlite3.Connection | None = None
     generation: int = -1
+    wal: bool = False
+
+
+class ThreadConnections:
+    """Each thread's own connection to the SQLite file at ``path`` (``None``: in memory, never).
+
+    One connection serves a thread's non-waiting reads and its non-waiting
+    writes (``_sqlite_inline``): a connection keeps its page cache across its
+    own commits, so a miss's lease does not make the next probe re-read the
+    pages it just wrote. :meth:`reset` retires them all (each thread drops
+    its stale one on its next use).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._uri = None if path is None else path.absolute().as_uri() + "?mode=rw"
+        self._slot = _Slot()
+        self._generation = 0
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection; WouldBlock when it cannot be opened without waiting."""
+        slot = self._slot
+        conn = slot.conn
+        if conn is not None and slot.generation == self._generation:
+            return conn
+        if self._uri is None:
+            raise anyio.WouldBlock
+        self._drop()
+        try:
+            # mode=rw never creates the file (a missing file is OperationalError).
+            conn = sqlite3.connect(self._uri, uri=True, timeout=0.0, isolation_level=None)
+        except sqlite3.Error:
+            raise anyio.WouldBlock from None
+        conn.text_factory = lenient_text
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            # Memory-mapped reads skip a copy through SQLite's page cache: the
+            # hit path's single-row read gets measurably cheaper.
+            conn.execute("PRAGMA mmap_size = 268435456")
+            # A checkpoint copies the whole WAL and can take milliseconds: never
+            # on a caller's thread (the I/O thread is asked for them instead).
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # Per connection, not per file: as durable as the database's own writes.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()
+        except sqlite3.Error:
+            conn.close()
+            raise anyio.WouldBlock from None
+        except BaseException:
+            conn.close()
+            raise
+        slot.conn, slot.generation = conn, self._generation
+        slot.wal = mode is not None and str(mode[0]).lower() == "wal"
+        return conn
+
+    def wal(self) -> bool:
+        """Whether this thread's connection (from :meth:`get`) sees the file in WAL mode."""
+        return self._slot.wal
+
+    def reset(self) -> None:
+        """Retire every thread's connection (the database was closed)."""
+        self._generation += 1
+        self._drop()
+
+    def _drop(self) -> None:
+        slot = self._slot
+        conn, slot.conn = slot.conn, None
+        if conn is not None:
+            conn.close()
 
 
 class NowaitReader:
-    """Never-waiting reads of the SQLite file at ``path`` (``None``: in memory, never).
+    """Never-waiting reads through each thread's own connection (:class:`ThreadConnections`).
 
     Payloads up to ``max_bytes`` are read inline; larger rows are left to
-    ``get()``. Each thread gets its own connection; :meth:`reset` retires
-    them all (each thread drops its stale one on its next read).
+    ``get()``.
     """
 
-    def __init__(self, path: Path | None, max_bytes: int) -> None:
-        self._uri = None if path is None else path.absolute().as_uri() + "?mode=rw"
+    def __init__(self, connections: ThreadConnections, max_bytes: int) -> None:
+        self._connections = connections
         self._max_bytes = max_bytes
-        self._slot = _ReaderSlot()
-        self._generation = 0
 
     def get(self, cache_key: str) -> TaskRecord | None:
         """The record of ``cache_key`` or ``None``; WouldBlock when it cannot say now."""
         try:
-            conn = self._connection()
+            conn = self._connections.get()
             row = conn.execute(_SELECT, (self._max_bytes, cache_key)).fetchone()
         except sqlite3.OperationalError:
             # Locked, busy, missing table, missing file: all mean "ask get()".
@@ -83,14 +154,14 @@ class NowaitReader:
         length, data = row[11], row[12]
         if length is not None and data is None:
             raise anyio.WouldBlock
-        return _record(row, data)
+        return record_from_row(row, data)
 
     def get_many(self, cache_keys: Sequence[str]) -> dict[str, TaskRecord | None]:
         """Records (or ``None`` for absent keys) of the keys it can answer now."""
         keys = list(dict.fromkeys(cache_keys))
         found: dict[str, TaskRecord | None] = {}
         try:
-            conn = self._connection()
+            conn = self._connections.get()
             for start in range(0, len(keys), IN_CHUNK):
                 chunk = keys[start : start + IN_CHUNK]
                 rows = conn.execute(
@@ -102,49 +173,16 @@ class NowaitReader:
                     if length is not None and data is None:
                         found[row[0]] = _TOO_LARGE
                     else:
-                        found[row[0]] = _record(row, data)
+                        found[row[0]] = record_from_row(row, data)
                 for key in chunk:
                     found.setdefault(key, None)
         except (sqlite3.OperationalError, anyio.WouldBlock):
             return {}  # locked or not created yet: nothing can be answered now
         return {key: value for key, value in found.items() if value is not _TOO_LARGE}
 
-    def reset(self) -> None:
-        """Retire every thread's connection (the database was closed)."""
-        self._generation += 1
-        self._drop()
 
-    def _connection(self) -> sqlite3.Connection:
-        slot = self._slot
-        conn = slot.conn
-        if conn is not None and slot.generation == self._generation:
-            return conn
-        if self._uri is None:
-            raise anyio.WouldBlock
-        self._drop()
-        # mode=rw never creates the file (a missing file is OperationalError).
-        conn = sqlite3.connect(self._uri, uri=True, timeout=0.0, isolation_level=None)
-        conn.text_factory = lenient_text
-        try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute("PRAGMA query_only = 1")
-            # Memory-mapped reads skip a copy through SQLite's page cache: the
-            # hit path's single-row read gets measurably cheaper.
-            conn.execute("PRAGMA mmap_size = 268435456")
-        except BaseException:
-            conn.close()
-            raise
-        slot.conn, slot.generation = conn, self._generation
-        return conn
-
-    def _drop(self) -> None:
-        slot = self._slot
-        conn, slot.conn = slot.conn, None
-        if conn is not None:
-            conn.close()
-
-
-def _record(row: Sequence[Any], data: bytes | None) -> TaskRecord:
+def record_from_row(row: Sequence[Any], data: bytes | None) -> TaskRecord:
+    """A checked record from a row of the payload-bounded selects (payload passed apart)."""
     return checked_record(
         row[0],
         row[1],
