@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
+from . import _gc_burst
 from ._memory_tier import NO_VALUE
 from ._portal import Outcome, Waiter, settle_here
 from ._reader import lease_returner, read_answer
@@ -78,7 +79,10 @@ class LoopTurns(Generic[_T]):
         return batch
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._answer(self._batches.pop(loop, []))
+        batch = self._batches.pop(loop, [])
+        if len(batch) >= _gc_burst.BURST:
+            _gc_burst.burst(loop)
+        self._answer(batch)
 
 
 class NowaitCoalescer:

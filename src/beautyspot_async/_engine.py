@@ -20,6 +20,7 @@ from ._budget import Budget
 from ._coalesce import InlineLeases, InlineWrite, InlineWrites, NowaitCoalescer
 from ._failed_keys import FailedKeys
 from ._failure import FailureRecord
+from ._gc_burst import end_burst
 from ._leases import Leases
 from ._memory_tier import NO_VALUE, MemoryEntry, MemoryTier
 from ._portal import Waiter, io_loop
@@ -214,6 +215,7 @@ class Engine:
     async def aclose(self) -> None:
         """Flush, stop the writer and close the backends; idempotent."""
         await io_loop.run(self._close_on_io_loop)
+        end_burst()
 
     async def _close_on_io_loop(self) -> None:
         if (

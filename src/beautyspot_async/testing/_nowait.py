@@ -1,8 +1,10 @@
-"""The non-waiting read checks: ``get_nowait`` and ``get_many_nowait``.
+"""The non-waiting checks: ``get_nowait``, ``get_many_nowait`` and the two writes.
 
-These reads serve cache hits without an event-loop hop, from any thread. A
-backend may answer or decline (``anyio.WouldBlock``, or a key left out), but
-an answer it gives must be right, and it must never wait for one.
+These reads serve cache hits without an event-loop hop, from any thread;
+``lookup_or_lease_nowait`` and ``save_and_release_nowait`` do a miss's
+lease and durable write the same way. A backend may answer or decline
+(``anyio.WouldBlock``, or a key left out), but an answer it gives must be
+right, and it must never wait for one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from beautyspot_async._record import BLOB, TaskRecord
 from beautyspot_async.db._base import TaskDB
 
 from ._clock import FakeClock
-from ._common import Check, get, new_key, save, unopened
+from ._common import Check, get, new_key, record, save, unopened
 
 __all__ = ["NOWAIT_CHECKS"]
 
@@ -34,7 +36,12 @@ def _get_nowait(db: TaskDB, cache_key: str) -> object:
 
 
 def _assert_sync(db: TaskDB) -> None:
-    for name in ("get_nowait", "get_many_nowait"):
+    for name in (
+        "get_nowait",
+        "get_many_nowait",
+        "lookup_or_lease_nowait",
+        "save_and_release_nowait",
+    ):
         method = getattr(type(db), name)
         assert not inspect.iscoroutinefunction(method), (
             f"{name} must be a plain method: it answers at once or declines, never awaits"
@@ -123,4 +130,47 @@ async def _check_nowait_before_open(db: TaskDB, clock: FakeClock | None) -> None
     assert many in ({}, {missing: None}), f"get_many_nowait before opening answered {many!r}"
 
 
-NOWAIT_CHECKS: tuple[Check, ...] = (_check_nowait_reads, _check_nowait_before_open)
+async def _check_nowait_writes(db: TaskDB, clock: FakeClock | None) -> None:
+    """lookup_or_lease_nowait and save_and_release_nowait act fully, or decline and change nothing.
+
+    Both are plain methods that never wait. ``lookup_or_lease_nowait``
+    answers what ``lookup_or_lease`` would: a stored key's record, ``True``
+    for a key now leased to the caller, ``False`` for one another owner
+    holds. ``save_and_release_nowait`` stores every record and gives up the
+    leases, or -- raising :class:`anyio.WouldBlock` -- stores none of them.
+    The base class's defaults (always decline) conform.
+    """
+    _assert_sync(db)
+    stored, free = new_key("nowait-w-stored"), new_key("nowait-w-free")
+    await save(db, stored, result_data=b"stored")
+    try:
+        found = db.lookup_or_lease_nowait([stored, free], "owner-a", 30.0)
+    except anyio.WouldBlock:
+        found = None
+    if found is not None:
+        assert set(found) == {stored, free}, f"lookup_or_lease_nowait answered {sorted(found)}"
+        assert found[stored] == await get(db, stored), "a stored key must come back as its record"
+        assert found[free] is True, "a free missing key must be leased to the caller"
+        if db.supports_leases:
+            again = db.lookup_or_lease_nowait([free], "owner-b", 30.0)
+            assert again == {free: False}, f"a held lease was answered {again!r}"
+    written = new_key("nowait-w-written")
+    try:
+        db.save_and_release_nowait(
+            [record(written, result_data=b"now")], {"owner-a": [free]} if found else {}
+        )
+    except anyio.WouldBlock:
+        assert await db.get(written) is None, "a declined save_and_release_nowait wrote a row"
+        return
+    assert (await get(db, written)).result_data == b"now"
+    if found is not None and db.supports_leases:
+        assert await db.acquire_lease(free, "owner-b", 30.0) is True, (
+            "save_and_release_nowait kept a lease it was given to release"
+        )
+
+
+NOWAIT_CHECKS: tuple[Check, ...] = (
+    _check_nowait_reads,
+    _check_nowait_before_open,
+    _check_nowait_writes,
+)

@@ -394,8 +394,9 @@ async def check_taskdb(
 
     The checks are the specification: each one's docstring states the rule
     it enforces. They cover the records (save, get, upserts, batches,
-    expiry, history, ``schema_exists``), the non-waiting reads (``get_nowait``,
-    ``get_many_nowait``), and the lease methods (``acquire_lease``,
+    expiry, history, ``schema_exists``), the non-waiting reads and writes
+    (``get_nowait``, ``get_many_nowait``, ``lookup_or_lease_nowait``,
+    ``save_and_release_nowait``), and the lease methods (``acquire_lease``,
     ``release_lease``, ``release_leases``, ``renew_leases``,
     ``lease_holders``, ``take_over_leases``, ``lookup_or_lease``,
     ``save_and_release``, ``wait_for_result``) and the failure records
