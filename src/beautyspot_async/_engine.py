@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import anyio
 
 from ._budget import Budget
+from ._clone import copier
 from ._coalesce import InlineLeases, InlineWrite, InlineWrites, NowaitCoalescer
 from ._failed_keys import FailedKeys
 from ._failure import FailureRecord
@@ -298,11 +299,22 @@ class Engine:
             return NO_VALUE
         if entry.value is not NO_VALUE:
             return entry.value
+        copy = entry.copy
+        if copy is not None:
+            return copy()
         try:
-            return loads(entry.payload)
+            value = loads(entry.payload)
         except Exception:  # a decoder changed under us: forget the entry
             self._memory.discard(key)
             return NO_VALUE
+        if entry.copy is None:
+            # Hit here once, likely again: keep this decode as the private
+            # source of later copies and hand the caller a copy of it.
+            copy = copier(value)
+            if copy is not None:
+                self._memory.replace(key, entry, replace(entry, copy=copy))
+                return copy()
+        return value
 
     def remember(self, key: str, entry: MemoryEntry) -> None:
         """Keep ``entry`` in the memory tier, within its bounds."""

@@ -1,8 +1,11 @@
 """The bounded in-process front tier: answers repeat hits without any I/O.
 
-It holds serialized payloads, not result objects, so every hit decodes a
-fresh value and no two callers share a mutable result. Scalars that cannot be
-mutated (str, int, bytes...) are kept as objects too and returned as they are.
+It holds serialized payloads, not result objects, so no two callers share a
+mutable result: the first hit decodes a fresh value, and an entry hit here
+keeps a private decoded copy that later hits copy (``_clone``) instead of
+decoding again, when the result is made of plain dicts, lists and tuples.
+Scalars that cannot be mutated (str, int, bytes...) are kept as objects too
+and returned as they are.
 
 Reads take no lock (one ``dict.get``, atomic under the GIL); inserts and
 evictions take a lock held for a few dictionary operations. Eviction is by
@@ -34,11 +37,14 @@ class MemoryEntry:
     payload: bytes
     expires_at: float | None
     value: Any = NO_VALUE
+    #: Makes a fresh copy of the decoded result (see ``_clone``), once it was hit here.
+    copy: Any = None
 
     @property
     def size(self) -> int:
-        # A rough per-entry overhead keeps many tiny entries from escaping the byte bound.
-        return len(self.payload) + 96
+        # A rough per-entry overhead keeps many tiny entries from escaping the byte
+        # bound; a decoded copy source weighs a few times its payload.
+        return len(self.payload) * (1 if self.copy is None else 4) + 96
 
 
 class MemoryTier:
@@ -72,6 +78,15 @@ class MemoryTier:
                 self._bytes -= old.size
             self._entries[key] = entry
             self._bytes += size
+            self._evict_locked()
+
+    def replace(self, key: str, old: MemoryEntry, new: MemoryEntry) -> None:
+        """Put ``new`` in place of ``old`` if ``key`` still holds ``old`` (not pinned)."""
+        with self._lock:
+            if self._entries.get(key) is not old:
+                return  # replaced, evicted or pinned meanwhile: leave it
+            self._entries[key] = new
+            self._bytes += new.size - old.size
             self._evict_locked()
 
     def pin(self, key: str, entry: MemoryEntry) -> None:
