@@ -280,7 +280,8 @@ class TestCheckpoints:
     async def test_the_io_thread_checkpoints_for_the_callers(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(_sqlite_inline, "CHECKPOINT_EVERY", 20)
+        monkeypatch.setattr(_sqlite_inline, "CHECK_EVERY", 4)
+        monkeypatch.setattr(_sqlite_inline, "WAL_LIMIT", 16 * 1024)
         ran: list[bool] = []
         original = SQLiteTaskDB.housekeeping
 
@@ -310,4 +311,6 @@ class TestCheckpoints:
             await spot.flush()
             assert spot.statistics().write_failures == 0
         assert ran, "no checkpoint was asked of the I/O thread"
+        # Truncated by the last checkpoint, then grown only by what followed it.
+        assert (tmp_path / "t.db-wal").stat().st_size < 4 * 1024 * 1024
         assert _rows(tmp_path / "t.db", "tasks") == 61

@@ -20,8 +20,10 @@ asyncio only: under trio (no ``call_soon``) the caller acts key by key.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import anyio
 
@@ -39,6 +41,7 @@ __all__ = [
     "InlineWrites",
     "LoopTurns",
     "NowaitCoalescer",
+    "Slices",
 ]
 
 _T = TypeVar("_T")
@@ -66,17 +69,23 @@ class LoopTurns(Generic[_T]):
         """``None``: act directly now; otherwise the batch to append to."""
         batch = self._batches.get(loop)
         if batch is None:
-            task = asyncio.current_task(loop)
-            first = self._first.get(loop)
-            if first is None:
-                self._first[loop] = task
-                loop.call_soon(self._first.pop, loop, None)
-                return None
-            if first is task:
+            if self.first(loop):
                 return None
             batch = self._batches[loop] = []
             loop.call_soon(self._run, loop)
         return batch
+
+    def first(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the current task goes first in this turn (and should act directly)."""
+        if loop in self._batches:
+            return False
+        task = asyncio.current_task(loop)
+        first = self._first.get(loop)
+        if first is None:
+            self._first[loop] = task
+            loop.call_soon(self._first.pop, loop, None)
+            return True
+        return first is task
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._batches.pop(loop, [])
@@ -131,19 +140,22 @@ class InlineLeases:
     that was cancelled before it received the answer.
     """
 
-    __slots__ = ("_db", "_fallback", "_release", "_turns", "chunk")
+    __slots__ = ("_db", "_fallback", "_release", "_turns", "chunk", "committed")
 
     def __init__(
         self,
         db: TaskDB,
         fallback: Callable[[str, str, float, Waiter], None],
         release: Callable[[str, str], None],
+        committed: Callable[[], None],
         *,
-        chunk: int = 500,
+        chunk: int = 250,
     ) -> None:
         self._db = db
         self._fallback = fallback
         self._release = release
+        #: Called after each transaction committed here (the owner's housekeeping).
+        self.committed = committed
         #: Keys per transaction in a batch (bounds the longest one).
         self.chunk = chunk
         self._turns: LoopTurns[_Lease] = LoopTurns(self._answer)
@@ -162,6 +174,7 @@ class InlineLeases:
             found = self._db.lookup_or_lease_nowait([key], owner, ttl)
         except anyio.WouldBlock:
             return False
+        self.committed()
         waiter.future.set_result(read_answer(found.get(key, True)))
         return True
 
@@ -169,106 +182,126 @@ class InlineLeases:
         groups: dict[tuple[str, float], list[_Lease]] = {}
         for lease in batch:
             groups.setdefault((lease[1], lease[2]), []).append(lease)
-        for (owner, ttl), leases in groups.items():
-            for start in range(0, len(leases), self.chunk):
-                part = leases[start : start + self.chunk]
-                try:
-                    found = self._db.lookup_or_lease_nowait(
-                        [lease[0] for lease in part], owner, ttl
-                    )
-                except anyio.WouldBlock:
-                    for lease in part:
-                        self._fallback(*lease)
-                    continue
-                outcomes: list[Outcome] = [
-                    (lease[3], read_answer(found.get(lease[0], True)), None) for lease in part
-                ]
-                key_of = {id(lease[3]): lease[0] for lease in part}
-                settle_here(outcomes, lease_returner(self._release, owner, key_of))
+        parts = [
+            leases[start : start + self.chunk]
+            for leases in groups.values()
+            for start in range(0, len(leases), self.chunk)
+        ]
+        Slices(parts, self._lease_part, self._lease_elsewhere)()
+
+    def _lease_elsewhere(self, part: list[_Lease]) -> None:
+        for lease in part:
+            self._fallback(*lease)
+
+    def _lease_part(self, part: list[_Lease]) -> bool:
+        owner, ttl = part[0][1], part[0][2]
+        try:
+            found = self._db.lookup_or_lease_nowait([lease[0] for lease in part], owner, ttl)
+        except anyio.WouldBlock:
+            return False
+        self.committed()
+        outcomes: list[Outcome] = [
+            (lease[3], read_answer(found.get(lease[0], True)), None) for lease in part
+        ]
+        key_of = {id(lease[3]): lease[0] for lease in part}
+        settle_here(outcomes, lease_returner(self._release, owner, key_of))
+        return True
 
 
-#: One durable write: the record, its lease owner, the caller's waiter, what
-#: to run once it is durable (``on_written(None)``), and whatever the
-#: fallback needs besides (passed through untouched).
-InlineWrite = tuple[TaskRecord, "str | None", Waiter, Callable[[BaseException | None], None], Any]
+#: Seconds of transactions one loop callback may run before yielding the loop.
+SLICE: Final = 0.05
+#: A batch whose transaction was declined (the write lock is held elsewhere)
+#: tries again after these delays, then leaves what is left to the I/O thread.
+RETRY_DELAYS: Final = (0.0005, 0.001, 0.002, 0.004)
+
+
+class Slices(Generic[_T]):
+    """Run a batch's parts, a slice of time per loop callback; retry declined ones briefly.
+
+    A batch of 10 000 is many bounded transactions; run back to back they
+    would hold the loop for all of them, so each callback stops after
+    :data:`SLICE` seconds. ``run(part)`` returns False when the backend
+    declined: usually another connection committing for a moment, so the
+    part is retried after short delays (:data:`RETRY_DELAYS`) before the
+    rest of the batch is handed to ``fall_back`` -- which would otherwise
+    take the write lock and make every later part decline too.
+    """
+
+    __slots__ = ("_fall_back", "_parts", "_retries", "_run")
+
+    def __init__(
+        self, parts: list[_T], run: Callable[[_T], bool], fall_back: Callable[[_T], None]
+    ) -> None:
+        self._parts = deque(parts)
+        self._run = run
+        self._fall_back = fall_back
+        self._retries = 0
+
+    def __call__(self) -> None:
+        loop = asyncio.get_running_loop()
+        parts = self._parts
+        started = time.perf_counter()
+        while parts:
+            if not self._run(parts[0]):
+                if self._retries < len(RETRY_DELAYS):
+                    loop.call_later(RETRY_DELAYS[self._retries], self)
+                    self._retries += 1
+                    return
+                while parts:
+                    self._fall_back(parts.popleft())
+                return
+            parts.popleft()
+            if parts and time.perf_counter() - started >= SLICE:
+                loop.call_soon(self)
+                return
+
+
+#: One durable write: the record, its lease owner, the caller's waiter, and
+#: what to run once it is durable (``on_written(None)``).
+InlineWrite = tuple[TaskRecord, "str | None", Waiter, Callable[[BaseException | None], None]]
 
 
 class InlineWrites:
-    """A durable write on the caller's thread, batched per loop turn like :class:`InlineLeases`.
+    """A lone durable write on the caller's thread: one ``save_and_release_nowait``.
 
-    Each key's lease goes with its row in one ``save_and_release_nowait``
-    transaction; what the backend declines goes to ``fallback`` (the I/O
-    loop's writer). ``max_bytes`` and ``max_keys`` bound one transaction.
+    Only the first write of a loop turn (or of a sync or trio caller) goes
+    here. Concurrent writes -- a ``gather`` of misses -- are left to the I/O
+    loop's writer: its transactions of thousands of rows rewrite each
+    B-tree page once, where many small ones would rewrite it each time and
+    multiply the WAL. ``max_bytes`` bounds the transaction.
     """
 
-    __slots__ = ("_db", "_fallback", "_turns", "committed", "max_bytes", "max_keys")
+    __slots__ = ("_db", "_on_commit", "_turns", "committed", "max_bytes")
 
     def __init__(
-        self,
-        db: TaskDB,
-        fallback: Callable[[InlineWrite], None],
-        *,
-        max_bytes: int = 256 * 1024,
-        max_keys: int = 500,
+        self, db: TaskDB, on_commit: Callable[[], None], *, max_bytes: int = 64 * 1024
     ) -> None:
         self._db = db
-        self._fallback = fallback
+        self._on_commit = on_commit
         self.max_bytes = max_bytes
-        self.max_keys = max_keys
         #: Rows made durable here (racy across threads: for statistics).
         self.committed = 0
-        self._turns: LoopTurns[InlineWrite] = LoopTurns(self._answer)
+        self._turns: LoopTurns[None] = LoopTurns(_nothing)
 
     def submit(self, write: InlineWrite) -> bool:
-        """Take over the write (True), or leave it to the caller (False)."""
-        loop = write[2].loop
-        if loop is not None:
-            batch = self._turns.join(loop)
-            if batch is not None:
-                batch.append(write)
-                return True
-        if write[0].size_bytes > self.max_bytes:
+        """Make the write durable now (True), or leave it to the caller (False)."""
+        record, owner, waiter, on_written = write
+        if record.size_bytes > self.max_bytes:
+            return False
+        if waiter.loop is not None and not self._turns.first(waiter.loop):
             return False
         try:
-            self._commit([write])
+            self._db.save_and_release_nowait(
+                [record], {} if owner is None else {owner: [record.cache_key]}
+            )
         except anyio.WouldBlock:
             return False
-        self._settle([write])
+        self.committed += 1
+        self._on_commit()
+        on_written(None)
+        waiter.future.set_result(None)
         return True
 
-    def _answer(self, batch: list[InlineWrite]) -> None:
-        part: list[InlineWrite] = []
-        size = 0
-        for write in batch:
-            if write[0].size_bytes > self.max_bytes:
-                self._fallback(write)
-                continue
-            if part and (len(part) >= self.max_keys or size + write[0].size_bytes > self.max_bytes):
-                self._commit_or_fall_back(part)
-                part, size = [], 0
-            part.append(write)
-            size += write[0].size_bytes
-        if part:
-            self._commit_or_fall_back(part)
 
-    def _commit_or_fall_back(self, part: list[InlineWrite]) -> None:
-        try:
-            self._commit(part)
-        except anyio.WouldBlock:
-            for write in part:
-                self._fallback(write)
-            return
-        self._settle(part)
-
-    def _commit(self, part: list[InlineWrite]) -> None:
-        owners: dict[str, list[str]] = {}
-        for record, owner, *_ in part:
-            if owner is not None:
-                owners.setdefault(owner, []).append(record.cache_key)
-        self._db.save_and_release_nowait([write[0] for write in part], owners)
-
-    def _settle(self, part: list[InlineWrite]) -> None:
-        self.committed += len(part)
-        for write in part:
-            write[3](None)
-        settle_here([(write[2], None, None) for write in part])
+def _nothing(batch: list[None]) -> None:
+    pass

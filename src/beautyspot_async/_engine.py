@@ -18,7 +18,7 @@ import anyio
 
 from ._budget import Budget
 from ._clone import copier
-from ._coalesce import InlineLeases, InlineWrite, InlineWrites, NowaitCoalescer
+from ._coalesce import InlineLeases, InlineWrites, NowaitCoalescer
 from ._failed_keys import FailedKeys
 from ._failure import FailureRecord
 from ._gc_burst import end_burst
@@ -110,12 +110,12 @@ class Engine:
         # Only for backends that have the non-waiting writes (SQLite): for
         # the others every attempt would decline, at the price of a loop turn.
         self._inline_leases = (
-            InlineLeases(db, self._reader.submit, self.leases.release_soon)
+            InlineLeases(db, self._reader.submit, self.leases.release_soon, self._committed)
             if type(db).lookup_or_lease_nowait is not TaskDB.lookup_or_lease_nowait
             else None
         )
         self._inline_writes = (
-            InlineWrites(db, self._write_on_io_loop)
+            InlineWrites(db, self._committed)
             if type(db).save_and_release_nowait is not TaskDB.save_and_release_nowait
             else None
         )
@@ -352,10 +352,13 @@ class Engine:
         ttl = self.leases.ttl or 0.0
         inline = self._inline_leases
         if owner is not None and inline is not None and inline.submit(key, owner, ttl, waiter):
-            if self._db.housekeeping_due:
-                self._schedule_housekeeping()
             return
         self._reader.submit(key, owner, ttl, waiter)
+
+    def _committed(self) -> None:
+        # After each transaction on a caller's thread: the work it put off.
+        if self._db.housekeeping_due:
+            self._schedule_housekeeping()
 
     def _schedule_housekeeping(self) -> None:
         # Once at a time: commits keep arriving while one is scheduled.
@@ -432,17 +435,9 @@ class Engine:
             and not self._memory.pinned(key)
             # Eviction runs in the writer's drain, after the writes it counts.
             and not self.budget.enforced
-            and inline.submit((record, owner, waiter, written, report))
+            and inline.submit((record, owner, waiter, written))
         ):
-            if self._db.housekeeping_due:
-                self._schedule_housekeeping()
             return
-        submission = Submission(WriteItem(record, owner), on_complete=written, report=report)
-        self.writer.submit_and_notify(submission, waiter)
-
-    def _write_on_io_loop(self, write: InlineWrite) -> None:
-        # What the caller's thread could not write: the writer's queue, as usual.
-        record, owner, waiter, written, report = write
         submission = Submission(WriteItem(record, owner), on_complete=written, report=report)
         self.writer.submit_and_notify(submission, waiter)
 

@@ -206,7 +206,9 @@ class SQLiteTaskDB(RecordTaskDB):
         self._write_lock: asyncio.Lock | None = None
         self._connections = ThreadConnections(None if self._in_memory else self._path)
         self._nowait = NowaitReader(self._connections, nowait_max_bytes)
-        self._inline = InlineWriter(self._connections, clock)
+        self._inline = InlineWriter(
+            self._connections, clock, None if self._in_memory else self._path
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteTaskDB({os.fspath(self._path)!r})"
@@ -638,7 +640,7 @@ class SQLiteTaskDB(RecordTaskDB):
 
         Declines (see ``_sqlite_inline``) when another connection holds the
         write lock, for a stored row larger than 64 KiB, and for more than
-        500 keys.
+        250 keys.
         """
         return self._inline.lookup_or_lease(cache_keys, owner, ttl)
 
@@ -654,12 +656,17 @@ class SQLiteTaskDB(RecordTaskDB):
 
     @property
     def housekeeping_due(self) -> bool:
-        """Whether the callers' connections committed enough to ask for a checkpoint."""
+        """Whether the callers' connections grew the WAL enough to ask for a checkpoint."""
         return self._inline.checkpoint_due
 
     async def housekeeping(self) -> None:
-        """A passive WAL checkpoint: the callers' connections never checkpoint."""
-        self._inline.checkpointed()
+        """A passive WAL checkpoint: the callers' connections never checkpoint.
+
+        Passive: it never blocks a writer. Run whenever the WAL has grown by
+        a few megabytes, one of them soon finds a moment with no writer
+        appending, copies everything, and lets the next writer restart the
+        WAL from its beginning.
+        """
         if self._conn.peek() is None:
             return
         async with self._writing() as conn:

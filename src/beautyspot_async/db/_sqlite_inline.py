@@ -11,9 +11,11 @@ rows too large to write inline and transactions over :data:`MAX_KEYS` keys,
 which bounds the worst one.
 
 The connection never checkpoints (``wal_autocheckpoint = 0``): a checkpoint
-copies the whole WAL into the database and can take milliseconds, so it stays
-on aiosqlite's thread, which the owner asks for one every
-:data:`CHECKPOINT_EVERY` commits made here (:attr:`InlineWriter.checkpoint_due`).
+copies the WAL into the database and can take milliseconds, so it stays on
+aiosqlite's thread. Every :data:`CHECK_EVERY` commits made here, the WAL's
+size is looked at; past :data:`WAL_LIMIT` the owner asks that thread for a
+checkpoint (:attr:`InlineWriter.checkpoint_due`). Counting commits instead
+would not do: one transaction may append one page or hundreds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Final, TypeVar
 
 import anyio
@@ -29,16 +32,18 @@ from beautyspot_async._record import RECORD_COLUMNS, TaskRecord
 from beautyspot_async.db._sqlite_nowait import ThreadConnections, record_from_row
 from beautyspot_async.db._sqlite_sql import ACQUIRE_LEASE, RELEASE_LEASE, UPSERT, upsert_row
 
-__all__ = ["CHECKPOINT_EVERY", "MAX_BYTES", "MAX_KEYS", "InlineWriter"]
+__all__ = ["CHECK_EVERY", "MAX_BYTES", "MAX_KEYS", "WAL_LIMIT", "InlineWriter"]
 
 _T = TypeVar("_T")
 
-#: Keys per transaction: leasing 500 keys takes about a millisecond.
-MAX_KEYS: Final = 500
+#: Keys per transaction: leasing 250 keys takes about a millisecond.
+MAX_KEYS: Final = 250
 #: Payload bytes per transaction (larger writes go to the I/O thread).
 MAX_BYTES: Final = 64 * 1024
-#: Commits on the callers' connections between two checkpoints asked of the I/O thread.
-CHECKPOINT_EVERY: Final = 256
+#: Commits on the callers' connections between two looks at the WAL's size.
+CHECK_EVERY: Final = 16
+#: WAL bytes past which a checkpoint is due (SQLite's own default: 1 000 pages).
+WAL_LIMIT: Final = 4 * 1024 * 1024
 
 # length() of a BLOB comes from the record header without reading the payload.
 _SELECT_MANY: Final = f"""
@@ -59,19 +64,25 @@ class InlineWriter:
     ``clock`` times leases and stamps rows, as the database's own writes do.
     """
 
-    def __init__(self, connections: ThreadConnections, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, connections: ThreadConnections, clock: Callable[[], float], path: Path | None
+    ) -> None:
         self._connections = connections
         self._clock = clock
-        #: Commits made here since the last checkpoint (racy across threads: a hint).
+        self._wal = None if path is None else Path(f"{path}-wal")
+        #: Commits made here since the WAL's size was last looked at (racy: a hint).
         self._commits = 0
 
     @property
     def checkpoint_due(self) -> bool:
-        """Whether enough was committed here that the I/O thread should checkpoint."""
-        return self._commits >= CHECKPOINT_EVERY
-
-    def checkpointed(self) -> None:
+        """Whether the WAL grew past :data:`WAL_LIMIT` (looked at every few commits)."""
+        if self._commits < CHECK_EVERY or self._wal is None:
+            return False
         self._commits = 0
+        try:
+            return self._wal.stat().st_size > WAL_LIMIT
+        except OSError:
+            return False
 
     def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float
