@@ -47,7 +47,6 @@ from beautyspot_async.db._sqlite_nowait import (
     IN_CHUNK,
     NowaitReader,
     ThreadConnections,
-    lenient_text,
 )
 from beautyspot_async.db._sqlite_sql import (
     ACQUIRE_LEASE,
@@ -740,6 +739,18 @@ def _in_transaction(
         raise
     raw.execute("COMMIT")
     return result
+
+
+def lenient_text(raw: bytes) -> str | bytes:
+    """Text columns as str; bytes when not valid UTF-8, for checked_record to flag.
+
+    sqlite3's default text handling raises on invalid UTF-8 before a row
+    reaches us, which would turn one damaged row into an error on every call.
+    """
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:

@@ -22,7 +22,6 @@ __all__ = [
     "IN_CHUNK",
     "NowaitReader",
     "ThreadConnections",
-    "lenient_text",
     "record_from_row",
 ]
 
@@ -41,18 +40,6 @@ _SELECT: Final = f"""
 _SELECT_MANY: Final = _SELECT.replace("cache_key = ?", "cache_key IN ({marks})")
 
 _TOO_LARGE: Final[Any] = object()
-
-
-def lenient_text(raw: bytes) -> str | bytes:
-    """Text columns as str; bytes when not valid UTF-8, for checked_record to flag.
-
-    sqlite3's default text handling raises on invalid UTF-8 before a row
-    reaches us, which would turn one damaged row into an error on every call.
-    """
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
 
 
 class _Slot(threading.local):
@@ -92,7 +79,10 @@ class ThreadConnections:
             conn = sqlite3.connect(self._uri, uri=True, timeout=0.0, isolation_level=None)
         except sqlite3.Error:
             raise anyio.WouldBlock from None
-        conn.text_factory = lenient_text
+        # sqlite3's own text decoding (C, not lenient_text): a row that is
+        # not valid UTF-8 raises OperationalError here, which declines to the
+        # I/O thread's lenient connection -- and the hit path saves a Python
+        # call per text column.
         try:
             conn.execute("PRAGMA busy_timeout = 0")
             # Memory-mapped reads skip a copy through SQLite's page cache: the
