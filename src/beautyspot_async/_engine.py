@@ -338,6 +338,13 @@ class Engine:
         except anyio.WouldBlock:
             return NO_VALUE
 
+    def read_many_nowait(self, keys: list[str]) -> dict[str, Any]:
+        """:meth:`read_nowait` of many keys in one query; keys it cannot answer are left out."""
+        try:
+            return self._db.get_many_nowait(keys)
+        except Exception:  # a broken fast path only costs the fallback
+            return {}
+
     def read_nowait_batched(self, key: str) -> Any:
         """:meth:`read_nowait` shared with the loop's other callers: see ``_coalesce``."""
         return self._coalescer.lookup(key)

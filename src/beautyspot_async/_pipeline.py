@@ -237,17 +237,18 @@ class Pipeline:
     async def aprobe_many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         """:meth:`aprobe` for many positional calls at once (the batch runner's hits).
 
-        Every non-waiting read is registered before the first is awaited, so
-        they share one query however the batch is scheduled. A call whose
-        key cannot be derived answers ``UNPROBED``: the pipeline derives it
-        again, and raises, when that call runs.
+        The keys the memory tier does not hold are read with one
+        ``get_many_nowait`` (one ``IN (...)`` query per few hundred keys on
+        SQLite), never key by key. A call whose key cannot be derived
+        answers ``UNPROBED``: the pipeline derives it again, and raises,
+        when that call runs.
         """
         if not self._probes:
             return [UNPROBED] * len(calls)
         engine = self.engine
         loads = self._loads
         answers: list[Any] = [UNPROBED] * len(calls)
-        waiting: list[tuple[int, tuple[str, str], Any]] = []
+        waiting: list[tuple[int, tuple[str, str]]] = []
         for i, args in enumerate(calls):
             try:
                 ids = self.key_for(args, {})
@@ -258,11 +259,10 @@ class Pipeline:
                 engine.stats.memory_hits += 1
                 answers[i] = value
             else:
-                waiting.append((i, ids, engine.read_nowait_batched(ids[1])))
-        for i, ids, pending in waiting:
-            direct = pending is None or pending is DIRECT
-            record = engine.read_nowait(ids[1]) if direct else await pending
-            value = self._accept(ids[1], record)
+                waiting.append((i, ids))
+        found = engine.read_many_nowait([ids[1] for _, ids in waiting]) if waiting else {}
+        for i, ids in waiting:
+            value = self._accept(ids[1], found.get(ids[1], NO_VALUE))
             if value is NO_VALUE:
                 answers[i] = Miss(ids, False)
             elif value is _ABSENT:
