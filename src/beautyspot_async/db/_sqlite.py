@@ -659,20 +659,30 @@ class SQLiteTaskDB(RecordTaskDB):
         return self._inline.checkpoint_due
 
     async def housekeeping(self) -> None:
-        """A passive WAL checkpoint: the callers' connections never checkpoint.
+        """Checkpoint the whole WAL and truncate it: the callers' connections never checkpoint.
 
-        Passive: it never blocks a writer. Run whenever the WAL has grown by
-        a few megabytes, one of them soon finds a moment with no writer
-        appending, copies everything, and lets the next writer restart the
-        WAL from its beginning.
+        Passive checkpoints are not enough: with writers appending while one
+        runs, the WAL rarely gets back to its start, and it grew to hundreds
+        of megabytes. A truncating checkpoint waits for the writer of the
+        moment and holds new ones back while it copies; it waits a tenth of
+        a second at most (not the busy timeout: writers of every process
+        queue behind it) and settles for a passive one otherwise.
         """
         if self._conn.peek() is None:
             return
+
+        def checkpoint(raw: sqlite3.Connection) -> None:
+            raw.execute("PRAGMA busy_timeout = 100")
+            try:
+                busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+                if busy:
+                    raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+
         async with self._writing() as conn:
             with _ERRORS.translating("checkpoint"):
-                # Fetched to the end: a statement left open would make the
-                # next COMMIT on this connection fail.
-                await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                await conn._execute(checkpoint, conn._conn)  # type: ignore[no-untyped-call]
 
 
 class _Writing:

@@ -14,8 +14,9 @@ The connection never checkpoints (``wal_autocheckpoint = 0``): a checkpoint
 copies the WAL into the database and can take milliseconds, so it stays on
 aiosqlite's thread. Every :data:`CHECK_EVERY` commits made here, the WAL's
 size is looked at; past :data:`WAL_LIMIT` the owner asks that thread for a
-checkpoint (:attr:`InlineWriter.checkpoint_due`). Counting commits instead
-would not do: one transaction may append one page or hundreds.
+checkpoint that truncates the WAL (:attr:`InlineWriter.checkpoint_due`), so
+its size is what was appended since. Counting commits instead would not do:
+one transaction may append one page or hundreds.
 """
 
 from __future__ import annotations
