@@ -52,7 +52,7 @@ def transactions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float]]:
 
     def timed(self: InlineWriter, work: Callable[[sqlite3.Connection], Any]) -> Any:
         started = time.perf_counter()
-        result = original(self, work)
+        result = original(self, work)  # a declined one raises: not counted
         size = len(result) if isinstance(result, dict) else 0
         done.append((size, time.perf_counter() - started))
         return result
@@ -183,8 +183,10 @@ class TestGathers:
             assert _rows(tmp_path / "t.db", "leases") == 0
         leased = sum(size for size, _ in transactions)
         assert leased + sum(map(len, io_lookups)) == n
-        # One transaction per turn and chunk, not one per call.
-        assert len(transactions) < n // 50
+        # Batched per loop turn, not one per call (the first call of each
+        # turn leases alone; the rest of the turn go in chunks).
+        assert len(transactions) <= n // 20
+        assert leased > n // 2, "most leases fell back to the I/O thread"
         assert max(size for size, _ in transactions) <= MAX_KEYS
         # Generous: 500 lease rows take about a millisecond on a quiet machine.
         assert max(seconds for _, seconds in transactions) < 0.25
