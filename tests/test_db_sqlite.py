@@ -105,7 +105,7 @@ class TestSchema:
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             sql = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
-            assert "WITHOUT ROWID" in sql
+            assert "WITHOUT ROWID" not in sql.upper()  # see _sqlite_layout
             indexes = {
                 r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
             }

@@ -140,7 +140,7 @@ class InlineLeases:
     that was cancelled before it received the answer.
     """
 
-    __slots__ = ("_db", "_fallback", "_release", "_turns", "chunk", "committed")
+    __slots__ = ("_active", "_db", "_fallback", "_release", "_turns", "chunk", "committed")
 
     def __init__(
         self,
@@ -159,6 +159,7 @@ class InlineLeases:
         #: Keys per transaction in a batch (bounds the longest one).
         self.chunk = chunk
         self._turns: LoopTurns[_Lease] = LoopTurns(self._answer)
+        self._active: set[object] = set()
 
     def submit(self, key: str, owner: str, ttl: float, waiter: Waiter) -> bool:
         """Take over ``waiter``'s lookup (True), or leave it to the caller (False)."""
@@ -187,7 +188,17 @@ class InlineLeases:
             for leases in groups.values()
             for start in range(0, len(leases), self.chunk)
         ]
-        Slices(parts, self._lease_part, self._lease_elsewhere)()
+        Slices(parts, self._lease_part, self._lease_elsewhere, self._active)()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being leased here (callable from any thread).
+
+        The writer holds its batches back meanwhile: each of them takes the
+        write lock for tens of milliseconds, and every lease transaction
+        that runs into it is declined to the I/O thread.
+        """
+        return bool(self._active)
 
     def _lease_elsewhere(self, part: list[_Lease]) -> None:
         for lease in part:
@@ -227,15 +238,22 @@ class Slices(Generic[_T]):
     take the write lock and make every later part decline too.
     """
 
-    __slots__ = ("_fall_back", "_parts", "_retries", "_run")
+    __slots__ = ("_active", "_fall_back", "_parts", "_retries", "_run")
 
     def __init__(
-        self, parts: list[_T], run: Callable[[_T], bool], fall_back: Callable[[_T], None]
+        self,
+        parts: list[_T],
+        run: Callable[[_T], bool],
+        fall_back: Callable[[_T], None],
+        active: set[object],
     ) -> None:
         self._parts = deque(parts)
         self._run = run
         self._fall_back = fall_back
         self._retries = 0
+        #: Holds this batch while it has parts left (see InlineLeases.busy).
+        self._active = active
+        active.add(self)
 
     def __call__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,11 +267,12 @@ class Slices(Generic[_T]):
                     return
                 while parts:
                     self._fall_back(parts.popleft())
-                return
+                break
             parts.popleft()
             if parts and time.perf_counter() - started >= SLICE:
                 loop.call_soon(self)
                 return
+        self._active.discard(self)
 
 
 #: One durable write: the record, its lease owner, the caller's waiter, and

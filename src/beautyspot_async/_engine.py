@@ -114,6 +114,9 @@ class Engine:
             if type(db).lookup_or_lease_nowait is not TaskDB.lookup_or_lease_nowait
             else None
         )
+        if self._inline_leases is not None:
+            leases = self._inline_leases
+            self.writer.hold_back = lambda: leases.busy
         self._inline_writes = (
             InlineWrites(db, self._committed)
             if type(db).save_and_release_nowait is not TaskDB.save_and_release_nowait

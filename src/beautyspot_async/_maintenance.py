@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Entry",
+    "convert_layout",
     "FuncSummary",
     "GcReport",
     "Summarizer",
@@ -298,6 +299,22 @@ async def purge_expired(spot: Spot, now: float | None = None) -> int:
     await spot.flush()
     removed: int = await _on_io_loop(spot, spot.db.delete_expired, now)
     return removed
+
+
+async def convert_layout(spot: Spot) -> bool | None:
+    """Convert an older release's SQLite file to the current table layout.
+
+    Returns True when it converted, False when the file was already
+    current, None when the task database is not SQLite (nothing to do).
+    """
+    from .db import SQLiteTaskDB
+
+    db = spot.db
+    if not isinstance(db, SQLiteTaskDB):
+        return None
+    await spot.flush()
+    converted: bool = await _on_io_loop(spot, db.convert_layout)
+    return converted
 
 
 async def gc_blobs(spot: Spot, *, dry_run: bool = True) -> list[str]:

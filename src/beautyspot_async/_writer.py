@@ -58,6 +58,8 @@ class Writer(QueueDrain["Submission | _Marker"]):
         self.failed = 0
         #: Last-use touches and size budgets, settled after the write batches.
         self.budget: Budget | None = None
+        #: True while writes should wait (callers leasing on their own threads).
+        self.hold_back: Callable[[], bool] | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     def submit(self, submission: Submission) -> None:
@@ -110,6 +112,15 @@ class Writer(QueueDrain["Submission | _Marker"]):
             # run of sequential write-behind misses shares one transaction
             # instead of each taking the write lock from the next lookup.
             await asyncio.sleep(self.linger)
+        if self.hold_back is not None and self.hold_back():
+            # A caller's loop is leasing a batch on its own connection: let it
+            # finish before taking the write lock (bounded, then write anyway).
+            # Polled: the flag belongs to another thread, which has no cheap
+            # way to wake this loop.
+            for _ in range(int(HOLD_BACK_MAX / _HOLD_BACK_POLL)):
+                await asyncio.sleep(_HOLD_BACK_POLL)
+                if not self.hold_back():
+                    break
         while self._queue:
             batch: list[Submission] = []
             marker: _Marker | None = None
@@ -149,6 +160,10 @@ class Writer(QueueDrain["Submission | _Marker"]):
         if outcomes:
             settle_all(outcomes)
 
+
+#: Seconds the writer waits at most for callers leasing a batch (see hold_back).
+HOLD_BACK_MAX = 0.2
+_HOLD_BACK_POLL = 0.002
 
 #: Seconds between checks for hits whose last use waits to be written.
 TOUCH_NUDGE = 30.0

@@ -491,6 +491,23 @@ def purge_expired_command(db: DbArg, storage: StorageOpt = None) -> None:
     typer.echo(f"removed {removed} expired {'entry' if removed == 1 else 'entries'}")
 
 
+@app.command("migrate")
+def migrate_command(db: DbArg) -> None:
+    """Convert a SQLite file from an older release to the faster table layout (once).
+
+    Files up to 64 MiB are converted when first opened; larger ones keep
+    working as they are until this runs. It holds the write lock while it
+    copies (about a second per few hundred megabytes).
+    """
+    converted = _run(db, None, maint.convert_layout)
+    if converted is None:
+        typer.echo("nothing to migrate: only SQLite files have an older layout")
+    elif converted:
+        typer.echo("converted the results to the current table layout")
+    else:
+        typer.echo("already in the current table layout")
+
+
 @app.command("gc")
 def gc_command(
     db: DbArg,

@@ -13,6 +13,7 @@ Writes go through one aiosqlite connection per instance (asyncio only, hence
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -40,6 +41,7 @@ from beautyspot_async._record import (
     checked_record,
     parse_meta,
 )
+from beautyspot_async.db import _sqlite_layout as layout
 from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
 from beautyspot_async.db._sqlite_inline import InlineWriter
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA_VERSION", "SQLiteTaskDB"]
 
+logger = logging.getLogger("beautyspot_async")
+
 _T = TypeVar("_T")
 
 #: Layout version kept in ``PRAGMA user_version``; bump it with a migration.
@@ -70,28 +74,8 @@ SCHEMA_VERSION: Final = 1
 _SELECT_HISTORY: Final = ", ".join(HISTORY_COLUMNS)
 
 _SCHEMA: Final = (
-    """
-    CREATE TABLE IF NOT EXISTS tasks (
-        cache_key    TEXT PRIMARY KEY NOT NULL,
-        func_name    TEXT NOT NULL,
-        input_id     TEXT NOT NULL,
-        version      TEXT,
-        result_type  TEXT NOT NULL,
-        content_type TEXT,
-        result_value TEXT,
-        result_data  BLOB,
-        expires_at   REAL,
-        size_bytes   INTEGER NOT NULL DEFAULT 0,
-        created_at   REAL NOT NULL,
-        updated_at   REAL NOT NULL,
-        meta         TEXT
-    ) WITHOUT ROWID
-    """,
-    "CREATE INDEX IF NOT EXISTS tasks_func_name ON tasks (func_name)",
-    # Partial: most rows never expire, and the sweep only looks at those that do.
-    "CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at)"
-    " WHERE expires_at IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS tasks_updated_at ON tasks (updated_at)",
+    layout.tasks_table("tasks"),
+    *layout.INDEXES,
     """
     CREATE TABLE IF NOT EXISTS leases (
         cache_key  TEXT PRIMARY KEY NOT NULL,
@@ -306,7 +290,15 @@ class SQLiteTaskDB(RecordTaskDB):
             columns = await conn.execute_fetchall("PRAGMA table_info(tasks)")
             if "meta" not in {row[1] for row in columns}:
                 await conn.execute("ALTER TABLE tasks ADD COLUMN meta TEXT")
+            state = await conn._execute(layout.upgrade_on_open, conn._conn)  # type: ignore[no-untyped-call]
             await conn.execute("COMMIT")
+            if state == "kept":
+                logger.info(
+                    "%s keeps results in the older, slower table layout (too large to "
+                    "convert while opening); `beautyspot-async migrate %s` converts it once",
+                    self._path,
+                    self._path,
+                )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await conn.execute("ROLLBACK")
@@ -325,6 +317,16 @@ class SQLiteTaskDB(RecordTaskDB):
         async with self._writing() as conn:
             with _ERRORS.translating("init_schema"):
                 await self._ensure_schema(conn)
+
+    async def convert_layout(self) -> bool:
+        """Rewrite a file from an older release in the current table layout, once.
+
+        Returns whether there was anything to convert. Holds the write lock
+        while it copies every row (about a second per few hundred
+        megabytes): other writers wait, up to their busy timeout. Files up
+        to 64 MiB are converted when opened, without this call.
+        """
+        return bool(await self._transaction("convert_layout", layout.convert))
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. The next call reopens it."""
