@@ -165,8 +165,10 @@ def decide(
     for budget, tat, shifted, cost in zip(budgets, state.tats, state.shifted, costs, strict=True):
         end = max(tat, now) + cost * budget.interval
         tats.append(end)
-        marks.append(Mark(end=end, shifted=shifted))
-    return Admit(state=replace(state, tats=tuple(tats)), marks=tuple(marks))
+        marks.append(Mark(end, shifted))
+    # Built directly: dataclasses.replace costs more than the rest of an
+    # admission, and the limiter decides once or twice per admission.
+    return Admit(State(tuple(tats), state.shifted, state.paused_until), tuple(marks))
 
 
 def settle(

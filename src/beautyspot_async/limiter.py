@@ -425,41 +425,57 @@ class Limiter:
             if reservation is not None:
                 return reservation
             waiter = self._enqueue(costs, Wakeup.for_async())
-        wakeup = waiter.wakeup
+            at_head = self._queue[0] is waiter
         try:
-            while True:
-                if waiter.timed:
-                    with self._lock:
-                        wakeup.renew()
-                        at_head = waiter.grant is None and self._queue[0] is waiter
-                    if at_head:
-                        # New at the head, or woken from another thread: serve
-                        # from this loop, where the timer can be armed.
-                        self._wake_head()
-                    if waiter.grant is not None:
-                        return Reservation(self, float(cost), waiter.grant)
-                    await wakeup.wait()
-                    continue
-                if self._remote is not None:
-                    await self._step_remote_async(waiter)
-                else:
-                    with self._lock:
-                        wakeup.renew()
-                        self._step(waiter)
-                if waiter.grant is not None:
-                    self._wake_head()
-                    return Reservation(self, float(cost), waiter.grant)
-                deadline = waiter.deadline
-                if deadline is None:
-                    await wakeup.wait()
-                else:
-                    await self._wait_until(wakeup, deadline)
+            if waiter.timed:
+                grant = await self._wait_timed(waiter, at_head)
+            else:
+                grant = await self._wait_stepping(waiter)
         except BaseException:
             self._abandon(waiter)
             raise
         finally:
-            if wakeup.has_timer:
-                wakeup.cancel_timer()
+            if waiter.timed:
+                waiter.wakeup.cancel_timer()
+        return Reservation(self, float(cost), grant)
+
+    async def _wait_timed(self, waiter: _Queued, at_head: bool) -> tuple[_gcra.Mark, ...]:
+        """Wait to be admitted by ``_serve_locked`` (asyncio, local, real clock)."""
+        wakeup = waiter.wakeup
+        while True:
+            if at_head:
+                # New at the head, or woken from another thread: serve from
+                # this loop, where the head's timer can be armed.
+                self._wake_head()
+            grant = waiter.grant
+            if grant is None:
+                await wakeup.wait()
+                grant = waiter.grant
+            if grant is not None:
+                return grant
+            # Woken without a grant: by a change made on another thread.
+            with self._lock:
+                wakeup.renew()
+                at_head = waiter.grant is None and self._queue[0] is waiter
+
+    async def _wait_stepping(self, waiter: _Queued) -> tuple[_gcra.Mark, ...]:
+        """Wait as a head that watches the clock itself (trio, fake clock, Redis)."""
+        wakeup = waiter.wakeup
+        while True:
+            if self._remote is not None:
+                await self._step_remote_async(waiter)
+            else:
+                with self._lock:
+                    wakeup.renew()
+                    self._step(waiter)
+            if waiter.grant is not None:
+                self._wake_head()
+                return waiter.grant
+            deadline = waiter.deadline
+            if deadline is None:
+                await wakeup.wait()
+            else:
+                await self._wait_until(wakeup, deadline)
 
     async def _wait_until(self, wakeup: Wakeup, deadline: float) -> None:
         """Return at ``deadline`` (limiter clock) or earlier when woken."""
