@@ -700,6 +700,30 @@ class TestServedHead:
                 first.settle(0)
                 await done.wait()
 
+    async def test_cancelled_right_after_admission_loses_no_slot(self) -> None:
+        # The refund admits the head on this loop and the cancellation lands
+        # before the head's task runs: either the caller got the reservation
+        # or the booking was handed back; never a slot booked for nobody.
+        limiter = Limiter(tpm=60)
+        first = await limiter.acquire(50)
+        scope = anyio.CancelScope()
+        got: list[Reservation] = []
+
+        async def head() -> None:
+            with scope:
+                got.append(await limiter.acquire(1))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(head)
+                await quiesce()
+                first.settle(0)
+                scope.cancel()
+        stats = limiter.statistics()
+        assert stats.queue_depth == 0
+        assert stats.admitted == 1 + len(got)
+        assert stats.tokens_debt == pytest.approx(len(got), abs=0.1)
+
     async def test_penalize_holds_an_armed_head(self) -> None:
         limiter = Limiter(rpm=60_000)  # the head is due within a millisecond
         limiter.acquire_nowait()

@@ -134,14 +134,11 @@ def initial_state(n_budgets: int) -> State:
     return State(tats=(-math.inf,) * n_budgets, shifted=(0.0,) * n_budgets)
 
 
-def _check(budgets: Sequence[Budget], state: State, costs: Sequence[float]) -> None:
+def _check_lengths(budgets: Sequence[Budget], state: State, costs: Sequence[float]) -> None:
     if not len(budgets) == len(state.tats) == len(costs):
         raise ValueError(
             f"{len(budgets)} budgets, {len(state.tats)} states and {len(costs)} costs must match"
         )
-    for budget, cost in zip(budgets, costs, strict=True):
-        if not (cost >= 0 and math.isfinite(cost)):
-            raise ValueError(f"{budget.name}: a cost must be a finite number >= 0, got {cost!r}")
 
 
 def decide(
@@ -152,22 +149,23 @@ def decide(
     Admission is atomic across budgets: either every budget books its cost or
     none does. A cost above a budget's capacity yields ``Wait(math.inf)``.
     """
-    _check(budgets, state, costs)
+    _check_lengths(budgets, state, costs)
     until = state.paused_until
+    # One pass validates and finds the earliest admission: the limiter
+    # decides once or twice per admission, on its hot path.
     for budget, tat, cost in zip(budgets, state.tats, costs, strict=True):
-        if cost > budget.capacity:
-            return Wait(math.inf)
-        until = max(until, tat - budget.tolerance)
+        if not (cost >= 0 and math.isfinite(cost)):
+            raise ValueError(f"{budget.name}: a cost must be a finite number >= 0, got {cost!r}")
+        until = max(until, tat - budget.tolerance if cost <= budget.capacity else math.inf)
     if until > now + EPSILON:
-        return Wait(until)
+        return Wait(until)  # math.inf for a cost above a capacity
     tats = []
     marks = []
     for budget, tat, shifted, cost in zip(budgets, state.tats, state.shifted, costs, strict=True):
         end = max(tat, now) + cost * budget.interval
         tats.append(end)
         marks.append(Mark(end, shifted))
-    # Built directly: dataclasses.replace costs more than the rest of an
-    # admission, and the limiter decides once or twice per admission.
+    # Built directly: dataclasses.replace costs more than the rest of an admission.
     return Admit(State(tuple(tats), state.shifted, state.paused_until), tuple(marks))
 
 
