@@ -13,6 +13,12 @@ Waiting
     cancelled before admission leaves the queue and has booked nothing; one
     cancelled in the instant after admission hands its booking back.
 
+    An asyncio head on a local, real-time limiter does not step itself: one
+    loop timer on its own loop admits it at its slot and arms the next head's
+    (``_serve_locked``), so an admission costs one timer and the admitted
+    task's switch, not a cancel scope, an event and a second task's wake-up
+    per wait. Trio, sync, fake-clock and Redis waiters step themselves.
+
 Threads and event loops
     One limiter may serve several event loops (asyncio and trio) and plain
     threads at once. The state sits behind a ``threading.Lock`` that is only
@@ -435,7 +441,7 @@ class Limiter:
             self._abandon(waiter)
             raise
         finally:
-            if waiter.timed:
+            if waiter.wakeup.has_timer:
                 waiter.wakeup.cancel_timer()
         return Reservation(self, float(cost), grant)
 
@@ -456,7 +462,7 @@ class Limiter:
             # Woken without a grant: by a change made on another thread.
             with self._lock:
                 wakeup.renew()
-                at_head = waiter.grant is None and self._queue[0] is waiter
+                at_head = waiter.grant is None and bool(self._queue) and self._queue[0] is waiter
 
     async def _wait_stepping(self, waiter: _Queued) -> tuple[_gcra.Mark, ...]:
         """Wait as a head that watches the clock itself (trio, fake clock, Redis)."""
