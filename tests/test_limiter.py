@@ -724,6 +724,33 @@ class TestServedHead:
         assert stats.admitted == 1 + len(got)
         assert stats.tokens_debt == pytest.approx(len(got), abs=0.1)
 
+    def test_asyncio_and_trio_loops_share_one_queue(self) -> None:
+        # The asyncio head is timed, the trio head steps itself: each hands
+        # over to the other across threads, and nobody is left waiting.
+        pytest.importorskip("trio")
+        limiter = Limiter(rpm=12_000)  # 200/s
+        admitted: list[str] = []
+        lock = threading.Lock()
+
+        async def side(name: str) -> None:
+            with anyio.fail_after(10):
+                for _ in range(8):
+                    await limiter.acquire()
+                    with lock:
+                        admitted.append(name)
+
+        threads = [
+            threading.Thread(target=anyio.run, args=(side, backend), kwargs={"backend": backend})
+            for backend in ("asyncio", "trio")
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        assert sorted(admitted) == ["asyncio"] * 8 + ["trio"] * 8
+        stats = limiter.statistics()
+        assert (stats.admitted, stats.queue_depth) == (16, 0)
+
     async def test_penalize_holds_an_armed_head(self) -> None:
         limiter = Limiter(rpm=60_000)  # the head is due within a millisecond
         limiter.acquire_nowait()
