@@ -584,3 +584,182 @@ class TestRealTime:
             await anyio.to_thread.run_sync(limiter.acquire_blocking, 1)
             tg.cancel_scope.cancel()
         assert ticks >= 3  # the loop kept running while the thread waited ~0.1 s
+
+
+class TestServedHead:
+    """The head of the queue on asyncio is served by one loop timer, not by its task.
+
+    Real clock, high rates, and only outcomes are asserted (order, who was
+    admitted, that nobody is left hanging); ``fail_after`` only guards against
+    a lost wake-up. Under trio the same tests run the self-stepping path.
+    """
+
+    async def test_asyncio_waiters_are_served_by_a_timer(self, anyio_backend: str) -> None:
+        limiter = Limiter(rpm=60)
+        limiter.acquire_nowait()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_acquire_one, limiter)
+                await quiesce()
+                assert limiter._queue[0].timed is (anyio_backend == "asyncio")
+                scope.cancel()
+        assert limiter.statistics().queue_depth == 0
+
+    async def test_fifo_order_with_a_large_cost_in_real_time(self) -> None:
+        limiter = Limiter(tpm=60_000)  # 1 token per ms
+        order: list[str] = []
+
+        async def call(label: str, cost: float) -> None:
+            await limiter.acquire(cost)
+            order.append(label)
+
+        labels = ["first", "large", *(f"small{i}" for i in range(15))]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for label in labels:
+                    tg.start_soon(call, label, 20 if label == "large" else 1)
+                    await quiesce()
+        assert order == labels
+        assert limiter.statistics().admitted == len(labels)
+
+    async def test_cancelled_head_hands_over_to_the_next(self) -> None:
+        limiter = Limiter(tpm=6000)  # 100 tokens/s
+        await limiter.acquire(1)
+        admitted: list[str] = []
+        head_scope = anyio.CancelScope()
+
+        async def call(label: str, cost: float, scope: anyio.CancelScope) -> None:
+            with scope:
+                await limiter.acquire(cost)
+                admitted.append(label)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "head", 6000, head_scope)  # a minute away
+                await quiesce()
+                tg.start_soon(call, "next", 1, anyio.CancelScope())
+                await quiesce()
+                head_scope.cancel()
+        assert admitted == ["next"]
+        stats = limiter.statistics()
+        assert (stats.admitted, stats.queue_depth) == (2, 0)
+
+    async def test_waiters_cancelled_behind_the_head_leave_no_trace(self) -> None:
+        limiter = Limiter(rpm=60_000)  # one request per ms
+        limiter.acquire_nowait()
+        scopes = [anyio.CancelScope() for _ in range(5)]
+        admitted: list[int] = []
+
+        async def call(i: int) -> None:
+            with scopes[i]:
+                await limiter.acquire()
+                admitted.append(i)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for i in range(5):
+                    tg.start_soon(call, i)
+                    await quiesce()
+                for i in (1, 3):
+                    scopes[i].cancel()
+        assert admitted == [0, 2, 4]
+        assert limiter.statistics().admitted == 4
+
+    async def test_refund_from_another_thread_admits_the_head(self) -> None:
+        # The head waits about 50 s; a refund from a worker thread must reach
+        # it (a fire onto its loop, where it serves itself) and admit it now.
+        limiter = Limiter(tpm=60)
+        first = await limiter.acquire(50)
+        done = anyio.Event()
+
+        async def head() -> None:
+            await limiter.acquire(1)
+            done.set()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(head)
+                await quiesce()
+                assert limiter.statistics().queue_depth == 1
+                await anyio.to_thread.run_sync(first.settle, 0)
+                await done.wait()
+
+    async def test_refund_on_the_same_loop_admits_the_head(self) -> None:
+        limiter = Limiter(tpm=60)
+        first = await limiter.acquire(50)
+        done = anyio.Event()
+
+        async def head() -> None:
+            await limiter.acquire(1)
+            done.set()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(head)
+                await quiesce()
+                first.settle(0)
+                await done.wait()
+
+    async def test_cancelled_right_after_admission_loses_no_slot(self) -> None:
+        # The refund admits the head on this loop and the cancellation lands
+        # before the head's task runs: either the caller got the reservation
+        # or the booking was handed back; never a slot booked for nobody.
+        limiter = Limiter(tpm=60)
+        first = await limiter.acquire(50)
+        scope = anyio.CancelScope()
+        got: list[Reservation] = []
+
+        async def head() -> None:
+            with scope:
+                got.append(await limiter.acquire(1))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(head)
+                await quiesce()
+                first.settle(0)
+                scope.cancel()
+        stats = limiter.statistics()
+        assert stats.queue_depth == 0
+        assert stats.admitted == 1 + len(got)
+        assert stats.tokens_debt == pytest.approx(len(got), abs=0.1)
+
+    def test_asyncio_and_trio_loops_share_one_queue(self) -> None:
+        # The asyncio head is timed, the trio head steps itself: each hands
+        # over to the other across threads, and nobody is left waiting.
+        pytest.importorskip("trio")
+        limiter = Limiter(rpm=12_000)  # 200/s
+        admitted: list[str] = []
+        lock = threading.Lock()
+
+        async def side(name: str) -> None:
+            with anyio.fail_after(10):
+                for _ in range(8):
+                    await limiter.acquire()
+                    with lock:
+                        admitted.append(name)
+
+        threads = [
+            threading.Thread(target=anyio.run, args=(side, backend), kwargs={"backend": backend})
+            for backend in ("asyncio", "trio")
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        assert sorted(admitted) == ["asyncio"] * 8 + ["trio"] * 8
+        stats = limiter.statistics()
+        assert (stats.admitted, stats.queue_depth) == (16, 0)
+
+    async def test_penalize_holds_an_armed_head(self) -> None:
+        limiter = Limiter(rpm=60_000)  # the head is due within a millisecond
+        limiter.acquire_nowait()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_acquire_one, limiter)
+                await quiesce()
+                limiter.penalize(3600)
+                await anyio.sleep(0.05)
+                assert limiter.statistics().admitted == 1
+                scope.cancel()
+        assert limiter.statistics().queue_depth == 0

@@ -49,6 +49,48 @@ class TestWakeup:
         with anyio.fail_after(5):
             await wakeup.wait()
 
+    @pytest.mark.anyio
+    async def test_timers_are_for_asyncio_waiters_only(self, anyio_backend: str) -> None:
+        assert Wakeup.for_async().has_timer is (anyio_backend == "asyncio")
+        assert not Wakeup.for_sync().has_timer
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_a_timer_fires_and_a_new_one_replaces_it(self, anyio_backend: str) -> None:
+        wakeup = Wakeup.for_async()
+        calls: list[str] = []
+        wakeup.call_after(3600, lambda: calls.append("replaced"))
+        wakeup.call_after(0, lambda: calls.append("due"))
+        wakeup.wake_after(0)
+        with anyio.fail_after(5):
+            await wakeup.wait()
+        await asyncio.sleep(0)
+        assert calls == []  # wake_after replaced the callback timer too
+        wakeup.call_after(0, lambda: calls.append("due"))
+        await asyncio.sleep(0.01)
+        assert calls == ["due"]
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_a_cancelled_timer_never_fires(self, anyio_backend: str) -> None:
+        wakeup = Wakeup.for_async()
+        calls: list[int] = []
+        wakeup.call_after(0, lambda: calls.append(1))
+        wakeup.cancel_timer()
+        wakeup.cancel_timer()  # idempotent
+        await asyncio.sleep(0.01)
+        assert calls == []
+
+    @pytest.mark.anyio
+    async def test_on_own_loop(self) -> None:
+        wakeup = Wakeup.for_async()
+        assert wakeup.on_own_loop()
+        seen: list[bool] = []
+        thread = threading.Thread(target=lambda: seen.append(wakeup.on_own_loop()))
+        thread.start()
+        thread.join()
+        assert seen == [False]
+
     def test_sync_waiter_blocks_until_fired(self) -> None:
         wakeup = Wakeup.for_sync()
         assert not wakeup.wait_sync(0)

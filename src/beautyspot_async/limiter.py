@@ -13,6 +13,12 @@ Waiting
     cancelled before admission leaves the queue and has booked nothing; one
     cancelled in the instant after admission hands its booking back.
 
+    An asyncio head on a local, real-time limiter does not step itself: one
+    loop timer on its own loop admits it at its slot and arms the next head's
+    (``_serve_locked``), so an admission costs one timer and the admitted
+    task's switch, not a cancel scope, an event and a second task's wake-up
+    per wait. Trio, sync, fake-clock and Redis waiters step themselves.
+
 Threads and event loops
     One limiter may serve several event loops (asyncio and trio) and plain
     threads at once. The state sits behind a ``threading.Lock`` that is only
@@ -76,12 +82,17 @@ Cost = float | Callable[..., float]
 class _Queued:
     """One caller in the limiter's FIFO queue, and how to wake it."""
 
-    __slots__ = ("costs", "deadline", "enqueued_at", "grant", "wakeup")
+    __slots__ = ("costs", "deadline", "enqueued_at", "grant", "timed", "wakeup")
 
-    def __init__(self, costs: tuple[float, ...], enqueued_at: float, wakeup: Wakeup) -> None:
+    def __init__(
+        self, costs: tuple[float, ...], enqueued_at: float, wakeup: Wakeup, timed: bool
+    ) -> None:
         self.costs = costs
         self.enqueued_at = enqueued_at
         self.wakeup = wakeup
+        # Served by a loop timer while at the head (see Limiter._serve_locked)
+        # instead of stepping itself: an asyncio task on a local, real-time limiter.
+        self.timed = timed
         # Set by the head while it waits for the clock; None while queued behind.
         self.deadline: float | None = None
         self.grant: tuple[_gcra.Mark, ...] | None = None
@@ -208,15 +219,45 @@ class Limiter:
     # -- state changes (all under the lock; wake-ups fired after) --------------
 
     def _wake_head(self) -> None:
-        """Wake the head waiter; drop waiters whose event loop has gone away."""
+        """Serve the head of the queue; drop waiters whose event loop has gone away."""
         while True:
             with self._lock:
-                head = self._queue[0] if self._queue else None
+                granted, head = self._serve_locked()
+            for waiter in granted:
+                waiter.wakeup.fire()  # on the caller's own loop: cannot fail
             if head is None or head.wakeup.fire():
                 return
             with self._lock:
                 if self._queue and self._queue[0] is head:
                     self._queue.popleft()
+
+    def _serve_locked(self) -> tuple[list[_Queued], _Queued | None]:
+        """Admit due timed heads and arm the next one's timer (lock held).
+
+        A timed waiter at the head does not step itself: whoever changes the
+        head or the state on that waiter's own loop decides for it here and
+        either admits it (it is fired once, with its grant) or arms one loop
+        timer for its deadline, which calls back here. Per admission that is
+        one timer and one task switch, the admitted caller's. Returns the
+        waiters admitted here, and the head that must step itself (untimed, or
+        timed on another thread) and so needs firing, if any.
+        """
+        granted: list[_Queued] = []
+        while self._queue:
+            head = self._queue[0]
+            if not (head.timed and head.wakeup.on_own_loop()):
+                return granted, head
+            now = self._clock()
+            verdict = _gcra.decide(self._budgets, self._state, now, head.costs)
+            if isinstance(verdict, _gcra.Wait):
+                head.deadline = verdict.until
+                head.wakeup.call_after(max(0.0, verdict.until - now), self._wake_head)
+                break
+            self._state = verdict.state
+            head.wakeup.cancel_timer()
+            self._grant(head, verdict.marks, now)
+            granted.append(head)
+        return granted, None
 
     def _settle(self, marks: tuple[_gcra.Mark, ...], deltas: tuple[float, ...]) -> None:
         if self._remote is not None:
@@ -314,7 +355,10 @@ class Limiter:
         )
 
     def _enqueue(self, costs: tuple[float, ...], wakeup: Wakeup) -> _Queued:
-        waiter = _Queued(costs, self._clock(), wakeup)
+        # A fake clock's sleep and Redis round trips need a waiting task, and
+        # trio has no loop timers: those waiters step themselves.
+        timed = wakeup.has_timer and self._clock_sleep is None and self._remote is None
+        waiter = _Queued(costs, self._clock(), wakeup, timed)
         self._queue.append(waiter)
         return waiter
 
@@ -361,16 +405,23 @@ class Limiter:
         """Undo a waiter that is leaving because of an exception (cancellation)."""
         with self._lock:
             grant = waiter.grant
+            was_head = False
             if grant is None:
-                with contextlib.suppress(ValueError):  # already dropped as dead
-                    self._queue.remove(waiter)
+                if self._queue and self._queue[0] is waiter:
+                    self._queue.popleft()
+                    was_head = True
+                else:
+                    with contextlib.suppress(ValueError):  # already dropped as dead
+                        self._queue.remove(waiter)
             else:
                 self._admitted -= 1
         if grant is not None:
             # Admitted in the instant before the cancellation arrived: the
             # caller never saw the reservation, so hand the booking back.
             self._settle(grant, tuple(-c for c in waiter.costs))
-        else:
+        elif was_head:
+            # Only the head watches the clock; a waiter leaving from behind it
+            # changes nobody's deadline, so nobody needs waking.
             self._wake_head()
 
     async def _acquire(self, cost: float) -> Reservation:
@@ -380,30 +431,68 @@ class Limiter:
             if reservation is not None:
                 return reservation
             waiter = self._enqueue(costs, Wakeup.for_async())
-        wakeup = waiter.wakeup
+            at_head = self._queue[0] is waiter
         try:
-            while True:
-                if self._remote is not None:
-                    await self._step_remote_async(waiter)
-                else:
-                    with self._lock:
-                        wakeup.renew()
-                        self._step(waiter)
-                if waiter.grant is not None:
-                    self._wake_head()
-                    return Reservation(self, float(cost), waiter.grant)
-                deadline = waiter.deadline
-                if deadline is None:
-                    await wakeup.wait()
-                else:
-                    await self._wait_until(wakeup, deadline)
+            if waiter.timed:
+                grant = await self._wait_timed(waiter, at_head)
+            else:
+                grant = await self._wait_stepping(waiter)
         except BaseException:
             self._abandon(waiter)
             raise
+        finally:
+            if waiter.wakeup.has_timer:
+                waiter.wakeup.cancel_timer()
+        return Reservation(self, float(cost), grant)
+
+    async def _wait_timed(self, waiter: _Queued, at_head: bool) -> tuple[_gcra.Mark, ...]:
+        """Wait to be admitted by ``_serve_locked`` (asyncio, local, real clock)."""
+        wakeup = waiter.wakeup
+        while True:
+            if at_head:
+                # New at the head, or woken from another thread: serve from
+                # this loop, where the head's timer can be armed.
+                self._wake_head()
+            grant = waiter.grant
+            if grant is None:
+                await wakeup.wait()
+                grant = waiter.grant
+            if grant is not None:
+                return grant
+            # Woken without a grant: by a change made on another thread.
+            with self._lock:
+                wakeup.renew()
+                at_head = waiter.grant is None and bool(self._queue) and self._queue[0] is waiter
+
+    async def _wait_stepping(self, waiter: _Queued) -> tuple[_gcra.Mark, ...]:
+        """Wait as a head that watches the clock itself (trio, fake clock, Redis)."""
+        wakeup = waiter.wakeup
+        while True:
+            if self._remote is not None:
+                await self._step_remote_async(waiter)
+            else:
+                with self._lock:
+                    wakeup.renew()
+                    self._step(waiter)
+            if waiter.grant is not None:
+                self._wake_head()
+                return waiter.grant
+            deadline = waiter.deadline
+            if deadline is None:
+                await wakeup.wait()
+            else:
+                await self._wait_until(wakeup, deadline)
 
     async def _wait_until(self, wakeup: Wakeup, deadline: float) -> None:
         """Return at ``deadline`` (limiter clock) or earlier when woken."""
         delay = deadline - self._clock()
+        if self._clock_sleep is None and wakeup.has_timer:
+            # asyncio: one loop timer on the waiter's own future, no cancel
+            # scope (see _wakeup). A late or early return is re-checked by
+            # the caller's next step.
+            wakeup.wake_after(max(0.0, delay))
+            await wakeup.wait()
+            return
         if delay <= 0:
             await anyio.lowlevel.checkpoint()
             return
