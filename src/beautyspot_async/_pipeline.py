@@ -225,8 +225,12 @@ class Pipeline:
         if value is not NO_VALUE:
             engine.stats.memory_hits += 1
             return value
-        pending = engine.read_nowait_batched(key)
-        record = engine.read_nowait(key) if pending is None or pending is DIRECT else await pending
+        if engine.reads_here:  # a network backend's read on this loop
+            (record,) = await engine.read_here([key])
+        else:
+            pending = engine.read_nowait_batched(key)
+            direct = pending is None or pending is DIRECT
+            record = engine.read_nowait(key) if direct else await pending
         value = self._accept(key, record)
         if value is NO_VALUE:
             return Miss(ids, False)
@@ -258,10 +262,16 @@ class Pipeline:
                 engine.stats.memory_hits += 1
                 answers[i] = value
             else:
-                waiting.append((i, ids, engine.read_nowait_batched(ids[1])))
-        for i, ids, pending in waiting:
-            direct = pending is None or pending is DIRECT
-            record = engine.read_nowait(ids[1]) if direct else await pending
+                pending = None if engine.reads_here else engine.read_nowait_batched(ids[1])
+                waiting.append((i, ids, pending))
+        if engine.reads_here:  # a network backend's read on this loop, one batch for all
+            records = await engine.read_here([ids[1] for _, ids, _ in waiting])
+        else:
+            records = []
+            for _, ids, pending in waiting:
+                direct = pending is None or pending is DIRECT
+                records.append(engine.read_nowait(ids[1]) if direct else await pending)
+        for (i, ids, _), record in zip(waiting, records, strict=True):
             value = self._accept(ids[1], record)
             if value is NO_VALUE:
                 answers[i] = Miss(ids, False)

@@ -44,7 +44,7 @@ from beautyspot_async._record import (
     written_values,
 )
 from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
-from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
+from beautyspot_async.db._common import LoopReads, WaitStatistics, WaitTracker, lookup_then_lease
 from beautyspot_async.exceptions import ConfigurationError
 
 try:
@@ -187,6 +187,12 @@ class PostgresTaskDB(RecordTaskDB):
         self._lock_id = int.from_bytes(digest[10:18], "big", signed=True)
 
         self._pool = LazyClient(self._open_pool, _close_pool)
+        # The hit path's reads, on the caller's own loop (get_many_here).
+        self._here = LoopReads(self._connect_here, _close_connection, self._read_here)
+        self._select_one = f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = $1"
+        self._select_any = (
+            f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
+        )
         self._waits = WaitTracker()
         self._listener = LazyClient(self._open_listener, Listener.aclose, alive=Listener.alive)
 
@@ -256,9 +262,46 @@ class PostgresTaskDB(RecordTaskDB):
         return self._waits.snapshot()
 
     async def aclose(self) -> None:
-        """Close the listener connection and the pool. Idempotent."""
+        """Close the listener connection, the pool and the per-loop readers. Idempotent."""
         await self._listener.aclose()
         await self._pool.aclose()
+        await self._here.aclose()
+
+    # -- reads on the caller's loop ----------------------------------------------
+
+    async def _connect_here(self) -> asyncpg.Connection:
+        with _ERRORS.translating("lookup"):
+            return await asyncpg.connect(
+                self.dsn, timeout=self._connect_timeout, **self._connect_kwargs
+            )
+
+    async def _read_here(self, conn: asyncpg.Connection, keys: list[str]) -> dict[str, TaskRecord]:
+        try:
+            if len(keys) == 1:
+                # One key by primary key: the statement a raw fetchrow would run
+                # (prepared once per connection, by asyncpg's statement cache).
+                row = await conn.fetchrow(self._select_one, keys[0])
+                rows = [] if row is None else [row]
+            else:
+                rows = await conn.fetch(self._select_any, keys)
+        except Exception as exc:  # _ERRORS.translating, inlined: this is the hit path
+            if not _ERRORS.translates(exc):
+                raise
+            raise _ERRORS.error("lookup", exc) from exc
+        # The columns are RECORD_COLUMNS, in checked_record's order.
+        return {row[0]: checked_record(*row) for row in rows}
+
+    async def get_many_here(
+        self,
+        cache_keys: Sequence[str],
+        timeout: float | None,  # noqa: ASYNC109 - a deadline without a timer per hit
+    ) -> dict[str, TaskRecord | None]:
+        """Read ``cache_keys`` on the calling loop, on a connection of that loop's own.
+
+        One round trip (a prepared ``SELECT`` by primary key, cached by the
+        connection); concurrent lookups of one loop share a query. No lease.
+        """
+        return await self._here.get_many(list(cache_keys), timeout)
 
     # -- schema ---------------------------------------------------------------
 
@@ -784,6 +827,18 @@ class PostgresTaskDB(RecordTaskDB):
             return bool(await conn.fetchval(query, cache_key))
 
         return await self._run(op, "wait_for_result")
+
+
+async def _close_connection(conn: asyncpg.Connection) -> None:
+    # As _close_pool: graceful when the server answers, cut when it does not.
+    if conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=2)
+    except BaseException as exc:  # a broken connection, or the caller gave up
+        conn.terminate()
+        if not isinstance(exc, Exception):
+            raise
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
