@@ -137,7 +137,7 @@ class PerLoop(Generic[T]):
     loop runs in this thread (trio, or plain sync code).
     """
 
-    __slots__ = ("__weakref__", "_close", "_make", "_slots")
+    __slots__ = ("__weakref__", "_close", "_last", "_make", "_slots")
 
     def __init__(self, make: Callable[[], T], close: Callable[[T], Awaitable[None]]) -> None:
         self._make = make
@@ -145,29 +145,45 @@ class PerLoop(Generic[T]):
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slot[T]] = (
             weakref.WeakKeyDictionary()
         )
+        #: The last loop asked for and its object: the hit path asks on every
+        #: call, and a weak dictionary's lookup costs a weak reference each.
+        self._last: tuple[asyncio.AbstractEventLoop, T] | None = None
 
     def get(self) -> T:
         """The running loop's object, made now if needed (``RuntimeError`` off asyncio)."""
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
         slot = self._slots.get(loop)
         if slot is None:
             slot = _Slot(self._make())
-            slot.sentinel = self._sentinel(slot)
+            slot.sentinel = self._sentinel(loop, slot)
             # Run the generator to its yield right now: its first step
             # registers it with this loop (sys.set_asyncgen_hooks), which
             # finalizes it on shutdown -- running the finally clause below.
             with contextlib.suppress(StopIteration):
                 slot.sentinel.asend(None).send(None)
             self._slots[loop] = slot
+        self._last = (loop, slot.item)
         return slot.item
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    async def _sentinel(self, slot: _Slot[T]) -> AsyncGenerator[None, None]:
+    async def _sentinel(
+        self, loop: asyncio.AbstractEventLoop, slot: _Slot[T]
+    ) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
+            # Forgotten first: a loop that runs on (shutdown_asyncgens() called
+            # by hand) makes a new object on its next get().
+            last = self._last
+            if last is not None and last[1] is slot.item:
+                self._last = None
+            if self._slots.get(loop) is slot:
+                del self._slots[loop]
             await self._close(slot.item)
 
     async def aclose(self) -> None:
@@ -178,6 +194,7 @@ class PerLoop(Generic[T]):
             current = None
         slots = list(self._slots.items())
         self._slots.clear()
+        self._last = None
         for loop, slot in slots:
             sentinel, slot.sentinel = slot.sentinel, None
             if sentinel is None:

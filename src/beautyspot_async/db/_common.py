@@ -292,7 +292,7 @@ class LoopReads(Generic[C]):
     async def _batches(self, lane: _Lane[C]) -> None:
         try:
             while lane.queue:
-                batch = []
+                batch: list[tuple[str, asyncio.Future[Any]]] = []
                 while lane.queue and len(batch) < self._batch_size:
                     batch.append(lane.queue.popleft())
                 wanted = list(dict.fromkeys(key for key, future in batch if not future.done()))
@@ -333,7 +333,7 @@ class LoopReads(Generic[C]):
         """Forget the lane's connection (it may be mid-request) and close it in the background."""
         conn, lane.conn = lane.conn, None
         if conn is not None:
-            task = asyncio.get_running_loop().create_task(self._close_conn(conn))
+            task = asyncio.get_running_loop().create_task(_closing(self._close_conn, conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -348,3 +348,7 @@ class LoopReads(Generic[C]):
     async def aclose(self) -> None:
         """Close every loop's connection; the next lookup opens a new one (see ``PerLoop``)."""
         await self._lanes.aclose()
+
+
+async def _closing(close: Callable[[C], Awaitable[None]], conn: C) -> None:
+    await close(conn)

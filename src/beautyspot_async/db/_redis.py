@@ -39,7 +39,7 @@ from beautyspot_async.db._common import LoopReads, WaitStatistics, WaitTracker, 
 from beautyspot_async.exceptions import ConfigurationError
 
 try:
-    import msgpack
+    import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
@@ -456,7 +456,7 @@ class RedisTaskDB(RecordTaskDB):
         # The connection is used directly (send, then read): its owner sends
         # one request at a time, so the pool and retry layers would only add
         # their cost to every hit. A failure falls back to the usual path.
-        conn = client.connection_pool.make_connection()
+        conn = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         sha = None
         try:
             with _ERRORS.translating("lookup"):
