@@ -24,6 +24,7 @@ key as payload.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -202,12 +203,22 @@ class PostgresTaskDB(RecordTaskDB):
     # -- connection management ------------------------------------------------
 
     async def _open_pool(self) -> asyncpg.Pool:
+        options = dict(self._connect_kwargs)
+        if _POOL_TAKES_RESET:
+            # asyncpg resets a connection's session (RESET ALL, UNLISTEN *,
+            # advisory unlocks...) with one more round trip on every release.
+            # Ours leave no session state behind (transactions are scoped,
+            # advisory locks transaction-level, LISTEN on its own connection),
+            # so only an open transaction is rolled back, which asyncpg does
+            # itself before calling the hook (user settings via
+            # server_settings/setup are kept as they are).
+            options.setdefault("reset", _keep_session)
         return await asyncpg.create_pool(
             self.dsn,
             min_size=self._min_size,
             max_size=self._max_size,
             timeout=self._connect_timeout,
-            **self._connect_kwargs,
+            **options,
         )
 
     async def _open_listener(self) -> Listener:
@@ -827,6 +838,14 @@ class PostgresTaskDB(RecordTaskDB):
             return bool(await conn.fetchval(query, cache_key))
 
         return await self._run(op, "wait_for_result")
+
+
+#: ``create_pool(reset=)`` exists from asyncpg 0.30 on.
+_POOL_TAKES_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset hook: nothing beyond asyncpg's own rollback of an open transaction."""
 
 
 async def _close_connection(conn: asyncpg.Connection) -> None:
