@@ -45,7 +45,7 @@ from beautyspot_async._record import (
     written_values,
 )
 from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
-from beautyspot_async.db._common import LoopReads, WaitStatistics, WaitTracker, lookup_then_lease
+from beautyspot_async.db._common import LoopReads, WaitStatistics, WaitTracker
 from beautyspot_async.exceptions import ConfigurationError
 
 try:
@@ -541,39 +541,63 @@ class PostgresTaskDB(RecordTaskDB):
     async def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float
     ) -> dict[str, TaskRecord | bool]:
-        """Read, lease the missing keys, re-read the leased ones: three statements, one trip.
+        """Read and lease the missing keys in one statement; re-read the leased ones.
 
-        Under READ COMMITTED each statement sees what committed before it
-        began, so the re-read catches a holder that stored its result and
-        released its lease between our first read and our lease.
+        One round trip when every key is stored, two otherwise. Under READ
+        COMMITTED each statement sees what committed before it began, so the
+        re-read catches a holder that stored its result and released its
+        lease (one transaction) after the first statement began.
         """
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return {}
+        nulls = ", ".join(
+            f"NULL::{kind}"
+            for kind in (
+                "text", "text", "text", "text", "text", "text", "bytea",
+                "double precision", "bigint", "double precision", "double precision",
+            )
+        )  # fmt: skip
+        read_and_take = f"""
+            WITH found AS (
+                SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])),
+            taken AS (
+                INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
+                SELECT k, $2, extract(epoch FROM clock_timestamp()) + $3
+                FROM unnest($1::text[]) AS k
+                WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.cache_key = k)
+                -- One lock order for every process: two batches leasing
+                -- overlapping keys in different orders would deadlock.
+                ORDER BY k
+                ON CONFLICT (cache_key) DO UPDATE
+                    SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
+                    WHERE l.expires_at <= extract(epoch FROM clock_timestamp())
+                       OR l.owner = EXCLUDED.owner
+                RETURNING cache_key)
+            SELECT {_SELECT_RECORD} FROM found
+            UNION ALL
+            -- A leased key: func_name (never NULL in a stored row) is NULL.
+            SELECT cache_key, {nulls} FROM taken"""
         select = f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
-        take = f"""
-            INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
-            SELECT k, $2, extract(epoch FROM clock_timestamp()) + $3
-            FROM unnest($1::text[]) AS k
-            -- One lock order for every process: two batches leasing
-            -- overlapping keys in different orders would deadlock.
-            ORDER BY k
-            ON CONFLICT (cache_key) DO UPDATE
-                SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
-                WHERE l.expires_at <= extract(epoch FROM clock_timestamp())
-                   OR l.owner = EXCLUDED.owner
-            RETURNING cache_key"""
         give_back = self._release_many
 
         async def op(conn: asyncpg.Connection) -> dict[str, TaskRecord | bool]:
-            async def read(keys: list[str]) -> dict[str, TaskRecord]:
-                return {row["cache_key"]: _record(row) for row in await conn.fetch(select, keys)}
-
-            async def lease(keys: list[str]) -> list[bool]:
-                taken = {row[0] for row in await conn.fetch(take, keys, owner, float(ttl))}
-                return [key in taken for key in keys]
-
-            async def release(keys: list[str]) -> None:
-                await conn.execute(give_back, *self._release_args(keys, owner))
-
-            return await lookup_then_lease(cache_keys, read=read, lease=lease, release=release)
+            found: dict[str, TaskRecord | bool] = {}
+            leased: list[str] = []
+            for row in await conn.fetch(read_and_take, keys, owner, float(ttl)):
+                if row[1] is None:
+                    leased.append(row[0])
+                else:
+                    found[row[0]] = checked_record(*row)
+            if leased:
+                late = {row[0]: checked_record(*row) for row in await conn.fetch(select, leased)}
+                if late:
+                    await conn.execute(give_back, *self._release_args(list(late), owner))
+                    found.update(late)
+            taken = set(leased)
+            for key in keys:
+                found.setdefault(key, key in taken)
+            return found
 
         return await self._run(op, "lookup_or_lease")
 
