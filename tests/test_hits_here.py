@@ -258,7 +258,7 @@ class TestRedisPlainReads:
 
     async def test_plain_hmget(self, make_redis: Callable[..., Any]) -> None:
         db = make_redis()
-        db._packed_reads = False
+        db._here_reader.packed = False
         await db.init_schema()
         await save_row(db, "a")
         await save_row(db, "b", version="v2")

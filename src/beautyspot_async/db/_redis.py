@@ -1,7 +1,7 @@
 # Over 500 lines: one backend; its key layout, scripts and error translation read together.
 """Redis task database on redis.asyncio (extra ``[redis]``).
 
-Over 500 lines because its seven Lua scripts are inline, next to their callers
+Over 500 lines because its Lua scripts are inline, next to their callers
 (and the failure records' key space sits beside the records').
 
 Key space, all under ``<prefix>:`` so one prefix is one database::
@@ -40,14 +40,15 @@ from beautyspot_async.db._common import LoopReads, WaitStatistics, WaitTracker
 from beautyspot_async.exceptions import ConfigurationError
 
 try:
-    import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"RedisTaskDB needs {install_hint('redis')}") from exc
+
+from beautyspot_async.db._redis_here import HereReader
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,13 +121,6 @@ end
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 return now
 """
-
-# The hit path's read (get_many_here): HMGET, the reply packed into one
-# msgpack string. redis-py parses a multi-bulk reply field by field in
-# Python (an 11-field HMGET took ~40 us longer than a GET of the same
-# bytes); msgpack unpacks the one string in C. Missing fields pack as false.
-# KEYS: record hash. ARGV: the fields.
-_READ_PACKED = "return cmsgpack.pack(redis.call('HMGET', KEYS[1], unpack(ARGV)))"
 
 # KEYS: updated index, expires index. ARGV: record key prefix, cutoff ('' =
 # server time), batch size. Deletes up to one batch; returns how many.
@@ -272,55 +266,6 @@ def _from_hash(cache_key: str, h: dict[bytes, bytes], *, with_meta: bool = False
     )
 
 
-def _bulk(part: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(part), part)
-
-
-class _Here:
-    """One caller loop's reading connection (owned by ``LoopReads``: one request at a time).
-
-    The read of one key is sent as bytes built here once (only the key
-    varies): redis-py would otherwise encode the same fifteen arguments on
-    every hit.
-    """
-
-    __slots__ = ("client", "conn", "head", "packed", "tail")
-
-    def __init__(self, client: aioredis.Redis, conn: Any, sha: str | None) -> None:
-        self.client = client
-        self.conn = conn
-        #: Whether replies are the packed script's (else plain HMGET replies).
-        self.packed = sha is not None
-        if sha is None:
-            self.head = b"*%d\r\n" % (2 + len(_RECORD_FIELDS)) + _bulk(b"HMGET")
-        else:
-            self.head = (
-                b"*%d\r\n" % (4 + len(_RECORD_FIELDS))
-                + _bulk(b"EVALSHA")
-                + _bulk(sha.encode())
-                + _bulk(b"1")
-            )
-        self.tail = b"".join(_bulk(f.encode()) for f in _RECORD_FIELDS)
-
-    def command(self, name: bytes) -> bytes:
-        """The request reading the record hash ``name``."""
-        return self.head + _bulk(name) + self.tail
-
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.conn.disconnect()
-            finally:
-                await self.client.aclose()
-
-
-def _unpacked(reply: bytes) -> list[bytes | None]:
-    row = msgpack.unpackb(reply, raw=True)
-    if type(row) is not list or len(row) != len(_RECORD_FIELDS):
-        raise ResponseError(f"unexpected packed HMGET reply {row!r:.80}")
-    return [None if v is False else v for v in row]
-
-
 def _from_row(cache_key: str, row: list[bytes | None]) -> TaskRecord | None:
     """:func:`_from_hash` of an HMGET reply in ``_RECORD_FIELDS`` order (None: no hash)."""
     (
@@ -420,9 +365,12 @@ class RedisTaskDB(RecordTaskDB):
         self.channel = f"{prefix}:saved".encode()
         self._client = LazyClient(self._open, _close)
         # The hit path's reads, on the caller's own loop (get_many_here).
-        self._here = LoopReads(self._open_here, _Here.aclose, self._read_here)
-        #: Whether the server runs the packed read (cmsgpack in its Lua).
-        self._packed_reads = True
+        self._here_reader = HereReader(
+            self._here_client, self._rec, _RECORD_FIELDS, _from_row, _ERRORS
+        )
+        self._here = LoopReads(
+            self._here_reader.open, self._here_reader.close, self._here_reader.read
+        )
         self._scripts: dict[str, Any] = {}
         self._waits = WaitTracker()
 
@@ -478,53 +426,9 @@ class RedisTaskDB(RecordTaskDB):
 
     # -- reads on the caller's loop ----------------------------------------------
 
-    async def _open_here(self) -> _Here:
-        """A client and one connection of its own, for one loop's reads."""
-        # No socket timeout on this connection: the caller bounds each read
-        # by the Spot's backend_timeout (and LoopReads its batches), and
-        # redis-py would pay a task per request to enforce one.
-        client = await self._new_client(socket_timeout=None)
-        # The connection is used directly (send, then read): its owner sends
-        # one request at a time, so the pool and retry layers would only add
-        # their cost to every hit. A failure falls back to the usual path.
-        conn = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        sha = None
-        try:
-            with _ERRORS.translating("lookup"):
-                await conn.connect()
-                if self._packed_reads:
-                    await conn.send_command("SCRIPT", "LOAD", _READ_PACKED)
-                    sha = (await conn.read_response()).decode()
-        except BaseException:
-            await _Here(client, conn, None).aclose()
-            raise
-        return _Here(client, conn, sha)
-
-    async def _read_here(self, here: _Here, keys: list[str]) -> dict[str, TaskRecord]:
-        conn = here.conn
-        rec = self._rec
-        try:
-            await conn.send_packed_command(
-                [here.command(rec + key.encode()) for key in keys], check_health=False
-            )
-            replies = [await conn.read_response() for _ in keys]
-            rows = [_unpacked(reply) for reply in replies] if here.packed else replies
-        except ResponseError as exc:
-            # An error reply leaves the rest unread: LoopReads drops the connection.
-            if here.packed and not isinstance(exc, NoScriptError):
-                # Say, no cmsgpack on this server: plain HMGET from now on.
-                self._packed_reads = False
-            raise _ERRORS.error("lookup", exc) from exc
-        except Exception as exc:  # _ERRORS.translating, inlined: this is the hit path
-            if not _ERRORS.translates(exc):
-                raise
-            raise _ERRORS.error("lookup", exc) from exc
-        found = {}
-        for key, row in zip(keys, rows, strict=True):
-            record = _from_row(key, row)
-            if record is not None:
-                found[key] = record
-        return found
+    async def _here_client(self) -> aioredis.Redis:
+        # No socket timeout: see _redis_here (the caller's deadline bounds reads).
+        return await self._new_client(None)
 
     async def get_many_here(
         self,
@@ -533,8 +437,8 @@ class RedisTaskDB(RecordTaskDB):
     ) -> dict[str, TaskRecord | None]:
         """Read ``cache_keys`` on the calling loop, on a client of that loop's own.
 
-        One round trip (``HMGET``, pipelined for several keys); concurrent
-        lookups of one loop share it. No lease.
+        One round trip (see ``_redis_here``: a packed ``HMGET``, pipelined
+        for several keys); concurrent lookups of one loop share it. No lease.
         """
         return await self._here.get_many(list(cache_keys), timeout)
 
