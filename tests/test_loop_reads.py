@@ -257,3 +257,30 @@ def test_trio_lookups_would_block() -> None:
 
     anyio.run(main, backend="trio")
     assert fakes.conns == []
+
+
+def test_a_loop_closed_by_hand_is_let_go_on_aclose() -> None:
+    """A loop closed without shutdown_asyncgens() is kept until aclose(), then let go."""
+    import gc
+    import weakref
+
+    closed: list[object] = []
+
+    async def close(item: object) -> None:
+        closed.append(item)
+
+    per_loop = PerLoop(object, close)
+    loop = asyncio.new_event_loop()
+
+    async def use() -> None:
+        per_loop.get()
+
+    loop.run_until_complete(use())
+    loop.close()  # no shutdown_asyncgens(): its object was not closed there
+    ref = weakref.ref(loop)
+    del loop
+    assert len(per_loop) == 1
+    anyio.run(per_loop.aclose)  # from another loop: the closed one needs nothing
+    gc.collect()
+    assert ref() is None
+    assert len(per_loop) == 0

@@ -134,7 +134,9 @@ class PerLoop(Generic[T]):
       on their loop (which a closed loop no longer needs).
 
     Only asyncio loops: :meth:`get` raises ``RuntimeError`` when no asyncio
-    loop runs in this thread (trio, or plain sync code).
+    loop runs in this thread (trio, or plain sync code). A loop closed by
+    hand without ``shutdown_asyncgens()`` never closes its object, and is
+    kept (the async generator refers to it) until :meth:`aclose`.
     """
 
     __slots__ = ("__weakref__", "_close", "_last", "_make", "_slots")
@@ -158,7 +160,7 @@ class PerLoop(Generic[T]):
         slot = self._slots.get(loop)
         if slot is None:
             slot = _Slot(self._make())
-            slot.sentinel = self._sentinel(loop, slot)
+            slot.sentinel = self._sentinel(weakref.ref(loop), slot)
             # Run the generator to its yield right now: its first step
             # registers it with this loop (sys.set_asyncgen_hooks), which
             # finalizes it on shutdown -- running the finally clause below.
@@ -172,8 +174,10 @@ class PerLoop(Generic[T]):
         return len(self._slots)
 
     async def _sentinel(
-        self, loop: asyncio.AbstractEventLoop, slot: _Slot[T]
+        self, loop_ref: weakref.ref[asyncio.AbstractEventLoop], slot: _Slot[T]
     ) -> AsyncGenerator[None, None]:
+        # The loop only weakly: the slot, a value of the weak dictionary,
+        # must not keep its own key alive.
         try:
             yield
         finally:
@@ -182,8 +186,10 @@ class PerLoop(Generic[T]):
             last = self._last
             if last is not None and last[1] is slot.item:
                 self._last = None
-            if self._slots.get(loop) is slot:
+            loop = loop_ref()
+            if loop is not None and self._slots.get(loop) is slot:
                 del self._slots[loop]
+            del loop
             await self._close(slot.item)
 
     async def aclose(self) -> None:
