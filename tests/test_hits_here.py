@@ -581,3 +581,36 @@ class TestDeadlines:
         proxy.thaw()
         with anyio.fail_after(BOUND):
             assert await asyncio.gather(*(double(1) for _ in range(5))) == [2] * 5
+
+    async def test_frozen_hit_with_bypass_runs_uncached(
+        self, frozen: tuple[FreezableProxy, TaskDB], tmp_path: Path
+    ) -> None:
+        proxy, db = frozen
+        spot = _spot(
+            db,
+            tmp_path,
+            memory_cache_entries=0,
+            backend_timeout=TIMEOUT,
+            on_backend_error="bypass",
+        )
+        runs: list[int] = []
+
+        @spot.mark
+        async def double(x: int) -> int:
+            runs.append(x)
+            return 2 * x
+
+        try:
+            assert await double(1) == 2
+            assert await double(1) == 2  # a hit read here
+            assert runs == [1]
+            proxy.freeze()
+            start = time.monotonic()
+            with anyio.fail_after(BOUND), pytest.warns(RuntimeWarning, match="uncached"):
+                assert await double(1) == 2
+            assert time.monotonic() - start < BOUND
+            assert runs == [1, 1]
+        finally:
+            proxy.thaw()
+            with anyio.fail_after(BOUND):
+                await spot.aclose()
