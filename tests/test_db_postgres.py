@@ -169,3 +169,45 @@ class TestConnectionLoss:
         with pytest.raises(BackendError) as info:
             await db.get("k")
         assert isinstance(info.value.__cause__, asyncpg.UndefinedTableError)
+
+
+class TestLookupOrLease:
+    """Read and lease in one statement, then re-read what was leased."""
+
+    async def test_stored_missing_and_held(self, make_db: Factory) -> None:
+        db, other = make_db(), make_db()
+        await db.init_schema()
+        await save_row(db, "stored")
+        assert await other.lookup_or_lease(["held"], "them", 30) == {"held": True}
+        found = await db.lookup_or_lease(["stored", "missing", "held", "missing"], "me", 30)
+        assert found == {"stored": await db.get("stored"), "missing": True, "held": False}
+        holders = await db.lease_holders(["stored", "missing", "held"])
+        assert {k: h.owner for k, h in holders.items()} == {"missing": "me", "held": "them"}
+        assert await db.lookup_or_lease(["missing"], "me", 30) == {"missing": True}  # renewed
+
+    async def test_a_result_stored_meanwhile_is_not_leased(
+        self, make_db: Factory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A holder that stores and releases right after our first statement: we see its row."""
+        db, holder = make_db(), make_db()
+        await db.init_schema()
+        assert await holder.lookup_or_lease(["k"], "holder", 30) == {"k": True}
+        original = asyncpg.Connection.fetch
+        stored: list[bool] = []
+
+        async def fetch(self: asyncpg.Connection, query: str, *args: object) -> object:
+            rows = await original(self, query, *args)
+            if "WITH found AS" in query and not stored:
+                stored.append(True)
+                # The holder's lease has just expired: we took it. Before our
+                # re-read, the holder stores its result and lets go.
+                await save_row(holder, "k")
+                await holder.release_leases(["k"], "holder")
+            return rows
+
+        await _admin(f"UPDATE {db._leases} SET expires_at = 0")
+        monkeypatch.setattr(asyncpg.Connection, "fetch", fetch)
+        found = await db.lookup_or_lease(["k"], "me", 30)
+        assert stored == [True]
+        assert found == {"k": await holder.get("k")}
+        assert await db.lease_holders(["k"]) == {}  # ours was given back

@@ -176,3 +176,54 @@ class TestReleaseFailure:
 async def _keys(db: RedisTaskDB) -> AsyncIterator[str]:
     async for record in db.iter_records():
         yield record.cache_key
+
+
+class TestScriptsInPipelines:
+    """Batched scripts run by SHA1 in one pipeline, loading themselves when missing."""
+
+    async def test_lookup_or_lease_in_one_script(
+        self, make_db: Factory, redis_client: aioredis.Redis
+    ) -> None:
+        db, other = make_db(), make_db()
+        await db.init_schema()
+        await save_row(db, "stored")
+        assert await other.lookup_or_lease(["held"], "them", 30) == {"held": True}
+        found = await db.lookup_or_lease(["stored", "missing", "held", "missing"], "me", 30)
+        assert found == {"stored": await db.get("stored"), "missing": True, "held": False}
+        assert await redis_client.get(db._lease + b"missing") == b"me"
+        assert 0 < await redis_client.pttl(db._lease + b"missing") <= 30_000
+        # Our own lease is renewed, not refused; a stored key takes no lease.
+        assert await db.lookup_or_lease(["missing"], "me", 60) == {"missing": True}
+        assert await redis_client.pttl(db._lease + b"missing") > 30_000
+        assert await redis_client.get(db._lease + b"stored") is None
+
+    async def test_a_damaged_record_comes_back_as_get_reads_it(
+        self, make_db: Factory, redis_client: aioredis.Redis
+    ) -> None:
+        db = make_db()
+        await save_row(db, "k")
+        await redis_client.hset(db._rec + b"k", "created_at", "garbage")
+        found = await db.lookup_or_lease(["k"], "me", 30)
+        record = found["k"]
+        assert not isinstance(record, bool)
+        assert record.problem is not None
+        assert record == await db.get("k")
+
+    async def test_scripts_missing_on_the_server_are_loaded(
+        self, make_db: Factory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import hashlib
+
+        from beautyspot_async.db import _redis
+
+        # A source the server has never seen (a unique comment), so its SHA1
+        # is unknown there: the first EVALSHA answers NOSCRIPT.
+        source = f"-- {uuid.uuid4().hex}\n" + _redis._LOOKUP_OR_LEASE
+        sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        monkeypatch.setitem(_redis._PIPELINED, "lookup_or_lease", source)
+        monkeypatch.setitem(_redis._SHA1, "lookup_or_lease", sha)
+        db = make_db()
+        await save_row(db, "stored")
+        found = await db.lookup_or_lease(["stored", "new"], "me", 30)
+        assert found == {"stored": await db.get("stored"), "new": True}
+        assert await db.lookup_or_lease(["new"], "you", 30) == {"new": False}

@@ -8,6 +8,8 @@ from any thread and never wait.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -28,7 +30,7 @@ from ._portal import Waiter, io_loop
 from ._reader import Reader
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, FlightRegistry
-from ._store import DEFAULT_BACKEND_TIMEOUT, ResultStore, WriteItem
+from ._store import DEFAULT_BACKEND_TIMEOUT, BackendTimeout, ResultStore, WriteItem
 from ._writer import ErrorReporter, Submission, Writer
 from .db import TaskDB
 from .exceptions import ConfigurationError
@@ -351,6 +353,47 @@ class Engine:
     def read_nowait_batched(self, key: str) -> Any:
         """:meth:`read_nowait` shared with the loop's other callers: see ``_coalesce``."""
         return self._coalescer.lookup(key)
+
+    @functools.cached_property
+    def reads_here(self) -> bool:
+        """Whether hits read on the caller's loop (``TaskDB.get_many_here``), not ``get_nowait``."""
+        db = type(self.store.db)
+        return db.get_many_here is not TaskDB.get_many_here and db.get_nowait is TaskDB.get_nowait
+
+    async def read_here(self, keys: list[str]) -> list[Any]:
+        """The backend's read on the caller's own asyncio loop (``TaskDB.get_many_here``), per key.
+
+        A hit then needs no hop to the I/O loop. Each answer is the record,
+        None (absent) or NO_VALUE: no answer (not open yet, not asyncio, no
+        such read, or it failed), and the caller takes the usual path. A read
+        that outlasts ``backend_timeout`` raises that BackendError (the usual
+        path would wait as long again), unless errors are bypassed.
+        """
+        store = self.store
+        if not self.ready or not self.reads_here or not keys:
+            return [NO_VALUE] * len(keys)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio: only the usual path
+            return [NO_VALUE] * len(keys)
+        db = store.db
+        found: Any = None
+        try:
+            found = await db.get_many_here(keys, store.timeout)
+        except anyio.WouldBlock:
+            pass
+        except TimeoutError as exc:
+            if not self.bypass_errors:  # the usual path would wait as long again
+                raise store.guard(db.backend_name, "lookup").timed_out() from BackendTimeout(
+                    str(exc)
+                )
+        except Exception as exc:
+            # Any other failure: the usual path reads again, and reports it.
+            logger.debug("%s: read on the caller's loop failed: %r", db.backend_name, exc)
+        if found is None:
+            return [NO_VALUE] * len(keys)
+        answers = [found.get(key, NO_VALUE) for key in keys]
+        return [a if a is None or type(a) is TaskRecord else NO_VALUE for a in answers]
 
     def lookup(self, key: str, owner: str | None, waiter: Waiter) -> None:
         """Settle ``waiter`` with the backend's ``ReadAnswer`` for ``key``, leasing it to ``owner``.

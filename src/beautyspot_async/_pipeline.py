@@ -225,8 +225,12 @@ class Pipeline:
         if value is not NO_VALUE:
             engine.stats.memory_hits += 1
             return value
-        pending = engine.read_nowait_batched(key)
-        record = engine.read_nowait(key) if pending is None or pending is DIRECT else await pending
+        if engine.reads_here:  # a network backend's read on this loop
+            (record,) = await engine.read_here([key])
+        else:
+            pending = engine.read_nowait_batched(key)
+            direct = pending is None or pending is DIRECT
+            record = engine.read_nowait(key) if direct else await pending
         value = self._accept(key, record)
         if value is NO_VALUE:
             return Miss(ids, False)
@@ -260,7 +264,13 @@ class Pipeline:
                 answers[i] = value
             else:
                 waiting.append((i, ids))
-        found = engine.read_many_nowait([ids[1] for _, ids in waiting]) if waiting else {}
+        keys = [ids[1] for _, ids in waiting]
+        if not keys:
+            found: dict[str, Any] = {}
+        elif engine.reads_here:  # a network backend's read on this loop, one batch for all
+            found = dict(zip(keys, await engine.read_here(keys), strict=True))
+        else:
+            found = engine.read_many_nowait(keys)
         for i, ids in waiting:
             value = self._accept(ids[1], found.get(ids[1], NO_VALUE))
             if value is NO_VALUE:

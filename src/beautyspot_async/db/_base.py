@@ -348,6 +348,35 @@ class TaskDB(ABC):
         says so. The default does nothing.
         """
 
+    async def get_many_here(
+        self,
+        cache_keys: Sequence[str],
+        timeout: float | None,  # noqa: ASYNC109 - a deadline without a timer per hit
+    ) -> Mapping[str, TaskRecord | None]:
+        """Read ``cache_keys`` on the *calling* asyncio event loop, taking no lease.
+
+        An optional fast path for cache hits on a :attr:`loop_bound` backend
+        whose reads cross the network: a hit then needs no hop to the Spot's
+        I/O loop. Unlike every other method it is called on the caller's own
+        event loop -- any asyncio loop of the process, several at once, while
+        the I/O loop uses the database too -- so an implementation keeps its
+        own connection per loop (``db._common.LoopReads`` does all of that)
+        and never touches the connections the other methods use. It only
+        reads: no lease, no write, no last-use record. It is never called
+        under trio.
+
+        Returns each key's record, or ``None`` when it is certainly not
+        stored; a key left out is one it could not answer. It must raise
+        ``TimeoutError`` when the server has not answered within ``timeout``
+        seconds (the Spot's ``backend_timeout``; None: no deadline) -- the
+        caller sets no deadline of its own, which would cost every hit a
+        timer. It raises :class:`anyio.WouldBlock` when it cannot read on
+        this loop at all (the default always does) and ``BackendError`` for
+        driver errors; then the caller takes the usual path, which reads
+        again and reports errors as usual.
+        """
+        raise anyio.WouldBlock
+
     async def aclose(self) -> None:
         """Release connections. Idempotent; the database reopens on next use."""
 

@@ -24,6 +24,7 @@ key as payload.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -44,7 +45,7 @@ from beautyspot_async._record import (
     written_values,
 )
 from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
-from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
+from beautyspot_async.db._common import LoopReads, WaitStatistics, WaitTracker
 from beautyspot_async.exceptions import ConfigurationError
 
 try:
@@ -187,6 +188,12 @@ class PostgresTaskDB(RecordTaskDB):
         self._lock_id = int.from_bytes(digest[10:18], "big", signed=True)
 
         self._pool = LazyClient(self._open_pool, _close_pool)
+        # The hit path's reads, on the caller's own loop (get_many_here).
+        self._here = LoopReads(self._connect_here, _close_connection, self._read_here)
+        self._select_one = f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = $1"
+        self._select_any = (
+            f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
+        )
         self._waits = WaitTracker()
         self._listener = LazyClient(self._open_listener, Listener.aclose, alive=Listener.alive)
 
@@ -196,12 +203,22 @@ class PostgresTaskDB(RecordTaskDB):
     # -- connection management ------------------------------------------------
 
     async def _open_pool(self) -> asyncpg.Pool:
+        options = dict(self._connect_kwargs)
+        if _POOL_TAKES_RESET:
+            # asyncpg resets a connection's session (RESET ALL, UNLISTEN *,
+            # advisory unlocks...) with one more round trip on every release.
+            # Ours leave no session state behind (transactions are scoped,
+            # advisory locks transaction-level, LISTEN on its own connection),
+            # so only an open transaction is rolled back, which asyncpg does
+            # itself before calling the hook (user settings via
+            # server_settings/setup are kept as they are).
+            options.setdefault("reset", _keep_session)
         return await asyncpg.create_pool(
             self.dsn,
             min_size=self._min_size,
             max_size=self._max_size,
             timeout=self._connect_timeout,
-            **self._connect_kwargs,
+            **options,
         )
 
     async def _open_listener(self) -> Listener:
@@ -256,9 +273,46 @@ class PostgresTaskDB(RecordTaskDB):
         return self._waits.snapshot()
 
     async def aclose(self) -> None:
-        """Close the listener connection and the pool. Idempotent."""
+        """Close the listener connection, the pool and the per-loop readers. Idempotent."""
         await self._listener.aclose()
         await self._pool.aclose()
+        await self._here.aclose()
+
+    # -- reads on the caller's loop ----------------------------------------------
+
+    async def _connect_here(self) -> asyncpg.Connection:
+        with _ERRORS.translating("lookup"):
+            return await asyncpg.connect(
+                self.dsn, timeout=self._connect_timeout, **self._connect_kwargs
+            )
+
+    async def _read_here(self, conn: asyncpg.Connection, keys: list[str]) -> dict[str, TaskRecord]:
+        try:
+            if len(keys) == 1:
+                # One key by primary key: the statement a raw fetchrow would run
+                # (prepared once per connection, by asyncpg's statement cache).
+                row = await conn.fetchrow(self._select_one, keys[0])
+                rows = [] if row is None else [row]
+            else:
+                rows = await conn.fetch(self._select_any, keys)
+        except Exception as exc:  # _ERRORS.translating, inlined: this is the hit path
+            if not _ERRORS.translates(exc):
+                raise
+            raise _ERRORS.error("lookup", exc) from exc
+        # The columns are RECORD_COLUMNS, in checked_record's order.
+        return {row[0]: checked_record(*row) for row in rows}
+
+    async def get_many_here(
+        self,
+        cache_keys: Sequence[str],
+        timeout: float | None,  # noqa: ASYNC109 - a deadline without a timer per hit
+    ) -> dict[str, TaskRecord | None]:
+        """Read ``cache_keys`` on the calling loop, on a connection of that loop's own.
+
+        One round trip (a prepared ``SELECT`` by primary key, cached by the
+        connection); concurrent lookups of one loop share a query. No lease.
+        """
+        return await self._here.get_many(list(cache_keys), timeout)
 
     # -- schema ---------------------------------------------------------------
 
@@ -487,39 +541,63 @@ class PostgresTaskDB(RecordTaskDB):
     async def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float
     ) -> dict[str, TaskRecord | bool]:
-        """Read, lease the missing keys, re-read the leased ones: three statements, one trip.
+        """Read and lease the missing keys in one statement; re-read the leased ones.
 
-        Under READ COMMITTED each statement sees what committed before it
-        began, so the re-read catches a holder that stored its result and
-        released its lease between our first read and our lease.
+        One round trip when every key is stored, two otherwise. Under READ
+        COMMITTED each statement sees what committed before it began, so the
+        re-read catches a holder that stored its result and released its
+        lease (one transaction) after the first statement began.
         """
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return {}
+        nulls = ", ".join(
+            f"NULL::{kind}"
+            for kind in (
+                "text", "text", "text", "text", "text", "text", "bytea",
+                "double precision", "bigint", "double precision", "double precision",
+            )
+        )  # fmt: skip
+        read_and_take = f"""
+            WITH found AS (
+                SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])),
+            taken AS (
+                INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
+                SELECT k, $2, extract(epoch FROM clock_timestamp()) + $3
+                FROM unnest($1::text[]) AS k
+                WHERE NOT EXISTS (SELECT 1 FROM found WHERE found.cache_key = k)
+                -- One lock order for every process: two batches leasing
+                -- overlapping keys in different orders would deadlock.
+                ORDER BY k
+                ON CONFLICT (cache_key) DO UPDATE
+                    SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
+                    WHERE l.expires_at <= extract(epoch FROM clock_timestamp())
+                       OR l.owner = EXCLUDED.owner
+                RETURNING cache_key)
+            SELECT {_SELECT_RECORD} FROM found
+            UNION ALL
+            -- A leased key: func_name (never NULL in a stored row) is NULL.
+            SELECT cache_key, {nulls} FROM taken"""
         select = f"SELECT {_SELECT_RECORD} FROM {self._tasks} WHERE cache_key = ANY($1::text[])"
-        take = f"""
-            INSERT INTO {self._leases} AS l (cache_key, owner, expires_at)
-            SELECT k, $2, extract(epoch FROM clock_timestamp()) + $3
-            FROM unnest($1::text[]) AS k
-            -- One lock order for every process: two batches leasing
-            -- overlapping keys in different orders would deadlock.
-            ORDER BY k
-            ON CONFLICT (cache_key) DO UPDATE
-                SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
-                WHERE l.expires_at <= extract(epoch FROM clock_timestamp())
-                   OR l.owner = EXCLUDED.owner
-            RETURNING cache_key"""
         give_back = self._release_many
 
         async def op(conn: asyncpg.Connection) -> dict[str, TaskRecord | bool]:
-            async def read(keys: list[str]) -> dict[str, TaskRecord]:
-                return {row["cache_key"]: _record(row) for row in await conn.fetch(select, keys)}
-
-            async def lease(keys: list[str]) -> list[bool]:
-                taken = {row[0] for row in await conn.fetch(take, keys, owner, float(ttl))}
-                return [key in taken for key in keys]
-
-            async def release(keys: list[str]) -> None:
-                await conn.execute(give_back, *self._release_args(keys, owner))
-
-            return await lookup_then_lease(cache_keys, read=read, lease=lease, release=release)
+            found: dict[str, TaskRecord | bool] = {}
+            leased: list[str] = []
+            for row in await conn.fetch(read_and_take, keys, owner, float(ttl)):
+                if row[1] is None:
+                    leased.append(row[0])
+                else:
+                    found[row[0]] = checked_record(*row)
+            if leased:
+                late = {row[0]: checked_record(*row) for row in await conn.fetch(select, leased)}
+                if late:
+                    await conn.execute(give_back, *self._release_args(list(late), owner))
+                    found.update(late)
+            taken = set(leased)
+            for key in keys:
+                found.setdefault(key, key in taken)
+            return found
 
         return await self._run(op, "lookup_or_lease")
 
@@ -784,6 +862,26 @@ class PostgresTaskDB(RecordTaskDB):
             return bool(await conn.fetchval(query, cache_key))
 
         return await self._run(op, "wait_for_result")
+
+
+#: ``create_pool(reset=)`` exists from asyncpg 0.30 on.
+_POOL_TAKES_RESET = "reset" in inspect.signature(asyncpg.create_pool).parameters
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset hook: nothing beyond asyncpg's own rollback of an open transaction."""
+
+
+async def _close_connection(conn: asyncpg.Connection) -> None:
+    # As _close_pool: graceful when the server answers, cut when it does not.
+    if conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=2)
+    except BaseException as exc:  # a broken connection, or the caller gave up
+        conn.terminate()
+        if not isinstance(exc, Exception):
+            raise
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:

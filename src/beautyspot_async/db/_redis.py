@@ -1,7 +1,7 @@
 # Over 500 lines: one backend; its key layout, scripts and error translation read together.
 """Redis task database on redis.asyncio (extra ``[redis]``).
 
-Over 500 lines because its seven Lua scripts are inline, next to their callers
+Over 500 lines because its Lua scripts are inline, next to their callers
 (and the failure records' key space sits beside the records').
 
 Key space, all under ``<prefix>:`` so one prefix is one database::
@@ -23,6 +23,7 @@ with replicas); the keys of one prefix are not co-located for Redis Cluster.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
@@ -35,7 +36,7 @@ from beautyspot_async._failure import FailureRecord, checked_failure
 from beautyspot_async._lazy import LazyClient
 from beautyspot_async._record import TaskRecord, checked_record, meta_text, parse_meta
 from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
-from beautyspot_async.db._common import WaitStatistics, WaitTracker, lookup_then_lease
+from beautyspot_async.db._common import LoopReads, WaitStatistics, WaitTracker
 from beautyspot_async.exceptions import ConfigurationError
 
 try:
@@ -43,9 +44,11 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"RedisTaskDB needs {install_hint('redis')}") from exc
+
+from beautyspot_async.db._redis_here import HereReader
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -175,7 +178,37 @@ _RENEW = _if_holder("redis.call('PEXPIRE', KEYS[1], ARGV[2])")
 # KEYS: lease key. ARGV: dead owner, new owner, ttl in ms. Swap only while the dead one holds it.
 _TAKE_OVER = _if_holder("redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])")
 
+# KEYS: record hash, lease key. ARGV: owner, ttl in ms, then the record's
+# fields. The record's fields when it is stored (any field present); else
+# take the lease if it is free or ours (1), or say another owner holds it
+# (0). Atomic, so no re-read is needed: a holder saves before it releases.
+_LOOKUP_OR_LEASE = """
+local row = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
+for i = 1, #row do
+    if row[i] then return row end
+end
+local holder = redis.call('GET', KEYS[2])
+if holder == false or holder == ARGV[1] then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
 _EXPIRE_BATCH = 500
+
+#: The scripts run by their SHA1 in pipelines (see RedisTaskDB._eval_pipelined).
+_PIPELINED = {
+    "save": _SAVE,
+    "release": _RELEASE,
+    "renew": _RENEW,
+    "take_over": _TAKE_OVER,
+    "lookup_or_lease": _LOOKUP_OR_LEASE,
+}
+_SHA1 = {
+    name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    for name, source in _PIPELINED.items()
+}
 
 _ERRORS = ErrorMap("redis", {RedisError: None, OSError: None})
 
@@ -230,6 +263,39 @@ def _from_hash(cache_key: str, h: dict[bytes, bytes], *, with_meta: bool = False
         _number(h.get(b"created_at"), float),
         _number(h.get(b"updated_at"), float),
         h.get(b"meta") if with_meta else None,
+    )
+
+
+def _from_row(cache_key: str, row: list[bytes | None]) -> TaskRecord | None:
+    """:func:`_from_hash` of an HMGET reply in ``_RECORD_FIELDS`` order (None: no hash)."""
+    (
+        func_name,
+        input_id,
+        version,
+        result_type,
+        content_type,
+        result_value,
+        result_data,
+        expires_at,
+        size_bytes,
+        created_at,
+        updated_at,
+    ) = row
+    if func_name is None and all(v is None for v in row):
+        return None
+    return checked_record(
+        cache_key,
+        _text(func_name),
+        _text(input_id),
+        _text(version),
+        _text(result_type),
+        _text(content_type),
+        _text(result_value),
+        result_data,
+        _number(expires_at, float),
+        _number(b"0" if size_bytes is None else size_bytes, int),
+        _number(created_at, float),
+        _number(updated_at, float),
     )
 
 
@@ -298,6 +364,13 @@ class RedisTaskDB(RecordTaskDB):
         self._used = f"{prefix}:idx:used".encode()
         self.channel = f"{prefix}:saved".encode()
         self._client = LazyClient(self._open, _close)
+        # The hit path's reads, on the caller's own loop (get_many_here).
+        self._here_reader = HereReader(
+            self._here_client, self._rec, _RECORD_FIELDS, _from_row, _ERRORS
+        )
+        self._here = LoopReads(
+            self._here_reader.open, self._here_reader.close, self._here_reader.read
+        )
         self._scripts: dict[str, Any] = {}
         self._waits = WaitTracker()
 
@@ -307,24 +380,7 @@ class RedisTaskDB(RecordTaskDB):
     # -- connection management ------------------------------------------------
 
     async def _open(self) -> aioredis.Redis:
-        # Creating the client opens nothing: connections are made on demand.
-        client = aioredis.Redis.from_url(
-            self.url,
-            decode_responses=False,
-            socket_timeout=self._socket_timeout,
-            socket_connect_timeout=self._socket_timeout,
-            # Retry lost connections only. A server that did not answer
-            # within socket_timeout will not answer a retry sooner: retrying
-            # timeouts made a frozen Redis block (retries + 1) x
-            # socket_timeout, each retry re-handshaking into the silence.
-            retry=Retry(
-                ExponentialBackoff(*self._backoff),
-                self._retries,
-                supported_errors=(RedisConnectionError,),
-            ),
-            retry_on_error=[RedisConnectionError, OSError],
-            **self._client_kwargs,
-        )
+        client = await self._new_client(self._socket_timeout)
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -339,13 +395,52 @@ class RedisTaskDB(RecordTaskDB):
         }
         return client
 
+    async def _new_client(self, socket_timeout: float | None) -> aioredis.Redis:
+        # Creating the client opens nothing: connections are made on demand.
+        return aioredis.Redis.from_url(
+            self.url,
+            decode_responses=False,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self._socket_timeout,
+            # Retry lost connections only. A server that did not answer
+            # within socket_timeout will not answer a retry sooner: retrying
+            # timeouts made a frozen Redis block (retries + 1) x
+            # socket_timeout, each retry re-handshaking into the silence.
+            retry=Retry(
+                ExponentialBackoff(*self._backoff),
+                self._retries,
+                supported_errors=(RedisConnectionError,),
+            ),
+            retry_on_error=[RedisConnectionError, OSError],
+            **self._client_kwargs,
+        )
+
     async def _call(self, fn: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
         with _ERRORS.translating(what):
             return await fn(await self._client.get())
 
     async def aclose(self) -> None:
-        """Close the connection pool. Idempotent."""
+        """Close the connection pool and the per-loop readers. Idempotent."""
         await self._client.aclose()
+        await self._here.aclose()
+
+    # -- reads on the caller's loop ----------------------------------------------
+
+    async def _here_client(self) -> aioredis.Redis:
+        # No socket timeout: see _redis_here (the caller's deadline bounds reads).
+        return await self._new_client(None)
+
+    async def get_many_here(
+        self,
+        cache_keys: Sequence[str],
+        timeout: float | None,  # noqa: ASYNC109 - a deadline without a timer per hit
+    ) -> dict[str, TaskRecord | None]:
+        """Read ``cache_keys`` on the calling loop, on a client of that loop's own.
+
+        One round trip (see ``_redis_here``: a packed ``HMGET``, pipelined
+        for several keys); concurrent lookups of one loop share it. No lease.
+        """
+        return await self._here.get_many(list(cache_keys), timeout)
 
     def statistics(self) -> WaitStatistics:
         """Waits parked on pub/sub and the messages they received."""
@@ -451,17 +546,41 @@ class RedisTaskDB(RecordTaskDB):
 
         await self._call(op, "save")
 
+    async def _eval_pipelined(
+        self, r: aioredis.Redis, calls: Sequence[tuple[str, list[Any], list[Any]]], *, atomic: bool
+    ) -> list[Any]:
+        """Run ``(script, keys, args)`` calls in one pipeline: one round trip.
+
+        By SHA1 (``EVALSHA``), loading the scripts only when the server says
+        it lacks them: redis-py's Script objects in a pipeline would ask with
+        ``SCRIPT EXISTS`` first, a second round trip every time. ``atomic``:
+        inside MULTI/EXEC. Every call of one pipeline runs the same scripts,
+        so a NOSCRIPT reply means none of them ran and the retry is safe.
+        """
+        for attempt in range(2):
+            try:
+                async with r.pipeline(transaction=atomic) as pipe:
+                    for name, keys, args in calls:
+                        pipe.evalsha(_SHA1[name], len(keys), *keys, *args)
+                    replies: list[Any] = await pipe.execute()
+                    return replies
+            except NoScriptError:
+                if attempt:
+                    raise
+                for name in dict.fromkeys(name for name, _, _ in calls):
+                    await r.script_load(_PIPELINED[name])
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def save_many(self, records: Iterable[TaskRecord]) -> None:
-        """Upsert every record in one MULTI/EXEC transaction."""
-        batch = [self._save_args(rec) for rec in records]
-        if not batch:
+        """Upsert every record in one MULTI/EXEC transaction: one round trip."""
+        calls: list[tuple[str, list[Any], list[Any]]] = [
+            ("save", *self._save_args(rec)) for rec in records
+        ]
+        if not calls:
             return
 
         async def op(r: aioredis.Redis) -> None:
-            async with r.pipeline(transaction=True) as pipe:
-                for keys, args in batch:
-                    await self._scripts["save"](keys=keys, args=args, client=pipe)
-                await pipe.execute()
+            await self._eval_pipelined(r, calls, atomic=True)
 
         await self._call(op, "save_many")
 
@@ -732,13 +851,10 @@ class RedisTaskDB(RecordTaskDB):
         if not keys:
             return []
 
+        calls = [(script, [self._lease + key.encode()], args(key)) for key in keys]
+
         async def op(r: aioredis.Redis) -> list[Any]:
-            async with r.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    await self._scripts[script](
-                        keys=[self._lease + key.encode()], args=args(key), client=pipe
-                    )
-                return await pipe.execute()
+            return await self._eval_pipelined(r, calls, atomic=False)
 
         return await self._call(op, what)
 
@@ -783,25 +899,37 @@ class RedisTaskDB(RecordTaskDB):
     async def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float
     ) -> dict[str, TaskRecord | bool]:
-        """Read, lease the missing keys, re-read the leased ones: three round trips a batch.
+        """Read each key, or lease it when it is missing: one script per key, one round trip.
 
-        The re-read catches a holder that stored its result and released its
-        lease between our read and our lease.
+        Each script reads and leases atomically, so no re-read is needed: a
+        holder stores its result before it releases its lease.
         """
+        keys = list(dict.fromkeys(cache_keys))
+        if not keys:
+            return {}
         ttl_ms = max(1, round(ttl * 1000))
-
-        async def lease(keys: list[str]) -> list[bool]:
-            granted = await self._scripted_many(
-                "acquire", keys, lambda _key: [owner, ttl_ms], "lookup_or_lease"
+        fields = list(_RECORD_FIELDS)
+        calls = [
+            (
+                "lookup_or_lease",
+                [self._rec + key.encode(), self._lease + key.encode()],
+                [owner, ttl_ms, *fields],
             )
-            return [bool(ok) for ok in granted]
+            for key in keys
+        ]
 
-        return await lookup_then_lease(
-            cache_keys,
-            read=self.get_many,
-            lease=lease,
-            release=lambda keys: self.release_leases(keys, owner),
-        )
+        async def op(r: aioredis.Redis) -> list[Any]:
+            return await self._eval_pipelined(r, calls, atomic=False)
+
+        found: dict[str, TaskRecord | bool] = {}
+        for key, reply in zip(keys, await self._call(op, "lookup_or_lease"), strict=True):
+            if isinstance(reply, list):
+                record = _from_row(key, reply)
+                # The script returns a row only when a field is present.
+                found[key] = False if record is None else record
+            else:
+                found[key] = bool(reply)
+        return found
 
     async def wait_for_result(self, cache_key: str, timeout: float) -> None:  # noqa: ASYNC109 - the TaskDB signature
         """Return when ``cache_key`` is published (saved or lease released).
