@@ -43,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import fmt_rate, fmt_us, keys, percentile
+from profile_gc import GcTimer
 
 #: Every memoized body bumps this, so a hit phase can prove it ran none.
 BODY_CALLS = [0]
@@ -140,18 +141,26 @@ async def hits_worker(workdir: Path, n: int, mode: str, concurrency: int) -> dic
         args = keys("h", n)
         gc.collect()
         base = reset_peak_rss()
-        start = time.perf_counter()
-        if mode == "gather":
-            results = await asyncio.gather(*(f(x) for x in args))
-            hits = n - BODY_CALLS[0]
-        else:
-            report = await spot.map(f, args, concurrency=concurrency)
-            results = report.results
-            hits = report.hits
-        elapsed = time.perf_counter() - start
+        with GcTimer() as collections:
+            start = time.perf_counter()
+            if mode == "gather":
+                results = await asyncio.gather(*(f(x) for x in args))
+                hits = n - BODY_CALLS[0]
+            else:
+                report = await spot.map(f, args, concurrency=concurrency)
+                results = report.results
+                hits = report.hits
+            elapsed = time.perf_counter() - start
         growth = peak_rss_bytes() - base
     assert len(results) == n
-    return {"seconds": elapsed, "growth": growth, "hits": hits, "body_calls": BODY_CALLS[0]}
+    return {
+        "seconds": elapsed,
+        "growth": growth,
+        "hits": hits,
+        "body_calls": BODY_CALLS[0],
+        "gc_seconds": collections.seconds,
+        "gc_count": collections.count,
+    }
 
 
 def run_worker(workdir: Path, n: int, mode: str, concurrency: int) -> dict[str, Any]:
