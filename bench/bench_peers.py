@@ -463,7 +463,11 @@ def _run_worker(mode: str, name: str, workdir: Path, n: int) -> dict[str, Any]:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"failed: {tail[:120]}"}
+        # The whole traceback outlives the temporary directory, for a diagnosis.
+        fd, log = tempfile.mkstemp(prefix=f"bs-bench-{name}{mode}-", suffix=".log")
+        with os.fdopen(fd, "w") as out:
+            out.write(proc.stderr)
+        return {"error": f"failed: {tail[:120]} (traceback: {log})"}
     result: dict[str, Any] = json.loads(lines[-1])
     return result
 
@@ -500,10 +504,14 @@ def _median_of(runs: list[dict[str, Any]], *path: str) -> float | None:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-metric medians over the runs (an error in any run is reported instead)."""
+    """Per-metric medians over the runs that succeeded; failed runs are listed in ``failed_runs``.
+
+    Only when every run failed is the error reported instead of the numbers.
+    """
     errors = [run["error"] for run in runs if "error" in run]
-    if errors:
-        return {"error": errors[0]}
+    runs = [run for run in runs if "error" not in run]
+    if not runs:
+        return {"error": errors[0] if errors else "no run"}
     metrics = {
         "hit_warm_p50": ("hit_warm", "p50"),
         "hit_warm_p99": ("hit_warm", "p99"),
@@ -530,6 +538,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     # The fewest rows any run found durable: "all durable" must hold in every run.
     out["gather_misses_durable"] = None if None in durable else min(durable)
     out["sync_error"] = next((run["sync_error"] for run in runs if "sync_error" in run), None)
+    out["failed_runs"] = errors
+    out["runs"] = len(runs)
     return out
 
 
@@ -917,6 +927,14 @@ def render(
             "the writer got).",
             "",
         ]
+    for name, spec in LIBRARIES.items():
+        failed = results.get(name, {}).get("failed_runs")
+        if failed:
+            lines += [
+                f"{spec.label}: {len(failed)} run(s) failed, the medians are over the other "
+                f"{results[name]['runs']}: {failed[0]}",
+                "",
+            ]
     if bs.get("fresh_body_calls"):
         lines += [f"NOT ALL HITS: {bs['fresh_body_calls']} bodies ran in fresh processes.", ""]
     lines += [
