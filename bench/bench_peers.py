@@ -1,3 +1,4 @@
+# Over 500 lines: one script so every library runs the same phases in the same harness.
 """beautyspot-async against its peers on one workload (issues 5 and 15).
 
 Run by hand from the repository root (peers from ``bench/requirements.txt``)::
