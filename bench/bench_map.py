@@ -43,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import fmt_rate, fmt_us, keys, percentile
+from profile_gc import GcTimer, apply_gc
 
 #: Every memoized body bumps this, so a hit phase can prove it ran none.
 BODY_CALLS = [0]
@@ -128,7 +129,9 @@ async def fill(workdir: Path, n: int) -> None:
             await spot.flush()
 
 
-async def hits_worker(workdir: Path, n: int, mode: str, concurrency: int) -> dict[str, Any]:
+async def hits_worker(
+    workdir: Path, n: int, mode: str, concurrency: int, gc_mode: str = "default"
+) -> dict[str, Any]:
     """One hit phase in this (fresh) process: throughput and peak RSS growth."""
     spot = open_spot(workdir, default_wait=True)
     f = make_task(spot)
@@ -139,22 +142,33 @@ async def hits_worker(workdir: Path, n: int, mode: str, concurrency: int) -> dic
         await asyncio.gather(*(f(x) for x in keys("w", WARMUP)))
         args = keys("h", n)
         gc.collect()
+        apply_gc(gc_mode)
         base = reset_peak_rss()
-        start = time.perf_counter()
-        if mode == "gather":
-            results = await asyncio.gather(*(f(x) for x in args))
-            hits = n - BODY_CALLS[0]
-        else:
-            report = await spot.map(f, args, concurrency=concurrency)
-            results = report.results
-            hits = report.hits
-        elapsed = time.perf_counter() - start
+        with GcTimer() as collections:
+            start = time.perf_counter()
+            if mode == "gather":
+                results = await asyncio.gather(*(f(x) for x in args))
+                hits = n - BODY_CALLS[0]
+            else:
+                report = await spot.map(f, args, concurrency=concurrency)
+                results = report.results
+                hits = report.hits
+            elapsed = time.perf_counter() - start
         growth = peak_rss_bytes() - base
     assert len(results) == n
-    return {"seconds": elapsed, "growth": growth, "hits": hits, "body_calls": BODY_CALLS[0]}
+    return {
+        "seconds": elapsed,
+        "growth": growth,
+        "hits": hits,
+        "body_calls": BODY_CALLS[0],
+        "gc_seconds": collections.seconds,
+        "gc_count": collections.count,
+    }
 
 
-def run_worker(workdir: Path, n: int, mode: str, concurrency: int) -> dict[str, Any]:
+def run_worker(
+    workdir: Path, n: int, mode: str, concurrency: int, gc_mode: str = "default"
+) -> dict[str, Any]:
     proc = subprocess.run(
         [
             sys.executable,
@@ -166,6 +180,8 @@ def run_worker(workdir: Path, n: int, mode: str, concurrency: int) -> dict[str, 
             str(n),
             "--concurrency",
             str(concurrency),
+            "--gc",
+            gc_mode,
         ],
         capture_output=True,
         text=True,
@@ -222,6 +238,23 @@ async def overhead(workdir: Path, n: int, concurrency: int) -> dict[str, Any]:
     return out
 
 
+def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median throughput (an error in any run is reported instead)."""
+    for result in results:
+        if "error" in result:
+            return result
+    ordered = sorted(results, key=lambda result: result["seconds"])
+    return ordered[len(ordered) // 2]
+
+
+def _gc_cell(result: dict[str, Any]) -> str:
+    if "error" in result or "gc_seconds" not in result:
+        return str(result.get("error", "-"))
+    parts = "/".join(f"{s * 1e3:.0f}" for s in result["gc_seconds"])
+    counts = "/".join(str(c) for c in result["gc_count"])
+    return f"{sum(result['gc_seconds']) * 1e3:,.0f} ms ({parts} ms; {counts} runs)"
+
+
 def fmt_mb(nbytes: float | None) -> str:
     return "-" if nbytes is None else f"{nbytes / 2**20:,.1f} MB"
 
@@ -261,6 +294,8 @@ def render(
         f"| {'-' if ratio is None else f'{ratio:.2f}x'} (target >= {TARGET_RATIO}x) |",
         f"| {n:,} hits: peak RSS growth | {cell(gather, fmt_mb(gather.get('growth')))} "
         f"| {cell(mapped, fmt_mb(mapped.get('growth')))} | - |",
+        f"| {n:,} hits: time in the cyclic GC (gen 0/1/2) | {_gc_cell(gather)} "
+        f"| {_gc_cell(mapped)} | - |",
         f"| write-behind miss, per item (p50 of chunks of {CHUNK}) | {fmt_us(g_item)} "
         f"| {fmt_us(m_item) if m_item is not None else map_missing} "
         f"| {'-' if extra is None else f'+{fmt_us(extra)} p50, +{fmt_us(extra99)} p99'} "
@@ -296,20 +331,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="10 000 items")
     parser.add_argument("--n", type=int, default=None, help="items (default 100 000)")
     parser.add_argument("--concurrency", type=int, default=32, help="spot.map's (default 32)")
+    parser.add_argument(
+        "--gc",
+        choices=["default", "off", "freeze", "threshold"],
+        default="default",
+        help="the collector during the hit phases (profile_gc.apply_gc): measures the GC lever",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="hit-phase runs; medians (default 1)")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n = args.n if args.n is not None else (10_000 if args.quick else 100_000)
 
     if args.worker:
         mode, workdir = args.worker
-        print(json.dumps(asyncio.run(hits_worker(Path(workdir), n, mode, args.concurrency))))
+        result = asyncio.run(hits_worker(Path(workdir), n, mode, args.concurrency, args.gc))
+        print(json.dumps(result))
         return
 
     with tempfile.TemporaryDirectory(prefix="bs-bench-map-") as tmp:
         workdir = Path(tmp)
         asyncio.run(fill(workdir, n))
-        gather = run_worker(workdir, n, "gather", args.concurrency)
-        mapped = run_worker(workdir, n, "map", args.concurrency)
+        gathers, maps = [], []
+        for run in range(args.runs):
+            order = ("gather", "map") if run % 2 == 0 else ("map", "gather")
+            for mode in order:
+                result = run_worker(workdir, n, mode, args.concurrency, args.gc)
+                (gathers if mode == "gather" else maps).append(result)
+        gather, mapped = _median_run(gathers), _median_run(maps)
         over = asyncio.run(overhead(workdir, n, args.concurrency))
     print(render(n, args.concurrency, gather, mapped, over))
 

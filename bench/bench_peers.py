@@ -1,4 +1,5 @@
-"""beautyspot-async against its peers on one workload (issue 5).
+# Over 500 lines: one script so every library runs the same phases in the same harness.
+"""beautyspot-async against its peers on one workload (issues 5 and 15).
 
 Run by hand from the repository root (peers from ``bench/requirements.txt``)::
 
@@ -14,18 +15,26 @@ temporary directory, interleaved (A run 1, B run 1, ..., A run 2, ...). One
 2. hits on the same keys in the same process (warm: memory tiers answer);
 3. misses in write-behind mode, where the library has one, then a flush;
 4. ``asyncio.gather`` over N new misses (async libraries; write-behind mode
-   where available), then a flush.
+   where available), then a timed flush; beautyspot-async's rows are then
+   counted through an independent ``sqlite3`` connection ("all durable");
+5. beautyspot-async only: the memory per pending miss, ``tracemalloc``'s
+   peak during a second gather over N new write-behind misses divided by N.
 
 Then, for persistent libraries, a "fresh" subprocess measures hits on the
 phase-1 keys one at a time (nothing in memory: the data is only on disk) and
 ``asyncio.gather`` over the phase-4 keys; it also counts how many function
 bodies ran, which must be zero (every result written before was durable).
+For beautyspot-async a second fresh subprocess marks a plain ``def`` and
+calls it from sync code (no event loop running) on the same keys.
 
-A separate case runs four processes that write 2 500 results each into one
-beautyspot-async SQLite file at the same time.
+Also: ``spot.map`` against ``asyncio.gather`` over ``--map-n`` cached items
+(100 000 by default, through ``bench_map.py``'s fresh-process workers), four
+processes writing into one SQLite file at the same time, and with
+``--servers`` the PostgreSQL/Redis rows of ``bench_servers.py`` if present.
 
-Prints one Markdown table, the issue's target ratios (met / not met), and the
-multi-process result. A library that is not installed is reported as such.
+Prints the issue-15 table (measure, beautyspot-async, peer, ratio, target,
+met?) from the medians, then the per-library table it is computed from. A
+library that is not installed is reported as such.
 """
 
 from __future__ import annotations
@@ -35,11 +44,13 @@ import asyncio
 import importlib.util
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import (
     BODY_CALLS,
+    TASK_NAME,
     WARMUP,
     count_rows,
     fmt_rate,
@@ -61,6 +73,7 @@ from bench_core import (
     timed_gather,
     timed_sequential,
 )
+from profile_gc import GcTimer
 
 #: Seconds one worker subprocess may take before it is reported as timed out.
 WORKER_TIMEOUT = 900
@@ -84,6 +97,8 @@ class Lib:
     call_wb: Callable[[str], Any] | None = None
     flush: Callable[[], Any] | None = None
     close: Callable[[], Any] | None = None
+    #: Rows in the library's own database, read through an independent connection.
+    rows: Callable[[], int] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -113,6 +128,11 @@ async def _setup_beautyspot_async(workdir: Path) -> Lib:
         await durable.aclose()
         await write_behind.aclose()
 
+    def rows() -> int:
+        with sqlite3.connect(workdir / "core.db") as conn:
+            (count,) = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()
+        return int(count)
+
     return Lib(
         is_async=True,
         persistent=True,
@@ -120,6 +140,7 @@ async def _setup_beautyspot_async(workdir: Path) -> Lib:
         call_wb=make_task(write_behind),
         flush=write_behind.flush,
         close=close,
+        rows=rows,
     )
 
 
@@ -309,13 +330,76 @@ async def warm_worker(name: str, workdir: Path, n: int) -> dict[str, Any]:
             await _settle(lib.flush)
         if lib.is_async:
             fn = lib.call_wb or lib.call
-            out["gather_misses"] = n / await timed_gather(fn, keys("c", n))
+            rows_before = lib.rows() if lib.rows is not None else None
+            with GcTimer() as collections:
+                gather_s = await timed_gather(fn, keys("c", n))
+            out["gather_misses_gc"] = sum(collections.seconds)
+            start = time.perf_counter()
             await _settle(lib.flush)
+            flush_s = time.perf_counter() - start
+            out["gather_misses"] = n / gather_s
+            out["gather_misses_flushed"] = n / (gather_s + flush_s)
+            if lib.rows is not None and rows_before is not None:
+                out["gather_misses_durable"] = lib.rows() - rows_before
+            if name == "bs-async":
+                pending, peak = await pending_bytes(fn, keys("m", n))
+                out["pending_miss_bytes"] = pending
+                out["gather_peak_bytes"] = peak
+                await _settle(lib.flush)
             if not lib.persistent:
                 out["gather_hits"] = n / await timed_gather(lib.call, keys("a", n))
     finally:
         await _settle(lib.close)
     return out
+
+
+async def pending_bytes(
+    fn: Callable[[str], Awaitable[Any]], args: list[str]
+) -> tuple[float, float]:
+    """Bytes per call of a gather over ``args``, by ``tracemalloc``: (pending, peak).
+
+    *pending*: what is allocated, per call, once every call has started and
+    is parked at its first suspension (one loop turn after the tasks were
+    created; nothing has been executed or written yet):
+    the task, its frames and whatever the library holds per pending call.
+    *peak*: the highest point of the whole gather, per call, which also
+    holds the N results the gather returns and the serialized copies of
+    those still waiting to be written; it moves with how far the writer got,
+    so it varies by +-10 % between runs. Both are Python-level allocations
+    minus what was allocated before; RSS would add allocator slack and noise.
+    """
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        tasks = [asyncio.ensure_future(fn(x)) for x in args]
+        await asyncio.sleep(0)
+        parked, _ = tracemalloc.get_traced_memory()
+        await asyncio.gather(*tasks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return (parked - base) / len(args), (peak - base) / len(args)
+
+
+def sync_fresh_worker(workdir: Path, n: int) -> dict[str, Any]:
+    """beautyspot-async hits from a marked plain ``def`` called from sync code.
+
+    A fresh process, no event loop running: the call path a sync script takes.
+    The keys are the ones the warm process wrote through the ``async def``
+    (same name, same arguments, so the same keys).
+    """
+    spot = open_spot(workdir, default_wait=True)
+
+    def f(x: str) -> dict[str, Any]:
+        BODY_CALLS[0] += 1
+        return payload(x)
+
+    marked = spot.mark(name=TASK_NAME)(f)
+    with spot:
+        _sequential_sync(marked, keys("w", WARMUP))
+        samples = _sequential_sync(marked, keys("a", n))
+    return {"hit_fresh_sync": _summary(samples), "fresh_sync_body_calls": BODY_CALLS[0]}
 
 
 async def fresh_worker(name: str, workdir: Path, n: int) -> dict[str, Any]:
@@ -327,7 +411,9 @@ async def fresh_worker(name: str, workdir: Path, n: int) -> dict[str, Any]:
         out["hit_fresh"] = _summary(await _sequential(lib, lib.call, keys("a", n)))
         if lib.is_async:
             fn = lib.call_wb or lib.call
-            out["gather_hits"] = n / await timed_gather(fn, keys("c", n))
+            with GcTimer() as collections:
+                out["gather_hits"] = n / await timed_gather(fn, keys("c", n))
+            out["gather_hits_gc"] = sum(collections.seconds)
         out["fresh_body_calls"] = BODY_CALLS[0]
     finally:
         await _settle(lib.close)
@@ -378,7 +464,11 @@ def _run_worker(mode: str, name: str, workdir: Path, n: int) -> dict[str, Any]:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"failed: {tail[:120]}"}
+        # The whole traceback outlives the temporary directory, for a diagnosis.
+        fd, log = tempfile.mkstemp(prefix=f"bs-bench-{name}{mode}-", suffix=".log")
+        with os.fdopen(fd, "w") as out:
+            out.write(proc.stderr)
+        return {"error": f"failed: {tail[:120]} (traceback: {log})"}
     result: dict[str, Any] = json.loads(lines[-1])
     return result
 
@@ -394,6 +484,12 @@ def run_library(name: str, n: int) -> dict[str, Any]:
         if "error" in fresh:
             return fresh
         result.update(fresh)
+        if name == "bs-async":
+            sync_fresh = _run_worker("--sync-fresh-worker", name, workdir, n)
+            if "error" in sync_fresh:
+                result["sync_error"] = sync_fresh["error"]
+            else:
+                result.update(sync_fresh)
         return result
 
 
@@ -409,10 +505,14 @@ def _median_of(runs: list[dict[str, Any]], *path: str) -> float | None:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-metric medians over the runs (an error in any run is reported instead)."""
+    """Per-metric medians over the runs that succeeded; failed runs are listed in ``failed_runs``.
+
+    Only when every run failed is the error reported instead of the numbers.
+    """
     errors = [run["error"] for run in runs if "error" in run]
-    if errors:
-        return {"error": errors[0]}
+    runs = [run for run in runs if "error" not in run]
+    if not runs:
+        return {"error": errors[0] if errors else "no run"}
     metrics = {
         "hit_warm_p50": ("hit_warm", "p50"),
         "hit_warm_p99": ("hit_warm", "p99"),
@@ -422,9 +522,25 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "miss_wb_p50": ("miss_wb", "p50"),
         "gather_hits": ("gather_hits",),
         "gather_misses": ("gather_misses",),
+        "gather_misses_flushed": ("gather_misses_flushed",),
+        "hit_fresh_sync_p50": ("hit_fresh_sync", "p50"),
+        "hit_fresh_sync_p99": ("hit_fresh_sync", "p99"),
+        "pending_miss_bytes": ("pending_miss_bytes",),
+        "gather_peak_bytes": ("gather_peak_bytes",),
+        "gather_hits_gc": ("gather_hits_gc",),
+        "gather_misses_gc": ("gather_misses_gc",),
     }
     out: dict[str, Any] = {key: _median_of(runs, *path) for key, path in metrics.items()}
-    out["fresh_body_calls"] = max(int(run.get("fresh_body_calls", 0)) for run in runs)
+    out["fresh_body_calls"] = max(
+        int(run.get("fresh_body_calls", 0)) + int(run.get("fresh_sync_body_calls", 0))
+        for run in runs
+    )
+    durable = [run.get("gather_misses_durable") for run in runs]
+    # The fewest rows any run found durable: "all durable" must hold in every run.
+    out["gather_misses_durable"] = None if None in durable else min(durable)
+    out["sync_error"] = next((run["sync_error"] for run in runs if "sync_error" in run), None)
+    out["failed_runs"] = errors
+    out["runs"] = len(runs)
     return out
 
 
@@ -479,7 +595,62 @@ def run_four_writers(n_each: int) -> dict[str, Any]:
     }
 
 
+def run_map(n: int, runs: int, concurrency: int = 32) -> dict[str, Any]:
+    """``spot.map`` against ``asyncio.gather`` over ``n`` cached items (bench_map's workers).
+
+    One fill, then per run a fresh process for each (alternating which goes
+    first); medians of the throughputs and of the peak RSS growths.
+    """
+    import bench_map
+
+    rates: dict[str, list[float]] = {"gather": [], "map": []}
+    growth: dict[str, list[float]] = {"gather": [], "map": []}
+    with tempfile.TemporaryDirectory(prefix="bs-bench-map-") as tmp:
+        workdir = Path(tmp)
+        asyncio.run(bench_map.fill(workdir, n))
+        for run in range(runs):
+            order = ("gather", "map") if run % 2 == 0 else ("map", "gather")
+            for mode in order:
+                print(f"run {run + 1}/{runs}: spot.map vs gather ({mode})", file=sys.stderr)
+                result = bench_map.run_worker(workdir, n, mode, concurrency)
+                if "error" in result:
+                    return {"error": f"{mode}: {result['error']}"}
+                if result["body_calls"] or result["hits"] != n:
+                    return {"error": f"{mode}: not all hits ({result['hits']:,} of {n:,})"}
+                rates[mode].append(n / result["seconds"])
+                growth[mode].append(result["growth"])
+    return {
+        "n": n,
+        "gather": statistics.median(rates["gather"]),
+        "map": statistics.median(rates["map"]),
+        "gather_growth": statistics.median(growth["gather"]),
+        "map_growth": statistics.median(growth["map"]),
+    }
+
+
+def run_servers(n: int, quick: bool) -> list[dict[str, Any]] | str:
+    """The PostgreSQL/Redis rows of ``bench_servers.py``, or why there are none."""
+    try:
+        import bench_servers  # type: ignore[import-not-found]
+    except ImportError as exc:
+        return f"not available ({exc})"
+    try:
+        rows = bench_servers.measure(n, quick)
+        if asyncio.iscoroutine(rows):
+            rows = asyncio.run(rows)
+    except Exception as exc:  # the rest of the table is still worth printing
+        return f"failed: {type(exc).__name__}: {exc}"
+    return list(rows)
+
+
 # -- the report ------------------------------------------------------------------------
+
+#: Memory per pending miss (bytes/call, the *pending* figure of ``pending_bytes``)
+#: of a 10 000-miss gather, measured with this script on the commit before
+#: issue 15 (d80ae41; the same in each of 3 runs): the issue asks that it gets
+#: no higher.
+PENDING_BYTES_BEFORE = 1_797.0
+PENDING_BYTES_N = 10_000
 
 
 def _verdict(ok: bool | None) -> str:
@@ -558,13 +729,171 @@ def ratio_lines(results: dict[str, dict[str, Any]], n: int) -> list[str]:
     ]
 
 
+def _fmt_bytes(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} B/call"
+
+
+def issue15_table(
+    results: dict[str, dict[str, Any]],
+    mapped: dict[str, Any] | None,
+    servers: list[dict[str, Any]] | str | None,
+    n: int,
+) -> list[str]:
+    """The issue-15 table: measure, beautyspot-async, peer, ratio, target, met?"""
+
+    def get(name: str, metric: str) -> float | None:
+        value = results.get(name, {}).get(metric)
+        return float(value) if isinstance(value, int | float) else None
+
+    rows: list[str] = [
+        "| measure | beautyspot-async | peer | ratio | target | met? |",
+        "|---|---:|---|---:|---|---|",
+    ]
+
+    def row(
+        measure: str,
+        ours: float | None,
+        peer_label: str,
+        peer: float | None,
+        limit: float,
+        at_most: bool,
+        fmt: Callable[[float | None], str],
+    ) -> None:
+        ratio = _ratio(ours, peer)
+        ok = None if ratio is None else (ratio <= limit if at_most else ratio >= limit)
+        peer_cell = f"{peer_label} {fmt(peer)}" if peer is not None else f"{peer_label}: n/a"
+        rows.append(
+            f"| {measure} | {fmt(ours)} | {peer_cell} "
+            f"| {'-' if ratio is None else f'{ratio:.2f}x'} "
+            f"| {'<=' if at_most else '>='} {limit}x | {_verdict(ok)} |"
+        )
+
+    bs = "bs-async"
+    row(
+        "warm hit p50 (memory tier)",
+        get(bs, "hit_warm_p50"),
+        "aiocache",
+        get("aiocache", "hit_warm_p50"),
+        0.2,
+        True,
+        fmt_us,
+    )
+    row(
+        "fresh-process hit p50, async def",
+        get(bs, "hit_fresh_p50"),
+        "diskcache",
+        get("diskcache", "hit_fresh_p50"),
+        1.0,
+        True,
+        fmt_us,
+    )
+    row(
+        "fresh-process hit p50, sync def (called from sync code)",
+        get(bs, "hit_fresh_sync_p50"),
+        "diskcache",
+        get("diskcache", "hit_fresh_p50"),
+        1.0,
+        True,
+        fmt_us,
+    )
+    row(
+        f"gather over {n:,} fresh hits",
+        get(bs, "gather_hits"),
+        "aiocache",
+        get("aiocache", "gather_hits"),
+        4,
+        False,
+        fmt_rate,
+    )
+    row(
+        "durable miss p50",
+        get(bs, "miss_p50"),
+        "beautyspot 2.7.7 async",
+        get("bs-original-async", "miss_p50"),
+        0.3,
+        True,
+        fmt_us,
+    )
+    row(
+        "write-behind miss p50",
+        get(bs, "miss_wb_p50"),
+        "diskcache miss",
+        get("diskcache", "miss_p50"),
+        0.2,
+        True,
+        fmt_us,
+    )
+
+    rate, flushed = get(bs, "gather_misses"), get(bs, "gather_misses_flushed")
+    durable = results.get(bs, {}).get("gather_misses_durable")
+    body_calls = results.get(bs, {}).get("fresh_body_calls")
+    all_durable = None if durable is None else durable == n and body_calls == 0
+    ok = None if rate is None or all_durable is None else rate >= 25_000 and all_durable
+    durable_text = "-" if durable is None else f"{durable:,} of {n:,} rows durable"
+    rows.append(
+        f"| gather over {n:,} write-behind misses | {fmt_rate(rate)} "
+        f"({fmt_rate(flushed)} including flush()) | - | - "
+        f"| >= 25k/s, all durable after flush ({durable_text}) | {_verdict(ok)} |"
+    )
+
+    if mapped is None:
+        rows.append("| spot.map over cached items vs plain gather | not run | | | >= 0.8x | n/a |")
+    elif "error" in mapped:
+        rows.append(
+            f"| spot.map over cached items vs plain gather | {mapped['error']} | | | >= 0.8x "
+            "| n/a |"
+        )
+    else:
+        row(
+            f"spot.map over {mapped['n']:,} cached items, fresh process",
+            mapped["map"],
+            "plain gather",
+            mapped["gather"],
+            0.8,
+            False,
+            fmt_rate,
+        )
+
+    per_call = get(bs, "pending_miss_bytes")
+    # The baseline was measured with 10 000 calls; other sizes are not comparable.
+    before = PENDING_BYTES_BEFORE if n == PENDING_BYTES_N else None
+    row(
+        f"memory per pending miss, {n:,}-miss gather (tracemalloc, all calls parked)",
+        per_call,
+        f"before (d80ae41, N={PENDING_BYTES_N:,})",
+        before,
+        1.0,
+        True,
+        _fmt_bytes,
+    )
+
+    if servers is not None:
+        if isinstance(servers, str):
+            rows.append(f"| PostgreSQL / Redis (`--servers`) | {servers} | | | | |")
+        else:
+            for server_row in servers:
+                rows.append(_server_row(server_row))
+    return rows
+
+
+def _server_row(row: dict[str, Any]) -> str:
+    """One row of ``bench_servers.measure()``: its table columns when it has them."""
+    columns = ("measure", "beautyspot-async", "peer", "ratio", "target", "met?")
+    if any(column in row for column in columns):
+        return "| " + " | ".join(str(row.get(column, "")) for column in columns) + " |"
+    text = ", ".join(f"{key}={value}" for key, value in row.items())
+    return f"| {text} | | | | | |"
+
+
 def render(
     results: dict[str, dict[str, Any]],
     writers: dict[str, Any] | None,
     n: int,
     runs: int,
+    mapped: dict[str, Any] | None = None,
+    servers: list[dict[str, Any]] | str | None = None,
 ) -> str:
-    """The Markdown table, the ratio lines and the four-writer result."""
+    """The issue-15 table, the per-library table, the issue-5 lines, the four writers."""
     header = (
         "| library | hit p50 (warm) | hit p99 (warm) | hit p50 (fresh process) "
         "| hit p99 (fresh process) | miss p50 (durable) | miss p50 (write-behind) "
@@ -573,7 +902,44 @@ def render(
     lines = [
         f"Peers benchmark: f(x: str) -> ~2 KB dict, {n:,}-key warm cache, "
         f"median of {runs} interleaved run(s), Python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPU(s)",
+        f"{os.cpu_count()} CPU(s), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "Issue 15:",
+        "",
+        *issue15_table(results, mapped, servers, n),
+        "",
+    ]
+    bs = results.get("bs-async", {})
+    if bs.get("sync_error"):
+        lines += [f"sync def fresh-process worker: {bs['sync_error']}", ""]
+    if bs.get("gather_hits") and bs.get("gather_misses"):
+        hits_s, misses_s = n / bs["gather_hits"], n / bs["gather_misses"]
+        lines += [
+            "Time in the cyclic garbage collector (gc.callbacks), beautyspot-async: "
+            f"{bs['gather_hits_gc'] * 1e3:,.0f} ms of the {hits_s * 1e3:,.0f} ms gather over "
+            f"hits, {bs['gather_misses_gc'] * 1e3:,.0f} ms of the {misses_s * 1e3:,.0f} ms "
+            "gather over write-behind misses (medians).",
+            "",
+        ]
+    if bs.get("gather_peak_bytes"):
+        lines += [
+            f"Peak of that {n:,}-miss gather, results and unwritten entries included: "
+            f"{bs['gather_peak_bytes']:,.0f} B/call (tracemalloc; moves +-10 % with how far "
+            "the writer got).",
+            "",
+        ]
+    for name, spec in LIBRARIES.items():
+        failed = results.get(name, {}).get("failed_runs")
+        if failed:
+            lines += [
+                f"{spec.label}: {len(failed)} run(s) failed, the medians are over the other "
+                f"{results[name]['runs']}: {failed[0]}",
+                "",
+            ]
+    if bs.get("fresh_body_calls"):
+        lines += [f"NOT ALL HITS: {bs['fresh_body_calls']} bodies ran in fresh processes.", ""]
+    lines += [
+        "Per library (the medians the table above is computed from):",
         "",
         header,
         "|---|" + "---:|" * 8,
@@ -606,7 +972,7 @@ def render(
         "nothing on disk). Gather over misses uses write-behind where the library has it. "
         'aiocache\'s "durable" miss is a memory write.',
         "",
-        "Targets (issue 5):",
+        "Earlier targets (issue 5):",
         "",
         *ratio_lines(results, n),
     ]
@@ -638,6 +1004,21 @@ def main(argv: list[str] | None = None) -> None:
         "--only", nargs="+", choices=sorted(LIBRARIES), help="run only these libraries"
     )
     parser.add_argument("--no-writers", action="store_true", help="skip the four-writer case")
+    parser.add_argument(
+        "--map-n",
+        type=int,
+        default=None,
+        help="cached items of the spot.map vs gather row (default 100 000; --quick 10 000)",
+    )
+    parser.add_argument("--no-map", action="store_true", help="skip the spot.map row")
+    parser.add_argument(
+        "--servers",
+        action="store_true",
+        help="add bench_servers.py's PostgreSQL/Redis rows (when that script exists)",
+    )
+    parser.add_argument(
+        "--sync-fresh-worker", nargs=2, metavar=("LIB", "DIR"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--warm-worker", nargs=2, metavar=("LIB", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--fresh-worker", nargs=2, metavar=("LIB", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--writer-worker", nargs=2, metavar=("I", "DIR"), help=argparse.SUPPRESS)
@@ -651,6 +1032,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh_worker:
         name, workdir = args.fresh_worker
         print(json.dumps(asyncio.run(fresh_worker(name, Path(workdir), n))))
+        return
+    if args.sync_fresh_worker:
+        _, workdir = args.sync_fresh_worker
+        print(json.dumps(sync_fresh_worker(Path(workdir), n)))
         return
     if args.writer_worker:
         index, workdir = args.writer_worker
@@ -684,7 +1069,15 @@ def main(argv: list[str] | None = None) -> None:
             writers = run_four_writers(500 if args.quick else 2_500)
         except Exception as exc:  # the table is still worth printing
             writers = {"error": f"failed: {type(exc).__name__}: {exc}"}
-    print(render(results, writers, n, runs))
+    mapped: dict[str, Any] | None = None
+    if not args.no_map and installed["bs-async"] and "bs-async" in selected:
+        map_n = args.map_n if args.map_n is not None else (10_000 if args.quick else 100_000)
+        try:
+            mapped = run_map(map_n, runs)
+        except Exception as exc:
+            mapped = {"error": f"failed: {type(exc).__name__}: {exc}"}
+    servers = run_servers(n, args.quick) if args.servers else None
+    print(render(results, writers, n, runs, mapped, servers))
 
 
 if __name__ == "__main__":

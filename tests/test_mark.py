@@ -120,6 +120,56 @@ class TestShape:
         assert first(1) == 1
 
 
+class TestCallObjects:
+    """A call allocates no closure: the wrappers capture no per-call variable.
+
+    Fewer objects per call is what keeps the cyclic collector's work down in
+    a large ``gather`` (docs/performance.md). A closure over a call's
+    arguments would give every call, hits included, two cells.
+    """
+
+    def test_async_wrapper_has_no_cells(self, tmp_path: Path) -> None:
+        spot = make_spot("memory", tmp_path)
+
+        @spot.mark
+        async def f(x: int, *, y: int = 0) -> int:
+            return x + y
+
+        assert f.__code__.co_cellvars == ()
+
+    def test_sync_wrapper_and_acall_have_no_cells(self, tmp_path: Path) -> None:
+        spot = make_spot("memory", tmp_path)
+
+        @spot.mark
+        def g(x: int) -> int:
+            return x
+
+        assert g.__code__.co_cellvars == ()
+        assert g.acall.__code__.co_cellvars == ()
+
+    async def test_arguments_reach_the_body_on_a_miss(self, kind: str, tmp_path: Path) -> None:
+        async with open_spot(kind, tmp_path) as spot:
+            calls: list[tuple[int, int]] = []
+
+            @spot.mark
+            async def f(x: int, *, y: int = 0) -> int:
+                calls.append((x, y))
+                return x * 10 + y
+
+            @spot.mark
+            def g(x: int, y: int = 0) -> int:
+                calls.append((x, y))
+                return x * 10 + y
+
+            assert await f(1, y=2) == 12
+            assert await f(3) == 30
+            assert await f(1, y=2) == 12
+            assert await g.acall(4, y=5) == 45
+            assert await g.acall(4, y=5) == 45
+            assert await f.refresh(1, y=2) == 12
+            assert calls == [(1, 2), (3, 0), (4, 5), (1, 2)]
+
+
 class TestResults:
     """A hit returns a value equal to, and of the same type as, the miss."""
 

@@ -100,9 +100,7 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
         if mode == OFF:
             return await body(*args, **kwargs)
         if mode == REFRESH:
-            return await drive_async(
-                steps(args, kwargs, UNPROBED, True), lambda: body(*args, **kwargs)
-            )
+            return await drive_async(steps(args, kwargs, UNPROBED, True), body, args, kwargs)
         found = await aprobe(args, kwargs)
         if type(found) is Miss:
             return await drive_async(replay(args, kwargs, found), _never_runs)
@@ -117,7 +115,9 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
                     return await run_async(mode, args, kwargs)
             found = await aprobe(args, kwargs)
             if type(found) is Miss:
-                return await drive_async(steps(args, kwargs, found), lambda: body(*args, **kwargs))
+                # The arguments go to the driver, not into a closure: a
+                # closure would give every call (hits too) two cells.
+                return await drive_async(steps(args, kwargs, found), body, args, kwargs)
             return found
 
         _copy_metadata(async_marked, fn)
@@ -141,19 +141,24 @@ def wrap(fn: Callable[..., Any], pipeline: Pipeline) -> Callable[..., Any]:
         return found
 
     async def run_threaded(mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = functools.partial(body, *args, **kwargs)
+        # The body's partial is made only when it runs, and handed to the
+        # driver as an argument: a hit allocates neither it nor a closure.
         if mode == OFF:
-            return await anyio.to_thread.run_sync(call)
+            return await anyio.to_thread.run_sync(functools.partial(body, *args, **kwargs))
         if mode == REFRESH:
             return await drive_async(
-                steps(args, kwargs, UNPROBED, True), lambda: anyio.to_thread.run_sync(call)
+                steps(args, kwargs, UNPROBED, True),
+                anyio.to_thread.run_sync,
+                (functools.partial(body, *args, **kwargs),),
             )
         found = await aprobe(args, kwargs)
         if type(found) is Miss:
             if mode == REPLAY:
                 return await drive_async(replay(args, kwargs, found), _never_runs)
             return await drive_async(
-                steps(args, kwargs, found), lambda: anyio.to_thread.run_sync(call)
+                steps(args, kwargs, found),
+                anyio.to_thread.run_sync,
+                (functools.partial(body, *args, **kwargs),),
             )
         return found
 
