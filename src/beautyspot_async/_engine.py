@@ -126,6 +126,8 @@ class Engine:
         )
         self._housekeeping = False
         self._memory = MemoryTier(max_entries=memory_entries, max_bytes=memory_bytes)
+        #: How many results the memory tier may hold (the pipeline sizes caches by it).
+        self.memory_entries = memory_entries
         # Not a bound method of the engine: the writer, which the finalizer
         # below keeps alive, must not keep the engine alive through it.
         self._memory_discard = self._memory.discard

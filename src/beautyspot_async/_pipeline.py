@@ -67,7 +67,10 @@ logger = logging.getLogger("beautyspot_async")
 #: Exact types whose canonical key encoding depends only on (type, value).
 #: float is left out: 0.0 == -0.0 and NaN != NaN would break the dict lookup.
 _SIMPLE_TYPES: Final = frozenset({str, bytes, int, bool, type(None)})
-_IDS_CACHE_SIZE: Final = 4096
+#: The remembered ids of a marked function: as many as the memory tier holds
+#: entries (a warm hit needs both), within these bounds (~360 B per entry).
+_IDS_CACHE_MIN: Final = 1024
+_IDS_CACHE_MAX: Final = 65536
 
 #: The backend's non-waiting read said the key is not stored.
 _ABSENT: Final[Any] = object()
@@ -156,6 +159,7 @@ class Pipeline:
         # and it skips two hashes on every repeat call.
         self._ids_cacheable = task.keyer.by_value_only
         self._ids: dict[tuple[Any, ...], tuple[str, str]] = {}
+        self._ids_limit = min(max(engine.memory_entries, _IDS_CACHE_MIN), _IDS_CACHE_MAX)
         #: ``@spot.mark(mode=)``, else ``Spot(mode=)`` (see _modes for the rest).
         self.explicit_mode = task.mode if task.mode is not None else engine.mode
 
@@ -187,7 +191,7 @@ class Pipeline:
         input_id = self.task.keyer.input_id(args, kwargs)
         ids = (input_id, self._scope(input_id))
         if remember is not None:
-            if len(self._ids) >= _IDS_CACHE_SIZE:
+            if len(self._ids) >= self._ids_limit:
                 self._ids.clear()  # crude, but O(1) and the common keys come right back
             self._ids[remember] = ids
         return ids
