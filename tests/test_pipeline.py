@@ -61,6 +61,7 @@ class ScriptedEngine:
         self.default_wait = default_wait
         self.blob_threshold = 64 * 1024
         self.loop_bound = True
+        self.memory_entries = 10_000
         self.landed: list[Flight] = []
         self.released: list[tuple[str, str]] = []
 
