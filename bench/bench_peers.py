@@ -877,12 +877,14 @@ def issue15_table(
 
 
 def _server_row(row: dict[str, Any]) -> str:
-    """One row of ``bench_servers.measure()``: its table columns when it has them."""
-    columns = ("measure", "beautyspot-async", "peer", "ratio", "target", "met?")
-    if any(column in row for column in columns):
-        return "| " + " | ".join(str(row.get(column, "")) for column in columns) + " |"
-    text = ", ".join(f"{key}={value}" for key, value in row.items())
-    return f"| {text} | | | | | |"
+    """One row of ``bench_servers.measure()`` in the issue-15 table's columns."""
+    raw = "asyncpg `fetchrow`" if row["backend"] == "postgresql" else "redis `GET`"
+    verdict = "**met**" if row["met"] else "**not met**"
+    return (
+        f"| fresh-process hit p50, {row['backend']} (gather {fmt_rate(row['gather_per_s'])}) "
+        f"| {fmt_us(row['hit_p50_s'])} | one raw {raw} {fmt_us(row['raw_p50_s'])} "
+        f"| {row['ratio']:.2f}x | <= {row['target']:.1f}x | {verdict} |"
+    )
 
 
 def render(

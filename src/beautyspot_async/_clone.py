@@ -19,6 +19,8 @@ __all__ = ["copier"]
 
 #: Exact types shared between copies: nothing can change them in place.
 _SCALARS: Final = frozenset({str, int, float, bool, bytes, type(None), complex})
+#: Exact types of dict keys shared between copies (a tuple key is hashable, so immutable).
+_KEYS: Final = _SCALARS | {tuple}
 #: Deeper or larger results are decoded, as before.
 _MAX_DEPTH: Final = 16
 _MAX_NODES: Final = 20_000
@@ -67,10 +69,11 @@ def _plan(value: Any, depth: int, budget: list[int]) -> Any:
         budget[0] -= len(value)
         if budget[0] < 0:
             raise _TooBig
+        if _SCALARS.issuperset(map(type, value.values())) and _KEYS.issuperset(map(type, value)):
+            return value.copy  # scanned in C: no per-item Python call
         rebuilt: list[tuple[Any, Copy]] = []
         for key, item in value.items():
-            # A tuple key is hashable, hence immutable all the way down: shared.
-            if type(key) not in _SCALARS and type(key) is not tuple:
+            if type(key) not in _KEYS:
                 return None
             sub = _plan(item, depth + 1, budget)
             if sub is None:
@@ -84,6 +87,8 @@ def _plan(value: Any, depth: int, budget: list[int]) -> Any:
         budget[0] -= len(value)
         if budget[0] < 0:
             raise _TooBig
+        if _SCALARS.issuperset(map(type, value)):
+            return value.copy if kind is list else _SHARED
         subs = []
         for item in value:
             sub = _plan(item, depth + 1, budget)

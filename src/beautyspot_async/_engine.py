@@ -314,8 +314,12 @@ class Engine:
         except Exception:  # a decoder changed under us: forget the entry
             self._memory.discard(key)
             return NO_VALUE
-        if entry.copy is None:
-            # Hit here once, likely again: keep this decode as the private
+        if not entry.seen:
+            # A result read once is not worth planning a copy of (a batch
+            # that reads every key once would pay for nothing): note it.
+            entry.seen = True
+        else:
+            # Hit here again, likely more: keep this decode as the private
             # source of later copies and hand the caller a copy of it.
             copy = copier(value)
             if copy is not None:

@@ -32,13 +32,15 @@ NO_VALUE: Final[Any] = object()
 IMMUTABLE_TYPES: Final = frozenset({str, int, float, bool, bytes, type(None), complex})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MemoryEntry:
     payload: bytes
     expires_at: float | None
     value: Any = NO_VALUE
-    #: Makes a fresh copy of the decoded result (see ``_clone``), once it was hit here.
+    #: Makes a fresh copy of the decoded result (see ``_clone``), once hit here twice.
     copy: Any = None
+    #: Hit here once already (set in place: no entry is copied for it).
+    seen: bool = False
 
     @property
     def size(self) -> int:
