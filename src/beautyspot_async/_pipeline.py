@@ -67,8 +67,9 @@ logger = logging.getLogger("beautyspot_async")
 #: Exact types whose canonical key encoding depends only on (type, value).
 #: float is left out: 0.0 == -0.0 and NaN != NaN would break the dict lookup.
 _SIMPLE_TYPES: Final = frozenset({str, bytes, int, bool, type(None)})
-#: The remembered ids of a marked function: as many as the memory tier holds
-#: entries (a warm hit needs both), within these bounds (~360 B per entry).
+#: The remembered ids of a marked function: twice as many as the memory tier
+#: holds entries (a warm hit needs both, and the cache is emptied when full),
+#: within these bounds (~360 B per entry).
 _IDS_CACHE_MIN: Final = 1024
 _IDS_CACHE_MAX: Final = 65536
 
@@ -159,7 +160,7 @@ class Pipeline:
         # and it skips two hashes on every repeat call.
         self._ids_cacheable = task.keyer.by_value_only
         self._ids: dict[tuple[Any, ...], tuple[str, str]] = {}
-        self._ids_limit = min(max(engine.memory_entries, _IDS_CACHE_MIN), _IDS_CACHE_MAX)
+        self._ids_limit = min(max(2 * engine.memory_entries, _IDS_CACHE_MIN), _IDS_CACHE_MAX)
         #: ``@spot.mark(mode=)``, else ``Spot(mode=)`` (see _modes for the rest).
         self.explicit_mode = task.mode if task.mode is not None else engine.mode
 
