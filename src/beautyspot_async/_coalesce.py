@@ -73,6 +73,9 @@ class LoopTurns(Generic[_T]):
                 return None
             batch = self._batches[loop] = []
             loop.call_soon(self._run, loop)
+        elif len(batch) == _gc_burst.BURST:
+            # A burst: from here on, not after the turn (its calls allocate now).
+            _gc_burst.burst(loop)
         return batch
 
     def first(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -88,10 +91,7 @@ class LoopTurns(Generic[_T]):
         return first is task
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._batches.pop(loop, [])
-        if len(batch) >= _gc_burst.BURST:
-            _gc_burst.burst(loop)
-        self._answer(batch)
+        self._answer(self._batches.pop(loop, []))
 
 
 class NowaitCoalescer:
