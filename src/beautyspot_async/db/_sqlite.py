@@ -44,7 +44,7 @@ from beautyspot_async._record import (
 from beautyspot_async.db import _sqlite_layout as layout
 from beautyspot_async.db._base import EvictionCandidate, LeaseHolder, RecordTaskDB
 from beautyspot_async.db._history import records_to_frame
-from beautyspot_async.db._sqlite_inline import InlineWriter
+from beautyspot_async.db._sqlite_inline import WAL_LIMIT, InlineWriter
 from beautyspot_async.db._sqlite_nowait import (
     IN_CHUNK,
     NowaitReader,
@@ -661,19 +661,25 @@ class SQLiteTaskDB(RecordTaskDB):
         return self._inline.checkpoint_due
 
     async def housekeeping(self) -> None:
-        """Checkpoint the whole WAL and truncate it: the callers' connections never checkpoint.
+        """Checkpoint the WAL for the callers' connections, which never checkpoint.
 
-        Passive checkpoints are not enough: with writers appending while one
-        runs, the WAL rarely gets back to its start, and it grew to hundreds
-        of megabytes. A truncating checkpoint waits for the writer of the
-        moment and holds new ones back while it copies; it waits a tenth of
-        a second at most (not the busy timeout: writers of every process
-        queue behind it) and settles for a passive one otherwise.
+        Passive while the WAL is moderate: it never holds a writer back.
+        Passive checkpoints alone, though, rarely get the WAL back to its
+        start while writers keep appending, and it grew to hundreds of
+        megabytes; past four times the limit the checkpoint truncates it,
+        holding new writers back while it copies. It waits a tenth of a
+        second at most for the writer of the moment (not the busy timeout:
+        writers of every process queue behind it) and settles for a passive
+        one otherwise.
         """
         if self._conn.peek() is None:
             return
+        truncate = self._inline.wal_bytes() > 4 * WAL_LIMIT
 
         def checkpoint(raw: sqlite3.Connection) -> None:
+            if not truncate:
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                return
             raw.execute("PRAGMA busy_timeout = 100")
             try:
                 busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]

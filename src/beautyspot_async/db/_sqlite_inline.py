@@ -14,9 +14,9 @@ The connection never checkpoints (``wal_autocheckpoint = 0``): a checkpoint
 copies the WAL into the database and can take milliseconds, so it stays on
 aiosqlite's thread. Every :data:`CHECK_EVERY` commits made here, the WAL's
 size is looked at; past :data:`WAL_LIMIT` the owner asks that thread for a
-checkpoint that truncates the WAL (:attr:`InlineWriter.checkpoint_due`), so
-its size is what was appended since. Counting commits instead would not do:
-one transaction may append one page or hundreds.
+checkpoint (:attr:`InlineWriter.checkpoint_due`; see
+``SQLiteTaskDB.housekeeping`` for which kind). Counting commits instead
+would not do: one transaction may append one page or hundreds.
 """
 
 from __future__ import annotations
@@ -77,13 +77,19 @@ class InlineWriter:
     @property
     def checkpoint_due(self) -> bool:
         """Whether the WAL grew past :data:`WAL_LIMIT` (looked at every few commits)."""
-        if self._commits < CHECK_EVERY or self._wal is None:
+        if self._commits < CHECK_EVERY:
             return False
         self._commits = 0
+        return self.wal_bytes() > WAL_LIMIT
+
+    def wal_bytes(self) -> int:
+        """The WAL file's size (0 when there is none)."""
+        if self._wal is None:
+            return 0
         try:
-            return self._wal.stat().st_size > WAL_LIMIT
+            return self._wal.stat().st_size
         except OSError:
-            return False
+            return 0
 
     def lookup_or_lease(
         self, cache_keys: Sequence[str], owner: str, ttl: float
