@@ -7,7 +7,9 @@ the sync fast path lives in ``_sqlite_nowait``.)
 Writes go through one aiosqlite connection per instance (asyncio only, hence
 ``loop_bound``). Cache-hit lookups can skip the event loop hop entirely through
 :meth:`SQLiteTaskDB.get_nowait`, a plain ``sqlite3`` read that never waits
-(see ``_sqlite_nowait``).
+(see ``_sqlite_nowait``); a miss's lease and a lone durable write can too
+(``lookup_or_lease_nowait``, ``save_and_release_nowait``: ``_sqlite_inline``).
+The result table's layout, and converting older files, is ``_sqlite_layout``.
 """
 
 from __future__ import annotations
@@ -622,11 +624,12 @@ class SQLiteTaskDB(RecordTaskDB):
     def get_nowait(self, cache_key: str) -> TaskRecord | None:
         """Read ``cache_key`` at once on this thread, or raise :class:`anyio.WouldBlock`.
 
-        Uses this thread's own read-only connection (zero busy timeout). It
-        raises ``WouldBlock`` -- and the caller falls back to :meth:`get` --
-        when the file or schema does not exist yet, when another connection
-        holds a lock that would make it wait, and when the payload is larger
-        than ``nowait_max_bytes``.
+        Uses this thread's own connection (zero busy timeout). It raises
+        ``WouldBlock`` -- and the caller falls back to :meth:`get` -- when the
+        file or schema does not exist yet, when another connection holds a
+        lock that would make it wait, when the payload is larger than
+        ``nowait_max_bytes``, and for a row whose text is not valid UTF-8
+        (the lenient path flags it).
         """
         return self._nowait.get(cache_key)
 
