@@ -16,6 +16,7 @@ writes); the tests that plant a lease of another process write that format.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sqlite3
@@ -29,7 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
+
+from beautyspot_async._portal import Waiter, settle_all, settle_here
 
 from ._spots import make_spot
 
@@ -432,3 +436,66 @@ async def test_waiting_for_many_leases_burns_no_cpu(tmp_path: Path, db: Path) ->
     assert finished >= expires_at - 0.1, "the calls did not wait for a live holder's leases"
     assert cpu < 1.0, f"waiting ~3 s for {calls} leased keys used {cpu:.2f} s of CPU"
     assert stats.lease_waits == calls, f"{calls} waiting calls counted {stats.lease_waits}"
+
+
+class TestAnswersThatFindTheCallerGone:
+    """A lease granted to a caller who left before reading the answer is given back.
+
+    Whichever side finds out gives it back: the waiter, when the answer
+    arrived just before its cancellation, or the settler, when the waiter
+    was cancelled first (``Waiter.unclaimed``).
+    """
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_answered_then_cancelled_in_the_same_turn(self) -> None:
+        unclaimed: list[object] = []
+        waiter = Waiter.for_async()
+        waiter.unclaimed = unclaimed.append
+        task = asyncio.ensure_future(waiter.wait())
+        await asyncio.sleep(0)  # the task now awaits the future
+        waiter.future.set_result("granted")
+        task.cancel()  # before the task ran again: the answer is never read
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert unclaimed == ["granted"]
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_cancelled_then_answered(self) -> None:
+        unclaimed: list[object] = []
+        waiter = Waiter.for_async()
+        waiter.unclaimed = unclaimed.append
+        task = asyncio.ensure_future(waiter.wait())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        settle_here([(waiter, "granted", None)])
+        assert unclaimed == ["granted"]
+
+    @pytest.mark.anyio
+    async def test_a_thread_safe_waiter_cancelled_then_answered(self) -> None:
+        unclaimed: list[object] = []
+        waiter = Waiter.for_sync()  # what trio and sync callers wait on
+        waiter.unclaimed = unclaimed.append
+        with anyio.move_on_after(0.05):
+            await waiter.wait()
+        await anyio.to_thread.run_sync(settle_all, [(waiter, "granted", None)])
+        assert unclaimed == ["granted"]
+
+    def test_a_sync_caller_interrupted_after_the_answer(self) -> None:
+        unclaimed: list[object] = []
+        waiter = Waiter.for_sync()
+        waiter.unclaimed = unclaimed.append
+        waiter.future.set_result("granted")
+        waiter._gone()  # what wait_sync does when it is interrupted
+        assert unclaimed == ["granted"]
+
+    def test_an_answer_read_is_not_unclaimed(self) -> None:
+        unclaimed: list[object] = []
+        waiter = Waiter.for_sync()
+        waiter.unclaimed = unclaimed.append
+        settle_all([(waiter, "granted", None)])
+        assert waiter.wait_sync() == "granted"
+        assert unclaimed == []

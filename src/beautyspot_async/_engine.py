@@ -27,7 +27,7 @@ from ._gc_burst import end_burst
 from ._leases import Leases
 from ._memory_tier import NO_VALUE, MemoryEntry, MemoryTier
 from ._portal import Waiter, io_loop
-from ._reader import Reader
+from ._reader import Absent, Reader
 from ._record import INLINE, TaskRecord
 from ._singleflight import Flight, FlightRegistry
 from ._store import DEFAULT_BACKEND_TIMEOUT, BackendTimeout, ResultStore, WriteItem
@@ -409,10 +409,17 @@ class Engine:
         (``_coalesce.InlineLeases``), otherwise on the I/O loop.
         """
         ttl = self.leases.ttl or 0.0
-        inline = self._inline_leases
-        if owner is not None and inline is not None and inline.submit(key, owner, ttl, waiter):
-            return
+        if owner is not None:
+            waiter.unclaimed = functools.partial(self._unclaimed_lease, key, owner)
+            inline = self._inline_leases
+            if inline is not None and inline.submit(key, owner, ttl, waiter):
+                return
         self._reader.submit(key, owner, ttl, waiter)
+
+    def _unclaimed_lease(self, key: str, owner: str, answer: Any) -> None:
+        # The caller left between the grant and reading it: give the lease back.
+        if answer is Absent.OURS:
+            self.leases.release_soon(key, owner)
 
     def _committed(self) -> None:
         # After each transaction on a caller's thread: the work it put off.
@@ -459,6 +466,7 @@ class Engine:
 
     def wait_for_lease(self, key: str, owner: str, waiter: Waiter) -> None:
         """Settle ``waiter`` once ``key``, leased elsewhere, is stored or ours (a Wait submit)."""
+        waiter.unclaimed = functools.partial(self._unclaimed_lease, key, owner)
         self.leases.wait(key, owner, waiter)
 
     def hold_lease(self, key: str, owner: str) -> None:

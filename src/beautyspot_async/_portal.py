@@ -168,13 +168,20 @@ class Waiter:
     whole batch; sync callers block on a thread-safe future, and trio callers
     await one through :func:`wait_future` (a ``_wakeup.Wakeup``).
     Settling twice is harmless: the first outcome wins.
+
+    ``unclaimed(value)``, when set, receives a value that reached a caller who
+    had already gone (cancelled, interrupted) -- from whichever side finds
+    out: the waiter, if the value arrived just before its cancellation, or
+    the settler, if the waiter was cancelled first. A granted lease is given
+    back that way instead of being left to expire.
     """
 
-    __slots__ = ("future", "loop")
+    __slots__ = ("future", "loop", "unclaimed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None, future: Any) -> None:
         self.loop = loop
         self.future = future
+        self.unclaimed: Callable[[Any], None] | None = None
 
     @classmethod
     def for_async(cls) -> Waiter:
@@ -189,12 +196,29 @@ class Waiter:
         return cls(None, concurrent.futures.Future())
 
     async def wait(self) -> Any:
-        if self.loop is not None:
-            return await self.future
-        return await wait_future(self.future)
+        try:
+            if self.loop is not None:
+                return await self.future
+            return await wait_future(self.future)
+        except BaseException:
+            self._gone()
+            raise
 
     def wait_sync(self) -> Any:
-        return self.future.result()
+        try:
+            return self.future.result()
+        except BaseException:
+            self._gone()
+            raise
+
+    def _gone(self) -> None:
+        # cancel() and set_result() exclude each other: either the settler
+        # finds the future cancelled (and calls unclaimed), or it is done here.
+        future = self.future
+        if future.cancel() or not future.done() or future.cancelled():
+            return
+        if self.unclaimed is not None and future.exception() is None:
+            self.unclaimed(future.result())
 
 
 Outcome = tuple[Waiter, Any, BaseException | None]
@@ -202,13 +226,20 @@ Outcome = tuple[Waiter, Any, BaseException | None]
 Abandoned = Callable[[Waiter, Any], None]
 
 
+def _unclaimed(waiter: Waiter, value: Any, on_abandoned: Abandoned | None) -> None:
+    if on_abandoned is not None:
+        on_abandoned(waiter, value)
+    elif waiter.unclaimed is not None:
+        waiter.unclaimed(value)
+
+
 def settle_here(outcomes: list[Outcome], on_abandoned: Abandoned | None = None) -> None:
     """Deliver outcomes to waiters of the running loop (or thread-safe ones), at once."""
     for waiter, value, error in outcomes:
         future = waiter.future
         if future.done():
-            if on_abandoned is not None and future.cancelled():
-                on_abandoned(waiter, value)
+            if future.cancelled() and error is None:
+                _unclaimed(waiter, value, on_abandoned)
             continue
         if error is None:
             future.set_result(value)
@@ -233,8 +264,9 @@ def settle_all(outcomes: list[Outcome], on_abandoned: Abandoned | None = None) -
                 future.set_result(value)
             else:
                 future.set_exception(error)
-        except concurrent.futures.InvalidStateError:
-            pass  # settled already
+        except concurrent.futures.InvalidStateError:  # settled already, or the caller left
+            if future.cancelled() and error is None:
+                _unclaimed(waiter, value, on_abandoned)
     for loop, batch in by_loop.items():
         # RuntimeError: that loop is closed, so nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
