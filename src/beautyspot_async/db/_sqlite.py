@@ -694,6 +694,7 @@ class SQLiteTaskDB(RecordTaskDB):
         async with self._writing() as conn:
             with _ERRORS.translating("checkpoint"):
                 await conn._execute(checkpoint, conn._conn)  # type: ignore[no-untyped-call]
+        self._inline.baseline = self._inline.wal_bytes()
 
 
 class _Writing:

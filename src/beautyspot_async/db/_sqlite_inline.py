@@ -13,8 +13,8 @@ which bounds the worst one.
 The connection never checkpoints (``wal_autocheckpoint = 0``): a checkpoint
 copies the WAL into the database and can take milliseconds, so it stays on
 aiosqlite's thread. Every :data:`CHECK_EVERY` commits made here, the WAL's
-size is looked at; past :data:`WAL_LIMIT` the owner asks that thread for a
-checkpoint (:attr:`InlineWriter.checkpoint_due`; see
+size is looked at; :data:`WAL_LIMIT` past its size after the last checkpoint,
+the owner asks that thread for a checkpoint (:attr:`InlineWriter.checkpoint_due`; see
 ``SQLiteTaskDB.housekeeping`` for which kind). Counting commits instead
 would not do: one transaction may append one page or hundreds.
 """
@@ -73,6 +73,10 @@ class InlineWriter:
         self._wal = None if path is None else Path(f"{path}-wal")
         #: Commits made here since the WAL's size was last looked at (racy: a hint).
         self._commits = 0
+        #: The WAL file's size after the last checkpoint. A passive checkpoint
+        #: does not shrink the file: the WAL restarts inside it, so only growth
+        #: past this size means the checkpoints are falling behind.
+        self.baseline = 0
 
     @property
     def checkpoint_due(self) -> bool:
@@ -80,7 +84,7 @@ class InlineWriter:
         if self._commits < CHECK_EVERY:
             return False
         self._commits = 0
-        return self.wal_bytes() > WAL_LIMIT
+        return self.wal_bytes() > self.baseline + WAL_LIMIT
 
     def wal_bytes(self) -> int:
         """The WAL file's size (0 when there is none)."""
