@@ -1,3 +1,4 @@
+# Over 500 lines: the one surface the pipeline calls; its reads, leases and writes read together.
 """The shared machinery behind one Spot: store, writer, memory tier, flights.
 
 Every marked function of a Spot shares one engine. The pipeline reaches it
