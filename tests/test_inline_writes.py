@@ -10,6 +10,7 @@ happens (counted, never timed) and that nothing about the result changes.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 import beautyspot_async as bs
@@ -320,3 +322,29 @@ class TestCheckpoints:
         # Truncated by the last checkpoint, then grown only by what followed it.
         assert (tmp_path / "t.db-wal").stat().st_size < 4 * 1024 * 1024
         assert _rows(tmp_path / "t.db", "tasks") == 61
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # aiosqlite: asyncio only
+async def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    db = SQLiteTaskDB(tmp_path / "t.db")
+    await db.init_schema()
+    try:
+        assert db.lookup_or_lease_nowait(["parent"], "owner-p", 30.0) == {"parent": True}
+        inherited = db._connections.get()
+        pid = os.fork()
+        if pid == 0:  # the child: never the parent's connection (SQLite forbids it)
+            code = 1
+            try:
+                conn = db._connections.get()
+                leased = db.lookup_or_lease_nowait(["child"], "owner-c", 30.0)
+                code = 0 if conn is not inherited and leased == {"child": True} else 3
+            finally:
+                os._exit(code)
+        _, status = await anyio.to_thread.run_sync(os.waitpid, pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert db._connections.get() is inherited, "the parent keeps its connection"
+        rows = sqlite3.connect(tmp_path / "t.db").execute("SELECT cache_key FROM leases")
+        assert sorted(r[0] for r in rows) == ["child", "parent"]
+    finally:
+        await db.aclose()

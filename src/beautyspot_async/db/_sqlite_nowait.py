@@ -8,6 +8,7 @@ too large to read inline, a file not created yet) the reader raises
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -48,6 +49,20 @@ class _Slot(threading.local):
     conn: sqlite3.Connection | None = None
     generation: int = -1
     wal: bool = False
+    forks: int = 0
+
+
+#: Forks of this process so far, as seen by the child: SQLite forbids using a
+#: connection opened before a fork, and a forked child inherits the thread's slot.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class ThreadConnections:
@@ -69,10 +84,14 @@ class ThreadConnections:
         """This thread's connection; WouldBlock when it cannot be opened without waiting."""
         slot = self._slot
         conn = slot.conn
-        if conn is not None and slot.generation == self._generation:
+        if conn is not None and slot.generation == self._generation and slot.forks == _forks:
             return conn
         if self._uri is None:
             raise anyio.WouldBlock
+        if slot.forks != _forks:
+            # The parent's connection: never used, never closed here (closing
+            # would release locks and state that belong to the parent).
+            slot.conn = None
         self._drop()
         try:
             # mode=rw never creates the file (a missing file is OperationalError).
@@ -100,7 +119,7 @@ class ThreadConnections:
         except BaseException:
             conn.close()
             raise
-        slot.conn, slot.generation = conn, self._generation
+        slot.conn, slot.generation, slot.forks = conn, self._generation, _forks
         slot.wal = mode is not None and str(mode[0]).lower() == "wal"
         return conn
 
