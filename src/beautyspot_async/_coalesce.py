@@ -41,6 +41,7 @@ __all__ = [
     "InlineWrites",
     "LoopTurns",
     "NowaitCoalescer",
+    "TurnLeaders",
     "Slices",
 ]
 
@@ -50,38 +51,16 @@ _T = TypeVar("_T")
 DIRECT: Any = object()
 
 
-class LoopTurns(Generic[_T]):
-    """Per loop: who goes first in the current turn, and the batch of everyone else.
+class TurnLeaders:
+    """Per loop: the task that goes first in the current turn (and acts directly)."""
 
-    ``answer(batch)`` runs in a callback on the loop, once per turn that
-    batched anything, after the tasks that filled it have all had their go.
-    """
+    __slots__ = ("_first",)
 
-    __slots__ = ("_answer", "_batches", "_first")
-
-    def __init__(self, answer: Callable[[list[_T]], None]) -> None:
-        self._answer = answer
-        self._batches: dict[asyncio.AbstractEventLoop, list[_T]] = {}
-        #: Per loop, the task that acted directly in the current turn.
+    def __init__(self) -> None:
         self._first: dict[asyncio.AbstractEventLoop, object] = {}
 
-    def join(self, loop: asyncio.AbstractEventLoop) -> list[_T] | None:
-        """``None``: act directly now; otherwise the batch to append to."""
-        batch = self._batches.get(loop)
-        if batch is None:
-            if self.first(loop):
-                return None
-            batch = self._batches[loop] = []
-            loop.call_soon(self._run, loop)
-        elif len(batch) == _gc_burst.BURST:
-            # A burst: from here on, not after the turn (its calls allocate now).
-            _gc_burst.burst(loop)
-        return batch
-
     def first(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether the current task goes first in this turn (and should act directly)."""
-        if loop in self._batches:
-            return False
+        """Whether the current task goes first in this turn: the first to ask, or that one again."""
         task = asyncio.current_task(loop)
         first = self._first.get(loop)
         if first is None:
@@ -89,6 +68,34 @@ class LoopTurns(Generic[_T]):
             loop.call_soon(self._first.pop, loop, None)
             return True
         return first is task
+
+
+class LoopTurns(Generic[_T]):
+    """Per loop: who goes first in the current turn, and the batch of everyone else.
+
+    ``answer(batch)`` runs in a callback on the loop, once per turn that
+    batched anything, after the tasks that filled it have all had their go.
+    """
+
+    __slots__ = ("_answer", "_batches", "_leaders")
+
+    def __init__(self, answer: Callable[[list[_T]], None]) -> None:
+        self._answer = answer
+        self._batches: dict[asyncio.AbstractEventLoop, list[_T]] = {}
+        self._leaders = TurnLeaders()
+
+    def join(self, loop: asyncio.AbstractEventLoop) -> list[_T] | None:
+        """``None``: act directly now; otherwise the batch to append to."""
+        batch = self._batches.get(loop)
+        if batch is None:
+            if self._leaders.first(loop):
+                return None
+            batch = self._batches[loop] = []
+            loop.call_soon(self._run, loop)
+        elif len(batch) == _gc_burst.BURST:
+            # A burst: from here on, not after the turn (its calls allocate now).
+            _gc_burst.burst(loop)
+        return batch
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         self._answer(self._batches.pop(loop, []))
@@ -140,14 +147,14 @@ class InlineLeases:
     that was cancelled before it received the answer.
     """
 
-    __slots__ = ("_active", "_db", "_fallback", "_release", "_turns", "chunk", "committed")
+    __slots__ = ("_active", "_db", "_fallback", "_on_commit", "_release", "_turns", "chunk")
 
     def __init__(
         self,
         db: TaskDB,
         fallback: Callable[[str, str, float, Waiter], None],
         release: Callable[[str, str], None],
-        committed: Callable[[], None],
+        on_commit: Callable[[], None],
         *,
         chunk: int = 250,
     ) -> None:
@@ -155,7 +162,7 @@ class InlineLeases:
         self._fallback = fallback
         self._release = release
         #: Called after each transaction committed here (the owner's housekeeping).
-        self.committed = committed
+        self._on_commit = on_commit
         #: Keys per transaction in a batch (bounds the longest one).
         self.chunk = chunk
         self._turns: LoopTurns[_Lease] = LoopTurns(self._answer)
@@ -175,7 +182,7 @@ class InlineLeases:
             found = self._db.lookup_or_lease_nowait([key], owner, ttl)
         except anyio.WouldBlock:
             return False
-        self.committed()
+        self._on_commit()
         waiter.future.set_result(read_answer(found.get(key, True)))
         return True
 
@@ -210,7 +217,7 @@ class InlineLeases:
             found = self._db.lookup_or_lease_nowait([lease[0] for lease in part], owner, ttl)
         except anyio.WouldBlock:
             return False
-        self.committed()
+        self._on_commit()
         outcomes: list[Outcome] = [
             (lease[3], read_answer(found.get(lease[0], True)), None) for lease in part
         ]
@@ -290,7 +297,7 @@ class InlineWrites:
     multiply the WAL. ``max_bytes`` bounds the transaction.
     """
 
-    __slots__ = ("_db", "_on_commit", "_turns", "committed", "max_bytes")
+    __slots__ = ("_db", "_leaders", "_on_commit", "committed", "max_bytes")
 
     def __init__(
         self, db: TaskDB, on_commit: Callable[[], None], *, max_bytes: int = 64 * 1024
@@ -300,14 +307,14 @@ class InlineWrites:
         self.max_bytes = max_bytes
         #: Rows made durable here (racy across threads: for statistics).
         self.committed = 0
-        self._turns: LoopTurns[None] = LoopTurns(_nothing)
+        self._leaders = TurnLeaders()
 
     def submit(self, write: InlineWrite) -> bool:
         """Make the write durable now (True), or leave it to the caller (False)."""
         record, owner, waiter, on_written = write
         if record.size_bytes > self.max_bytes:
             return False
-        if waiter.loop is not None and not self._turns.first(waiter.loop):
+        if waiter.loop is not None and not self._leaders.first(waiter.loop):
             return False
         try:
             self._db.save_and_release_nowait(
@@ -320,7 +327,3 @@ class InlineWrites:
         on_written(None)
         waiter.future.set_result(None)
         return True
-
-
-def _nothing(batch: list[None]) -> None:
-    pass

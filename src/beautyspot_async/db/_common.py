@@ -206,10 +206,7 @@ class LoopReads(Generic[C]):
         lane.busy = True
         task = self._watch(lane)
         try:
-            conn = lane.conn
-            if conn is None:
-                conn = lane.conn = await self._open()
-            found = await self._read(conn, keys)
+            found = await self._query(lane, keys)
         except BaseException as exc:
             self._drop(lane)
             if self._expired(lane, task, exc):
@@ -224,6 +221,13 @@ class LoopReads(Generic[C]):
             key = keys[0]
             return {key: found.get(key)}
         return {key: found.get(key) for key in keys}
+
+    async def _query(self, lane: _Lane[C], keys: list[str]) -> Mapping[str, TaskRecord]:
+        """One round trip on the lane's connection, opened on first use."""
+        conn = lane.conn
+        if conn is None:
+            conn = lane.conn = await self._open()
+        return await self._read(conn, keys)
 
     # -- deadlines -------------------------------------------------------------------
 
@@ -300,10 +304,7 @@ class LoopReads(Generic[C]):
                     continue
                 task = self._watch(lane)
                 try:
-                    conn = lane.conn
-                    if conn is None:
-                        conn = lane.conn = await self._open()
-                    found = await self._read(conn, wanted)
+                    found = await self._query(lane, wanted)
                 except BaseException as exc:
                     self._drop(lane)
                     for _, future in batch:
